@@ -1,0 +1,187 @@
+"""The Python API: `simulate(hardware, trace, ...)` runs one simulation end to end.
+
+Everything is loaded and validated first (hardware, model, deployment, memory plan, the
+whole trace), so bad input fails before the first event and before any output exists.
+Outputs are written into a temporary sibling directory and moved into place at the end.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import simpy
+
+from .deployment import Deployment, build_deployment
+from .engine.replica import Replica
+from .engine.request import Request
+from .engine.router import ROUTERS
+from .errors import InputError
+from .hardware.loader import System, load_system
+from .metrics.recorder import Recorder
+from .metrics.summary import build_summary
+from .models.config import ModelConfig, load_model
+from .perf.cost_model import CostModel
+from .perf.memory_plan import MemoryPlan, plan_memory
+from .schedulers.base import get_scheduler
+from .workloads.trace import TraceIndex
+
+
+@dataclass
+class Setup:
+    """A validated deployment of a model on hardware, ready to simulate."""
+
+    system: System
+    model: ModelConfig
+    deployment: Deployment
+    plan: MemoryPlan
+    cost: CostModel
+
+    @property
+    def devices(self) -> int:
+        return self.deployment.devices_per_replica * self.deployment.replicas
+
+
+def prepare(hardware: str | Path, model: str | None = None, scheduler: str | None = None, tp: int | None = None,
+            pp: int | None = None, replicas: int | None = None, knobs: dict[str, Any] | None = None) -> Setup:
+    system = load_system(hardware)
+    flags = {"model": model, "scheduler": scheduler, "tp": tp, "pp": pp, "replicas": replicas}
+    dep = build_deployment(system.deployment, flags, knobs or {})
+    model_cfg = load_model(dep.model)
+    get_scheduler(dep.scheduler)
+    if model_cfg.num_heads % dep.tp:
+        raise InputError(f"--tp {dep.tp}: must divide {model_cfg.name}'s {model_cfg.num_heads} attention heads")
+    needed = dep.devices_per_replica * dep.replicas
+    system = system.sized_for(needed)
+    if needed > system.total_devices:
+        raise InputError(
+            f"{system.source_file}: {system.name} has {system.total_devices} devices but tp={dep.tp} x "
+            f"pp={dep.pp} x replicas={dep.replicas} needs {needed}; lower them or add nodes"
+        )
+    if dep.devices_per_replica > 1 and system.fabric is None and system.network is None:
+        raise InputError(f"{system.source_file}: links: {system.name} has no link for tp/pp; add nvlink or pcie")
+    if dep.router not in ROUTERS:
+        raise InputError(f"router: {dep.router!r} unknown (known: {', '.join(ROUTERS)})")
+    batched = dep.max_num_batched_tokens or 2048
+    plan = plan_memory(system.accelerator, model_cfg, dep, batched)
+    return Setup(system, model_cfg, dep, plan, CostModel(system, model_cfg, dep))
+
+
+@dataclass
+class Result:
+    summary: dict[str, Any]
+    requests: pd.DataFrame | None
+    iterations: pd.DataFrame | None
+    out_dir: Path | None
+
+
+def _arrivals(env: simpy.Environment, records, replicas: list[Replica], route: Callable):
+    schedulers = [r.scheduler for r in replicas]
+    for record in records:
+        delay = record.arrival_s - env.now
+        if delay > 0:
+            yield env.timeout(delay)
+        replicas[route(schedulers)].submit(Request(record))
+
+
+def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep_frames: bool = True,
+              progress: Callable[[int, int], None] | None = None) -> Result:
+    """Simulate `trace` on `setup`; write CSVs into out_dir (which must exist) if given."""
+    started = time.perf_counter()
+    dep, device = setup.deployment, setup.system.accelerator
+    sched_cls = get_scheduler(dep.scheduler)
+    recorder = Recorder(out_dir, keep_frames, device.peak_flops(setup.cost.prec.gemm_compute),
+                        device.main_memory.bandwidth, dep.devices_per_replica)
+    env = simpy.Environment()
+
+    def report() -> None:
+        if progress is not None:
+            progress(recorder.completed + recorder.rejected, trace.count)
+
+    replicas = [Replica(env, i, sched_cls(dep, setup.plan, setup.model), setup.cost, recorder, report)
+                for i in range(dep.replicas)]
+    env.process(_arrivals(env, trace.requests(), replicas, ROUTERS[dep.router]()))
+    for replica in replicas:
+        env.process(replica.run())
+    env.run()
+    recorder.close()
+    report()
+    lost = trace.count - recorder.completed - recorder.rejected
+    if lost:
+        raise RuntimeError(f"{lost} requests neither completed nor rejected")
+    makespan = recorder.last_finish_s
+    blocks = [r.scheduler.blocks for r in replicas]
+    power = device.power
+    summary = build_summary(
+        rec=recorder, total=trace.count, hardware=setup.system.name, model=setup.model.name,
+        scheduler=dep.scheduler,
+        parallelism={"tp": dep.tp, "pp": dep.pp, "ep": 1, "replicas": dep.replicas},
+        devices=setup.devices, idle_w=power.idle if power else 0.0,
+        price_per_hour=device.price.per_hour if device.price else 0.0,
+        kv_peak=max(b.peak / b.num_blocks for b in blocks),
+        kv_mean=sum(b.mean_utilization(makespan) for b in blocks) / len(blocks),
+        preemptions=sum(r.scheduler.preemptions for r in replicas),
+        skipped=dict(trace.skipped), wall_s=time.perf_counter() - started,
+        events=recorder.iteration_count + trace.count,
+    )
+    frames = (recorder.requests.frame(), recorder.iterations.frame()) if keep_frames else (None, None)
+    return Result(summary, *frames, out_dir)
+
+
+def simulate(hardware: str | Path, trace: str | Path, *, model: str | None = None, scheduler: str | None = None,
+             tp: int | None = None, pp: int | None = None, replicas: int | None = None,
+             knobs: dict[str, Any] | None = None, out: str | Path | None = None, keep_frames: bool = True,
+             progress: Callable[[int, int], None] | None = None) -> Result:
+    """Simulate serving `trace` on `hardware`; returns the summary and per-request/iteration frames.
+
+    With `out`, summary.json, requests.csv and iterations.csv are written there atomically.
+    Raises InputError (one clear line) for any bad input, before simulating.
+    """
+    setup = prepare(hardware, model, scheduler, tp, pp, replicas, knobs)
+    index = TraceIndex.build(trace)
+    if out is None:
+        return run_setup(setup, index, None, keep_frames, progress)
+    final = Path(out)
+    check_out_dir(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        result = run_setup(setup, index, staging, keep_frames, progress)
+        write_json(staging / "summary.json", result.summary)
+        if final.exists():  # a previous run's outputs: replace them file by file
+            for name in OUTPUT_FILES:
+                os.replace(staging / name, final / name)
+            staging.rmdir()
+        else:
+            os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    result.out_dir = final
+    return result
+
+
+OUTPUT_FILES = ("summary.json", "requests.csv", "iterations.csv")
+
+
+def check_out_dir(path: Path) -> None:
+    """An output directory must be new, empty, or hold only a previous run's outputs."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise InputError(f"--out {path}: exists and is not a directory")
+    others = sorted(p.name for p in path.iterdir() if p.name not in OUTPUT_FILES)
+    if others:
+        raise InputError(f"--out {path}: directory holds other files ({', '.join(others[:3])}); choose a new one")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    import json
+
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

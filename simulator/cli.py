@@ -1,0 +1,217 @@
+"""The `simulate` command: argument parsing and output only (the work is in `api`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from .errors import InputError
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simulate", description="Simulate LLM serving on hardware described in YAML.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="replay a request trace on a deployment and report latency, throughput, cost")
+    run.add_argument("hardware", help="hardware YAML path or catalogue name (see `simulate specs list`)")
+    run.add_argument("trace", help="trace: contract JSONL, Azure LLM inference CSV or Mooncake JSONL")
+    run.add_argument("--model", help="catalogue name (workloads/models/) or path to a config.json")
+    run.add_argument("--scheduler", help="serving policy (default vllm)")
+    run.add_argument("--tp", type=_positive, help="tensor-parallel degree")
+    run.add_argument("--pp", type=_positive, help="pipeline-parallel degree")
+    run.add_argument("--replicas", type=_positive, help="model replicas behind the router")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="deployment knob, e.g. max_num_seqs=256 (repeatable)")
+    run.add_argument("--seed", type=int, default=0, help="seed for any randomness (default 0)")
+    run.add_argument("--out", help="output directory (default runs/<hardware>-<model>-<time>/)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+
+    specs = sub.add_parser("specs", help="list, show or check hardware specs")
+    specs_sub = specs.add_subparsers(dest="specs_command", required=True)
+    specs_sub.add_parser("list", help="the shipped catalogue")
+    show = specs_sub.add_parser("show", help="one spec, resolved, in SI units")
+    show.add_argument("name")
+    check = specs_sub.add_parser("check", help="validate spec files")
+    check.add_argument("files", nargs="+")
+
+    sub.add_parser("models", help="list the shipped model catalogue")
+
+    trace = sub.add_parser("trace", help="convert or generate traces")
+    trace_sub = trace.add_subparsers(dest="trace_command", required=True)
+    convert = trace_sub.add_parser("convert", help="convert an Azure CSV / Mooncake JSONL trace to contract JSONL")
+    convert.add_argument("input")
+    convert.add_argument("output")
+    convert.add_argument("--format", choices=("azure", "mooncake", "jsonl"), help="input format (default: detect)")
+    gen = trace_sub.add_parser("gen", help="generate a synthetic trace (seeded)")
+    gen.add_argument("output")
+    gen.add_argument("-n", "--requests", type=_positive, required=True, help="number of requests")
+    gen.add_argument("--rate", type=float, required=True, help="mean arrival rate in requests per second")
+    gen.add_argument("--arrival", choices=("poisson", "gamma"), default="poisson")
+    gen.add_argument("--cv", type=float, default=1.0, help="inter-arrival coefficient of variation (gamma)")
+    gen.add_argument("--input", default="fixed:512",
+                     help="input lengths: fixed:N | uniform:LO:HI | lognormal:MEAN:SIGMA | empirical:TRACE")
+    gen.add_argument("--output", dest="output_lengths", default="fixed:128", help="output lengths, same forms")
+    gen.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _table(summary: dict, out_dir: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    req = summary["requests"]
+    title = (f"{summary['model']} on {summary['hardware']} · {summary['scheduler']} · "
+             f"tp={summary['parallelism']['tp']} pp={summary['parallelism']['pp']} "
+             f"replicas={summary['parallelism']['replicas']}")
+    table = Table(title=title, title_justify="left")
+    table.add_column("latency (s)")
+    for col in ("mean", "p50", "p90", "p99", "max"):
+        table.add_column(col, justify="right")
+    for key in ("ttft_s", "tbt_s", "tpot_s", "e2e_s", "queue_s"):
+        d = summary[key]
+        table.add_row(key.removesuffix("_s").upper(), *(f"{d[c]:.4f}" for c in ("mean", "p50", "p90", "p99", "max")))
+    console.print(table)
+    tp, util = summary["throughput"], summary["utilization"]
+    console.print(
+        f"requests {req['completed']}/{req['total']} completed, {req['rejected']} rejected · "
+        f"makespan {summary['makespan_s']:.1f} s · {tp['requests_per_s']:.2f} req/s · "
+        f"{tp['output_tokens_per_s']:.0f} output tok/s\n"
+        f"MFU {util['mfu']:.1%} · MBU {util['mbu']:.1%} · KV cache peak {util['kv_cache_peak']:.1%} "
+        f"mean {util['kv_cache_mean']:.1%} · preemptions {summary['preemptions']} · "
+        f"energy {summary['energy_j'] / 3.6e6:.3f} kWh · cost ${summary['cost_usd']:.2f}\n"
+        f"simulated {summary['sim']['iterations']} iterations in {summary['sim']['wall_s']:.2f} s"
+        + (f" · outputs in {out_dir}" if out_dir else "")
+    )
+    if req["rejected"]:
+        console.print(f"rejected: {req['rejected_reasons']}")
+    if req.get("skipped_trace_rows"):
+        console.print(f"skipped trace rows: {req['skipped_trace_rows']}")
+
+
+class _Progress:
+    """A progress bar with ETA on stderr, shown only once a run has taken a couple of seconds."""
+
+    DELAY_S = 2.0
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.started, self.bar, self.task = enabled, time.monotonic(), None, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            if time.monotonic() - self.started < self.DELAY_S:
+                return
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TimeRemainingColumn(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("run", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .api import check_out_dir, prepare, simulate
+    from .deployment import parse_set
+
+    knobs = parse_set(args.set)
+    setup = prepare(args.hardware, args.model, args.scheduler, args.tp, args.pp, args.replicas, knobs)
+    out = args.out or f"runs/{Path(setup.system.source_file).stem}-{Path(setup.deployment.model).stem}-" \
+                      f"{time.strftime('%Y%m%d-%H%M%S')}"
+    check_out_dir(Path(out))
+    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        result = simulate(args.hardware, args.trace, model=args.model, scheduler=args.scheduler, tp=args.tp,
+                          pp=args.pp, replicas=args.replicas, knobs=knobs, out=out, keep_frames=False,
+                          progress=progress)
+    finally:
+        progress.close()
+    if not args.quiet:
+        _table(result.summary, result.out_dir)
+    return 0
+
+
+def cmd_specs(args: argparse.Namespace) -> int:
+    from .hardware.loader import catalogue, load_spec, load_system
+
+    if args.specs_command == "list":
+        for name, path in catalogue().items():
+            spec = load_spec(path)
+            print(f"{name:22} {spec.kind:7} {spec.name:26} {path.parent.name}/{path.name}")
+    elif args.specs_command == "show":
+        spec = load_spec(args.name)
+        print(json.dumps(spec.model_dump(), indent=2))
+    else:
+        for file in args.files:
+            system = load_system(file)
+            print(f"ok {file}: {system.name} ({system.total_devices} x {system.accelerator.name})")
+    return 0
+
+
+def cmd_models(_: argparse.Namespace) -> int:
+    from .models.config import load_model, model_catalogue
+
+    for name in model_catalogue():
+        m = load_model(name)
+        print(f"{name:16} {m.total_params() / 1e9:6.2f} B params  {m.num_layers} layers  hidden {m.hidden_size}  "
+              f"heads {m.num_heads}/{m.num_kv_heads} kv")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from .workloads.generate import generate, write_jsonl
+    from .workloads.trace import TraceIndex
+
+    if args.trace_command == "convert":
+        index = TraceIndex.build(args.input, args.format)
+        records = ({k: v for k, v in (("id", r.id), ("arrival_s", r.arrival_s), ("input_tokens", r.input_tokens),
+                                       ("output_tokens", r.output_tokens), ("prefix_hashes", r.prefix_hashes),
+                                       ("prefix_block_tokens", r.prefix_block_tokens if r.prefix_hashes else None),
+                                       ("slo_ttft_s", r.slo_ttft_s), ("slo_tpot_s", r.slo_tpot_s))
+                    if v is not None} for r in index.requests())
+        count = write_jsonl(records, args.output)
+        skipped = Counter(index.skipped)
+        note = f"; skipped {sum(skipped.values())} rows: {dict(skipped)}" if skipped else ""
+        print(f"wrote {count} requests to {args.output}{note}")
+    else:
+        records = generate(args.requests, args.rate, arrival=args.arrival, cv=args.cv, input=args.input,
+                           output=args.output_lengths, seed=args.seed)
+        count = write_jsonl(records, args.output)
+        print(f"wrote {count} requests to {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"run": cmd_run, "specs": cmd_specs, "models": cmd_models, "trace": cmd_trace}[args.command]
+    try:
+        return handler(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

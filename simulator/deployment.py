@@ -1,0 +1,90 @@
+"""How a model is deployed: parallelism, dtypes, scheduler and the serving engine's knobs.
+
+Knobs keep the names of the engine they model (vLLM's `max_num_seqs`,
+`max_num_batched_tokens`, `block_size`, `gpu_memory_utilization`, `enable_chunked_prefill`,
+...), so a user can copy a real configuration. They come from the system YAML's
+`deployment:` block, then the CLI flags and `--set key=value`, later ones winning.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InputError
+from .models.operators import Precision, Sharding
+
+StorageDtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
+
+
+class Deployment(BaseModel):
+    """Validated deployment; see README "Deployment knobs" for each knob's meaning."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "llama-3.1-8b"
+    scheduler: str = "vllm"
+    router: Literal["round_robin", "least_outstanding"] = "round_robin"
+    tp: int = Field(1, ge=1)
+    pp: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1)
+    weight_dtype: StorageDtype = "bf16"
+    kv_cache_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4", "int2"] = "bf16"
+    activation_dtype: Literal["bf16", "fp16"] = "bf16"
+    # vLLM engine arguments (same names and defaults as vLLM's OpenAI server on most GPUs)
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    block_size: int = Field(16, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enable_chunked_prefill: bool = True
+    max_model_len: int | None = Field(None, ge=1)
+    enforce_eager: bool = False
+    max_cudagraph_capture_size: int = Field(512, ge=0)
+
+    @property
+    def sharding(self) -> Sharding:
+        return Sharding(tp=self.tp, pp=self.pp)
+
+    @property
+    def precision(self) -> Precision:
+        return Precision(weights=self.weight_dtype, kv=self.kv_cache_dtype, activations=self.activation_dtype)
+
+    @property
+    def devices_per_replica(self) -> int:
+        return self.tp * self.pp
+
+
+KNOBS = tuple(Deployment.model_fields)
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs; values are YAML scalars (true, 256, 0.9, fp8)."""
+    knobs: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"--set {item}: expected key=value, e.g. --set max_num_seqs=256")
+        if key not in KNOBS:
+            raise InputError(f"--set {key}: unknown knob (known: {', '.join(KNOBS)})")
+        try:
+            knobs[key] = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            knobs[key] = raw
+    return knobs
+
+
+def build_deployment(*layers: dict[str, Any], where: str = "deployment") -> Deployment:
+    """Merge knob layers (system YAML, CLI flags, --set), later ones winning, and validate."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if v is not None})
+    try:
+        return Deployment.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise InputError(f"{where}: {key}: unknown knob (known: {', '.join(KNOBS)})") from None
+        raise InputError(f"{where}: {key}: {err['msg']} (got {err.get('input')!r})") from None

@@ -1,0 +1,202 @@
+"""Load hardware YAML (a path or a catalogue name) into validated specs and a `System`.
+
+`extends:` merges a parent spec under the child (mappings merge key by key, anything else
+is replaced). Every error becomes one `InputError` line that names the file, the field path
+and what to write instead, e.g.
+`hardware_specs/gpus/x.yaml: memory[0].bandwidth: "3.35" has no unit (expected e.g. "3.35 TB/s")`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import InputError
+from ..paths import HARDWARE_DIR
+from .spec import DeviceSpec, Link, SystemSpec
+
+
+def catalogue() -> dict[str, Path]:
+    """Shipped specs by catalogue name (the file stem)."""
+    return {p.stem: p for p in sorted(HARDWARE_DIR.rglob("*.yaml"))}
+
+
+def resolve_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """A spec's file from a path (absolute, relative to the including file or cwd) or a name."""
+    candidate = Path(name_or_path)
+    if relative_to is not None and not candidate.is_absolute():
+        near = (relative_to.parent / candidate).resolve()
+        if near.exists():
+            return near
+    if candidate.exists():
+        return candidate.resolve()
+    found = catalogue().get(str(name_or_path))
+    if found is None:
+        known = ", ".join(catalogue())
+        raise InputError(f"{name_or_path}: no such hardware file or catalogue name (known: {known})")
+    return found
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{path}{where}: malformed YAML ({problem})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of fields at the top level")
+    return data
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise InputError(f"{path}: extends: cycle through {' -> '.join(map(str, seen))}")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise InputError(f"{path}: extends: expected a file path or catalogue name")
+    return _merge(_raw(resolve_path(parent, path), seen + (path,)), data)
+
+
+def format_location(loc: tuple[Any, ...]) -> str:
+    """('memory', 0, 'bandwidth') -> 'memory[0].bandwidth'."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not str(part).startswith(("function-", "literal[")):
+            text += ("." if text else "") + str(part)
+    return text or "(top level)"
+
+
+def validation_message(path: Path | str, exc: ValidationError) -> str:
+    """One line for the first pydantic error: file, field path, reason."""
+    err = exc.errors()[0]
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown field (check its spelling against DESIGN section 4)"
+    elif err["type"] == "missing":
+        message = "required field is missing"
+    return f"{path}: {format_location(err['loc'])}: {message}"
+
+
+@lru_cache(maxsize=64)
+def _load(path: Path) -> DeviceSpec | SystemSpec:
+    data = _raw(path)
+    kind = data.get("kind")
+    model = {"gpu": DeviceSpec, "cpu": DeviceSpec, "system": SystemSpec}.get(kind)
+    if model is None:
+        hint = "wafer-scale meshes are not supported yet; " if kind == "wafer" else ""
+        raise InputError(f"{path}: kind: {kind!r} is not one of gpu, cpu, system ({hint}set kind:)")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(validation_message(path, exc)) from None
+
+
+def load_spec(name_or_path: str | Path) -> DeviceSpec | SystemSpec:
+    """Validated spec of one YAML file (catalogue names allowed)."""
+    return _load(resolve_path(name_or_path))
+
+
+@dataclass(frozen=True)
+class System:
+    """The hardware a deployment runs on, resolved: devices per node, links, network."""
+
+    name: str
+    accelerator: DeviceSpec
+    devices_per_node: int
+    nodes: int
+    fabric: Link | None  # between accelerators within a node
+    fabric_name: str | None
+    host: DeviceSpec | None
+    host_link: Link | None  # accelerator <-> host
+    network: Link | None  # between nodes, per accelerator
+    deployment: dict[str, Any]
+    source_file: str
+    standalone: bool = False  # a bare gpu/cpu spec: a box of as many such devices as needed
+
+    def sized_for(self, devices: int) -> System:
+        """The system with room for `devices` accelerators (only a standalone spec grows)."""
+        if not self.standalone or devices <= self.devices_per_node:
+            return self
+        return replace(self, devices_per_node=devices)
+
+    @property
+    def total_devices(self) -> int:
+        return self.devices_per_node * self.nodes
+
+
+def _pick_link(device: DeviceSpec, name: str | None, preference: tuple[str, ...]) -> tuple[str | None, Link | None]:
+    if name is not None:
+        return name, device.links.get(name)
+    for candidate in preference:
+        if candidate in device.links:
+            return candidate, device.links[candidate]
+    return None, None
+
+
+_FABRIC_PREFERENCE = ("nvlink", "infinity_fabric", "xgmi", "pcie")
+_HOST_PREFERENCE = ("nvlink_c2c", "pcie")
+
+
+def load_system(name_or_path: str | Path) -> System:
+    """Resolve a GPU/CPU spec (a single-node box of such devices) or a system spec."""
+    path = resolve_path(name_or_path)
+    spec = _load(path)
+    if isinstance(spec, DeviceSpec):
+        fabric_name, fabric = _pick_link(spec, None, _FABRIC_PREFERENCE)
+        _, host_link = _pick_link(spec, None, _HOST_PREFERENCE)
+        return System(spec.name, spec, 1, 1, fabric, fabric_name, None, host_link, None, {}, str(path), True)
+    accel_path = resolve_path(spec.node.accelerator.spec, path)
+    accel = _load(accel_path)
+    if not isinstance(accel, DeviceSpec):
+        raise InputError(f"{path}: node.accelerator.spec: {accel_path} is a system, expected a gpu or cpu")
+    fabric_name, fabric = _pick_link(accel, spec.node.accelerator.fabric, _FABRIC_PREFERENCE)
+    if spec.node.accelerator.fabric is not None and fabric is None:
+        raise InputError(
+            f"{path}: node.accelerator.fabric: {accel.name} has no link named "
+            f"{spec.node.accelerator.fabric!r} (has {sorted(accel.links)})"
+        )
+    host = host_link = None
+    if spec.node.host is not None:
+        host_path = resolve_path(spec.node.host.spec, path)
+        host = _load(host_path)
+        if not isinstance(host, DeviceSpec):
+            raise InputError(f"{path}: node.host.spec: {host_path} is not a cpu spec")
+        _, host_link = _pick_link(accel, spec.node.host.link, _HOST_PREFERENCE)
+    else:
+        _, host_link = _pick_link(accel, None, _HOST_PREFERENCE)
+    return System(
+        name=spec.name,
+        accelerator=accel,
+        devices_per_node=spec.node.accelerator.count,
+        nodes=spec.nodes,
+        fabric=fabric,
+        fabric_name=fabric_name,
+        host=host,
+        host_link=host_link,
+        network=spec.network,
+        deployment=dict(spec.deployment),
+        source_file=str(path),
+    )

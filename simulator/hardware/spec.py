@@ -1,0 +1,199 @@
+"""Typed hardware specs: what a GPU, a CPU or a system of them is, as data.
+
+The YAML contract (DESIGN section 4) is validated here with pydantic: every dimensional field
+is a unit string parsed by `units.parse_quantity` into SI base units, so the rest of the code
+only ever sees floats in bytes, bytes/s, FLOP/s, Hz, W and s. Physical sanity (positive
+bandwidths, capacities and peaks) is enforced at load so nothing fails mid-run.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
+
+from .units import parse_quantity
+
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+
+
+def _quantity(dimension: str, positive: bool = True):
+    def parse(value: Any) -> float:
+        number = parse_quantity(value, dimension)
+        if positive and number <= 0:
+            raise ValueError(f'"{value}" must be positive')
+        if number < 0:
+            raise ValueError(f'"{value}" must not be negative')
+        return number
+
+    return BeforeValidator(parse)
+
+
+Bytes = Annotated[float, _quantity("bytes")]
+Bandwidth = Annotated[float, _quantity("bandwidth")]
+Flops = Annotated[float, _quantity("flops")]
+Frequency = Annotated[float, _quantity("frequency")]
+Power = Annotated[float, _quantity("power", positive=False)]
+Duration = Annotated[float, _quantity("time", positive=False)]
+MoneyPerHour = Annotated[float, _quantity("money_per_hour", positive=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Link(_Strict):
+    """A point-to-point or per-device link; bandwidth is per direction."""
+
+    bandwidth: Bandwidth
+    latency: Duration = 0.0
+
+
+class MemoryTier(_Strict):
+    """One level of the memory hierarchy (HBM, DDR, L2, SRAM)."""
+
+    name: str
+    capacity: Bytes
+    bandwidth: Bandwidth | None = None
+
+
+class Compute(_Strict):
+    """Compute resources: `units` are SMs (GPU), cores (CPU) or compute units (AMD)."""
+
+    units: PositiveInt
+    clock: Frequency | None = None
+    peak: dict[Literal[DTYPES], Flops]  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _has_peak(self) -> Compute:
+        if not self.peak:
+            raise ValueError("peak needs at least one dtype, e.g. {bf16: 989 TFLOPS}")
+        return self
+
+
+class Overheads(_Strict):
+    """Fixed per-kernel and per-iteration host-side costs.
+
+    kernel_launch: host launch cost of one kernel without CUDA graphs (eager mode).
+    graph_kernel_gap: idle gap between consecutive kernels replayed from a CUDA graph.
+    scheduler_per_iteration: CPU time of the serving engine's scheduling, input preparation
+      and sampling bookkeeping per iteration, not hidden behind the GPU.
+    """
+
+    kernel_launch: Duration = 4e-6
+    graph_kernel_gap: Duration = 1e-6
+    scheduler_per_iteration: Duration = 2e-4
+
+
+class PowerSpec(_Strict):
+    tdp: Power
+    idle: Power
+
+    @model_validator(mode="after")
+    def _idle_below_tdp(self) -> PowerSpec:
+        if self.idle > self.tdp:
+            raise ValueError(f"idle ({self.idle} W) exceeds tdp ({self.tdp} W)")
+        return self
+
+
+class Price(_Strict):
+    per_hour: MoneyPerHour
+
+
+class Efficiency(_Strict):
+    """Named efficiency knobs of the roofline cost model (see simulator/perf/roofline.py).
+
+    compute_max: best fraction of the dtype's peak that a large, well-shaped GEMM reaches.
+      Default 0.75: H100 SXM bf16 cuBLAS GEMMs reach about 700-750 of 989 TFLOPS.
+    memory_max: best fraction of the memory bandwidth a long streaming kernel reaches.
+      Default 0.90: STREAM-like copies on HBM2e/HBM3 reach 88-92 % of the datasheet figure.
+    tile_m, tile_n: output tile a GEMM kernel assigns to one compute unit; with `units`
+      they give wave quantisation (a partial last wave leaves units idle).
+    attention_compute_max: best fraction of peak reached by fused attention kernels
+      (FlashAttention-2 reaches 50-70 % of peak on A100/H100).
+    small_bytes_half: bytes at which a memory-bound kernel reaches half of memory_max
+      (latency-bound small transfers; 2 MB by default, a few waves of 128-byte requests).
+    network_efficiency: fraction of link bandwidth collectives reach (NCCL bus bandwidth
+      reaches about 80 % of NVLink's per-direction figure).
+    """
+
+    compute_max: float = Field(0.75, gt=0, le=1)
+    memory_max: float = Field(0.90, gt=0, le=1)
+    tile_m: PositiveInt = 128
+    tile_n: PositiveInt = 128
+    attention_compute_max: float = Field(0.6, gt=0, le=1)
+    small_bytes_half: float = Field(2e6, ge=0)
+    network_efficiency: float = Field(0.8, gt=0, le=1)
+
+
+class DeviceSpec(_Strict):
+    """A GPU or CPU: anything that runs the model's operators."""
+
+    name: str
+    kind: Literal["gpu", "cpu"]
+    vendor: str | None = None
+    compute: Compute
+    memory: list[MemoryTier] = Field(min_length=1)
+    links: dict[str, Link] = {}
+    overheads: Overheads = Overheads()
+    efficiency: Efficiency = Efficiency()
+    power: PowerSpec | None = None
+    price: Price | None = None
+    calibration: str | None = None
+    sources: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _main_memory_has_bandwidth(self) -> DeviceSpec:
+        if self.memory[0].bandwidth is None:
+            raise ValueError("memory[0] is the main memory and needs a bandwidth, e.g. 3.35 TB/s")
+        return self
+
+    @property
+    def main_memory(self) -> MemoryTier:
+        return self.memory[0]
+
+    def peak_flops(self, dtype: str) -> float:
+        """Peak FLOP/s for `dtype`, falling back to the nearest wider dtype the device has."""
+        for candidate in _FALLBACK[dtype]:
+            if candidate in self.compute.peak:
+                return self.compute.peak[candidate]
+        raise KeyError(f"{self.name} lists no peak for {dtype} (has {sorted(self.compute.peak)})")
+
+
+# A dtype the hardware cannot run natively executes at the next wider one's rate
+# (e.g. int4 weights are dequantised to bf16/fp16 in the GEMM's main loop).
+_FALLBACK = {
+    "int4": ("int4", "int8", "fp8", "bf16", "fp16", "fp32"),
+    "int8": ("int8", "fp8", "bf16", "fp16", "fp32"),
+    "fp8": ("fp8", "bf16", "fp16", "fp32"),
+    "bf16": ("bf16", "fp16", "fp32"),
+    "fp16": ("fp16", "bf16", "fp32"),
+    "tf32": ("tf32", "fp32"),
+    "fp32": ("fp32", "tf32", "bf16", "fp16"),
+}
+
+
+class Member(_Strict):
+    """A group of identical devices inside a system node."""
+
+    spec: str
+    count: PositiveInt = 1
+    fabric: str | None = None  # link name among the devices (e.g. nvlink)
+    link: str | None = None  # link name to the accelerators (hosts)
+
+
+class Node(_Strict):
+    accelerator: Member
+    host: Member | None = None
+
+
+class SystemSpec(_Strict):
+    """Nodes of accelerators and host CPUs joined by links and a network."""
+
+    name: str
+    kind: Literal["system"]
+    node: Node
+    nodes: PositiveInt = 1
+    network: Link | None = None
+    deployment: dict[str, Any] = {}
+    price: Price | None = None
+    sources: list[str] = Field(min_length=1)

@@ -1,0 +1,184 @@
+"""The scheduler interface every serving policy implements, and the registry of policies.
+
+A policy owns one replica's waiting queue, running set (`RequestTable`) and KV blocks
+(`BlockManager`), and answers three calls from the engine:
+- `admit(req, now)`: accept a new request (or return the reason it can never be served);
+- `next_batch(now)`: pick the next iteration's work, allocating KV blocks, or None if idle;
+- `on_batch_done(batch, now)`: apply the iteration's progress (tokens computed, tokens
+  sampled) and hand finished requests and inter-token gaps to the engine.
+Policies never compute times: the engine asks the cost model for the batch's `shape`.
+A new policy is one new module that subclasses `Scheduler` and calls `register`.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..deployment import Deployment
+from ..engine.kv_cache import BlockManager
+from ..engine.request import Request, RequestTable
+from ..errors import InputError
+from ..models.config import ModelConfig
+from ..perf.cost_model import BatchShape
+from ..perf.memory_plan import MemoryPlan
+
+REGISTRY: dict[str, type[Scheduler]] = {}
+
+
+def register(name: str):
+    def wrap(cls: type[Scheduler]) -> type[Scheduler]:
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_scheduler(name: str) -> type[Scheduler]:
+    from . import vllm  # noqa: F401  (policies register themselves on import)
+
+    if name not in REGISTRY:
+        raise InputError(f"--scheduler {name}: unknown policy (known: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[name]
+
+
+@dataclass(slots=True)
+class ScheduledBatch:
+    """One iteration's work: the running-table rows `rows` with their `scheduled` tokens."""
+
+    rows: slice
+    shape: BatchShape
+    prefill_tokens: int
+    decode_tokens: int
+    kv_blocks_used: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.rows.stop - self.rows.start
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What an iteration produced: finished requests (as columns) and inter-token gaps."""
+
+    finished: dict[str, np.ndarray] | None
+    gap_values_s: np.ndarray
+    gap_counts: np.ndarray
+    first_tokens: int
+
+
+class Scheduler:
+    name = "base"
+
+    def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
+        self.dep = dep
+        self.block_size = dep.block_size
+        self.blocks = BlockManager(plan.num_blocks, dep.block_size)
+        self.running = RequestTable(capacity=min(dep.max_num_seqs, 1024))
+        self.waiting: deque[Request] = deque()
+        self.waiting_work_tokens = 0
+        self.max_model_len = min(dep.max_model_len or model.max_position_embeddings, plan.kv_tokens)
+        self.preemptions = 0
+
+    # -- admission -------------------------------------------------------------------
+    def rejection_reason(self, req: Request) -> str | None:
+        total = req.record.input_tokens + req.record.output_tokens
+        if total > self.max_model_len:
+            return f"input+output {total} tokens exceed max_model_len {self.max_model_len}"
+        return None
+
+    def admit(self, req: Request, now_s: float) -> str | None:
+        reason = self.rejection_reason(req)
+        if reason is None:
+            self._push_waiting(req)
+        return reason
+
+    def _push_waiting(self, req: Request, front: bool = False) -> None:
+        (self.waiting.appendleft if front else self.waiting.append)(req)
+        self.waiting_work_tokens += req.remaining_work_tokens
+
+    def _pop_waiting(self) -> Request:
+        req = self.waiting.popleft()
+        self.waiting_work_tokens -= req.remaining_work_tokens
+        return req
+
+    # -- state the engine and routers read --------------------------------------------
+    def has_work(self) -> bool:
+        return bool(self.waiting) or self.running.n > 0
+
+    def outstanding_work_tokens(self) -> int:
+        """Tokens still to compute on this replica (prompts and outputs, waiting and running)."""
+        t, n = self.running, self.running.n
+        running = int((t.num_tokens[:n] - t.num_computed[:n]).sum()
+                      + (t.input_tokens[:n] + t.output_tokens[:n] - t.num_tokens[:n]).sum())
+        return running + self.waiting_work_tokens
+
+    def next_batch(self, now_s: float) -> ScheduledBatch | None:
+        raise NotImplementedError
+
+    # -- shared mechanics -------------------------------------------------------------
+    def _preempt_last(self, now_s: float) -> None:
+        """Recompute-mode preemption of the lowest-priority running request (vLLM's policy)."""
+        blocks = int(self.running.blocks[self.running.n - 1])
+        req = self.running.pop_last()
+        self.blocks.release(blocks)
+        req.num_computed = 0
+        req.preemptions += 1
+        self.preemptions += 1
+        self._push_waiting(req, front=True)
+
+    def _make_batch(self, rows: slice) -> ScheduledBatch:
+        """Aggregate the scheduled rows into the cost model's BatchShape."""
+        t = self.running
+        s = t.scheduled[rows]
+        comp = t.num_computed[rows]
+        ntok = t.num_tokens[rows]
+        sampled = int(np.count_nonzero(comp + s == ntok))
+        decode = (s == 1) & (comp == ntok - 1) & (ntok > t.input_tokens[rows])
+        nd = int(np.count_nonzero(decode))
+        pre = ~decode
+        c, ctx = s[pre], comp[pre]
+        shape = BatchShape(
+            prefill_tokens=int(c.sum()),
+            prefill_context=float((ctx + c).sum()),
+            prefill_pairs=float((c * (ctx + (c + 1) / 2.0)).sum()),
+            num_decodes=nd,
+            decode_context=float(ntok[decode].sum()),
+            sampled=sampled,
+        )
+        return ScheduledBatch(rows, shape, shape.prefill_tokens, nd, self.blocks.used)
+
+    def on_batch_done(self, batch: ScheduledBatch, now_s: float) -> BatchOutcome:
+        t, rows = self.running, batch.rows
+        self.blocks.tick(now_s)
+        t.num_computed[rows] += t.scheduled[rows]
+        t.scheduled[rows] = 0
+        idx = rows.start + np.flatnonzero(t.num_computed[rows] == t.num_tokens[rows])
+        first = np.isnan(t.first_token_s[idx])
+        t.first_token_s[idx[first]] = now_s
+        later = t.last_token_s[idx[~first]]
+        gap_values, gap_counts = np.unique(now_s - later, return_counts=True) if later.size else (_EMPTY, _EMPTY_I)
+        t.last_token_s[idx] = now_s
+        t.num_tokens[idx] += 1
+        n = t.n
+        done = t.num_tokens[:n] - t.input_tokens[:n] >= t.output_tokens[:n]
+        finished = None
+        if done.any():
+            finished = t.take(done)
+            self.blocks.release(int(finished["blocks"].sum()))
+        return BatchOutcome(finished, gap_values, gap_counts, int(first.sum()))
+
+
+_EMPTY = np.zeros(0)
+_EMPTY_I = np.zeros(0, dtype=np.int64)
+
+
+def ceil_div(a: np.ndarray, b: int) -> np.ndarray:
+    return -(-a // b)
+
+
+def nan_to(value: float, default: float) -> float:
+    return default if math.isnan(value) else value

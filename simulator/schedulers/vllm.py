@@ -1,0 +1,108 @@
+"""vLLM's scheduler: continuous batching over a paged KV cache, preemption by recompute.
+
+Two modes, as in the real engine:
+- `enable_chunked_prefill=true` (vLLM v1, the default): one token budget
+  (`max_num_batched_tokens`) per step. Running requests are served first, in priority
+  order, each taking what it needs (1 token for a decode, the rest of its prompt for a
+  prefill) while budget lasts, so a long prompt is chunked. New requests are then admitted
+  from the waiting queue (FCFS) into the remaining budget, unless this step preempted.
+- `enable_chunked_prefill=false` (vLLM v0): prefills first. If waiting prompts fit (whole,
+  within the budget, `max_num_seqs` and the KV blocks above a 1 % watermark), the step is
+  a prefill-only batch of them; otherwise it decodes every running request.
+When a running request needs a KV block and none is free, the lowest-priority running
+request (the most recently admitted) is preempted: its blocks are freed and it goes back to
+the front of the queue to recompute its prompt and generated tokens later.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..deployment import Deployment
+from ..engine.request import Request
+from ..models.config import ModelConfig
+from ..perf.memory_plan import MemoryPlan
+from .base import ScheduledBatch, Scheduler, ceil_div, register
+
+# vLLM v0's BlockSpaceManager keeps 1 % of blocks free when admitting prompts.
+V0_WATERMARK = 0.01
+
+
+@register("vllm")
+class VLLMScheduler(Scheduler):
+    def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
+        super().__init__(dep, plan, model)
+        self.chunked = dep.enable_chunked_prefill
+        if dep.max_num_batched_tokens is not None:
+            self.budget = dep.max_num_batched_tokens
+        else:  # vLLM's defaults: 2048 with chunked prefill, else room for the longest prompt
+            self.budget = 2048 if self.chunked else max(self.max_model_len, 2048)
+        self.max_seqs = dep.max_num_seqs
+        self.watermark = 0 if self.chunked else math.ceil(V0_WATERMARK * plan.num_blocks)
+
+    def rejection_reason(self, req: Request) -> str | None:
+        reason = super().rejection_reason(req)
+        if reason is None and not self.chunked and req.record.input_tokens > self.budget:
+            return (f"prompt of {req.record.input_tokens} tokens exceeds max_num_batched_tokens {self.budget} "
+                    "with chunked prefill off")
+        return reason
+
+    def next_batch(self, now_s: float) -> ScheduledBatch | None:
+        self.blocks.tick(now_s)
+        if not self.chunked:
+            start = self.running.n
+            self._admit_waiting(self.budget, now_s, whole=True)
+            if self.running.n > start:
+                return self._make_batch(slice(start, self.running.n))
+        scheduled, budget_left, preempted = self._schedule_running(now_s)
+        if self.chunked and not preempted and scheduled == self.running.n:
+            self._admit_waiting(budget_left, now_s, whole=False)
+            scheduled = self.running.n
+        if scheduled == 0:
+            return None
+        return self._make_batch(slice(0, scheduled))
+
+    def _schedule_running(self, now_s: float) -> tuple[int, int, bool]:
+        """Give running requests their tokens in priority order; returns (rows, budget left, preempted)."""
+        t, n = self.running, self.running.n
+        if n == 0:
+            return 0, self.budget, False
+        new = t.num_tokens[:n] - t.num_computed[:n]
+        before = np.cumsum(new) - new
+        sched = np.clip(self.budget - before, 0, new)
+        m = int(np.count_nonzero(sched))  # budget is consumed in order, so scheduled rows are a prefix
+        need = np.maximum(ceil_div(t.num_computed[:m] + sched[:m], self.block_size) - t.blocks[:m], 0)
+        total = int(need.sum())
+        preempted = False
+        while total > self.blocks.free:
+            victim = t.n - 1
+            if victim < m:
+                total -= int(need[victim])
+                m = victim
+            self._preempt_last(now_s)
+            preempted = True
+        self.blocks.allocate(total)
+        t.blocks[:m] += need[:m]
+        t.scheduled[:m] = sched[:m]
+        t.scheduled[m:t.n] = 0
+        return m, self.budget - int(sched[:m].sum()), preempted
+
+    def _admit_waiting(self, budget: int, now_s: float, whole: bool) -> None:
+        """FCFS admission from the waiting queue into `budget` tokens."""
+        t = self.running
+        while self.waiting and budget > 0 and t.n < self.max_seqs:
+            req = self.waiting[0]
+            remaining = req.num_tokens - req.num_computed
+            if whole and remaining > budget:
+                break
+            take = min(remaining, budget)
+            need = self.blocks.blocks_for(req.num_computed + take)
+            if not self.blocks.can_allocate(need, self.watermark):
+                break
+            self._pop_waiting()
+            self.blocks.allocate(need)
+            if math.isnan(req.first_scheduled_s):
+                req.first_scheduled_s = now_s
+            t.append(req, blocks=need, scheduled=take)
+            budget -= take
