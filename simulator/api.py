@@ -81,18 +81,38 @@ class Result:
     out_dir: Path | None
 
 
-def _arrivals(env: simpy.Environment, records, replicas: list[Replica], route: Callable):
-    schedulers = [r.scheduler for r in replicas]
-    for record in records:
-        delay = record.arrival_s - env.now
-        if delay > 0:
-            yield env.timeout(delay)
-        replicas[route(schedulers)].submit(Request(record))
+class Arrivals:
+    """The SimPy process that feeds the trace to the router, one arrival at a time.
+
+    `next_s` is the arrival time of the next request not yet submitted (inf at the end):
+    replicas may run ahead with unchanged decode batches until then.
+    """
+
+    def __init__(self, records):
+        self.records = records
+        self.next_s = 0.0
+
+    def horizon_s(self) -> float:
+        return self.next_s
+
+    def process(self, env: simpy.Environment, replicas: list[Replica], route: Callable):
+        schedulers = [r.scheduler for r in replicas]
+        for record in self.records:
+            self.next_s = record.arrival_s
+            delay = record.arrival_s - env.now
+            if delay > 0:
+                yield env.timeout(delay)
+            replicas[route(schedulers)].submit(Request(record))
+        self.next_s = float("inf")
 
 
 def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep_frames: bool = True,
-              progress: Callable[[int, int], None] | None = None) -> Result:
-    """Simulate `trace` on `setup`; write CSVs into out_dir (which must exist) if given."""
+              progress: Callable[[int, int], None] | None = None, fast_forward: bool = True) -> Result:
+    """Simulate `trace` on `setup`; write CSVs into out_dir (which must exist) if given.
+
+    fast_forward=False simulates every decode iteration on its own instead of spans of
+    identical ones; results are the same (to float rounding), only slower. Tests use it.
+    """
     started = time.perf_counter()
     dep, device = setup.deployment, setup.system.accelerator
     sched_cls = get_scheduler(dep.scheduler)
@@ -104,9 +124,10 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
         if progress is not None:
             progress(recorder.completed + recorder.rejected, trace.count)
 
-    replicas = [Replica(env, i, sched_cls(dep, setup.plan, setup.model), setup.cost, recorder, report)
-                for i in range(dep.replicas)]
-    env.process(_arrivals(env, trace.requests(), replicas, ROUTERS[dep.router]()))
+    arrivals = Arrivals(trace.requests())
+    replicas = [Replica(env, i, sched_cls(dep, setup.plan, setup.model), setup.cost, recorder, arrivals.horizon_s,
+                        report, fast_forward) for i in range(dep.replicas)]
+    env.process(arrivals.process(env, replicas, ROUTERS[dep.router]()))
     for replica in replicas:
         env.process(replica.run())
     env.run()

@@ -16,7 +16,7 @@ class BlockManager:
         self.used = 0
         self.peak = 0
         self._area = 0.0  # integral of used blocks over time
-        self._since_s = 0.0
+        self.since_s = 0.0
 
     @property
     def free(self) -> int:
@@ -41,8 +41,15 @@ class BlockManager:
 
     def tick(self, now_s: float) -> None:
         """Account occupancy up to `now_s` (call before every change of `used`)."""
-        self._area += self.used * (now_s - self._since_s)
-        self._since_s = now_s
+        self._area += self.used * (now_s - self.since_s)
+        self.since_s = now_s
+
+    def advance(self, used_per_step, durations_s, end_s: float) -> None:
+        """Account a span of steps whose block use was `used_per_step` for `durations_s` each."""
+        self._area += float((used_per_step * durations_s).sum())
+        self.used = int(used_per_step[-1])
+        self.peak = max(self.peak, self.used)
+        self.since_s = end_s
 
     def mean_utilization(self, until_s: float) -> float:
         self.tick(until_s)

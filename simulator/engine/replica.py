@@ -9,6 +9,7 @@ inference power rising with utilisation from idle towards TDP).
 """
 from __future__ import annotations
 
+import numpy as np
 import simpy
 
 from ..hardware.spec import DeviceSpec
@@ -19,9 +20,11 @@ from ..schedulers.base import Scheduler
 
 class Replica:
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, cost: CostModel,
-                 recorder: Recorder, on_progress=None):
+                 recorder: Recorder, horizon_s, on_progress=None, fast_forward: bool = True):
         self.env, self.index, self.scheduler, self.cost, self.recorder = env, index, scheduler, cost, recorder
         self.on_progress = on_progress
+        self.horizon_s = horizon_s  # () -> time of the next arrival not yet submitted
+        self.fast_forward = fast_forward  # run unchanged decode steps as one span (same results)
         self._wake: simpy.Event | None = None
         self.device: DeviceSpec = cost.device
 
@@ -33,12 +36,13 @@ class Replica:
         elif self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
-    def power_w(self, mfu: float, mbu: float) -> float:
+    def power_w(self, mfu, mbu):
+        """Busy power per device; works on floats or numpy arrays of utilisations."""
         power = self.device.power
         if power is None:
-            return 0.0
+            return mfu * 0.0
         eff = self.device.efficiency
-        activity = min(1.0, max(mfu / eff.compute_max, mbu / eff.memory_max))
+        activity = np.minimum(1.0, np.maximum(mfu / eff.compute_max, mbu / eff.memory_max))
         return power.idle + (power.tdp - power.idle) * activity
 
     def run(self):
@@ -52,13 +56,45 @@ class Replica:
                 yield self._wake
                 self._wake = None
                 continue
-            cost = self.cost.iteration(batch.shape)
             start = env.now
+            steps, used = sched.span_steps(batch) if self.fast_forward else (1, None)
+            if steps > 1:
+                k = yield from self._run_span(batch, steps, used, start)
+                if k > 1:
+                    continue
+            cost = self.cost.iteration(batch.shape)
             yield env.timeout(cost.time_s)
             outcome = sched.on_batch_done(batch, env.now)
             mfu = cost.flops / (cost.time_s * rec.peak_flops)
             mbu = cost.bytes / (cost.time_s * rec.bandwidth)
-            rec.iteration(self.index, start, cost, batch, mfu, mbu, self.power_w(mfu, mbu))
+            rec.iteration(self.index, start, cost, batch, mfu, mbu, float(self.power_w(mfu, mbu)))
             rec.outcome(self.index, outcome, env.now)
-            if self.on_progress is not None and rec.iteration_count % 512 == 0:
-                self.on_progress()
+            self._report()
+
+    def _run_span(self, batch, steps: int, used: np.ndarray, start: float):
+        """Run as many identical decode steps as fit before the next arrival; returns how many.
+
+        An arrival is seen by the scheduler at the first iteration boundary at or after it,
+        so every step that starts before the next arrival runs unchanged.
+        """
+        n = batch.batch_size
+        cost = self.cost.decode_span(n, batch.shape.decode_context, steps)
+        ends = start + np.cumsum(cost.time_s)
+        k = 1 + int(np.searchsorted(ends[:-1], self.horizon_s(), side="left"))
+        if k == 1:
+            return 1
+        ends = ends[:k]
+        yield self.env.timeout(float(ends[-1]) - start)
+        outcome = self.scheduler.apply_span(used[:k], ends)
+        times = cost.time_s[:k]
+        mfu = cost.flops[:k] / (times * self.recorder.peak_flops)
+        mbu = cost.bytes[:k] / (times * self.recorder.bandwidth)
+        starts = np.concatenate(([start], ends[:-1]))
+        self.recorder.span(self.index, starts, cost, n, used[:k], mfu, mbu, self.power_w(mfu, mbu))
+        self.recorder.outcome(self.index, outcome, float(ends[-1]))
+        self._report()
+        return k
+
+    def _report(self) -> None:
+        if self.on_progress is not None and self.recorder.iteration_count % 64 == 0:
+            self.on_progress()

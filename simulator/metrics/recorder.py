@@ -86,15 +86,30 @@ class Recorder:
     def iteration(self, replica: int, start_s: float, cost: IterationCost, batch: ScheduledBatch,
                   mfu: float, mbu: float, power_w: float) -> None:
         d = cost.time_s
-        self.iteration_count += 1
-        self.flops += cost.flops * self.devices
-        self.bytes += cost.bytes * self.devices
-        self.busy_device_s += d * self.devices
-        self.active_energy_j += power_w * d * self.devices
+        self._account(1, cost.flops, cost.bytes, d, power_w * d)
         self.iterations.add(replica=[replica], stage=["mixed"], start_s=[start_s], duration_s=[d],
                             prefill_tokens=[batch.prefill_tokens], decode_tokens=[batch.decode_tokens],
                             batch_size=[batch.batch_size], kv_blocks_used=[batch.kv_blocks_used],
                             mfu=[mfu], mbu=[mbu])
+
+    def span(self, replica: int, starts_s: np.ndarray, cost: IterationCost, batch_size: int, kv_used: np.ndarray,
+             mfu: np.ndarray, mbu: np.ndarray, power_w: np.ndarray) -> None:
+        """k identical-composition decode iterations at once (arrays of length k)."""
+        k = len(starts_s)
+        d = cost.time_s[:k]
+        self._account(k, float(cost.flops[:k].sum()), float(cost.bytes[:k].sum()), float(d.sum()),
+                      float((power_w * d).sum()))
+        zeros, sizes = [0] * k, [batch_size] * k
+        self.iterations.add(replica=[replica] * k, stage=["mixed"] * k, start_s=starts_s.tolist(),
+                            duration_s=d.tolist(), prefill_tokens=zeros, decode_tokens=sizes, batch_size=sizes,
+                            kv_blocks_used=kv_used.tolist(), mfu=mfu.tolist(), mbu=mbu.tolist())
+
+    def _account(self, iterations: int, flops: float, nbytes: float, busy_s: float, energy_j: float) -> None:
+        self.iteration_count += iterations
+        self.flops += flops * self.devices
+        self.bytes += nbytes * self.devices
+        self.busy_device_s += busy_s * self.devices
+        self.active_energy_j += energy_j * self.devices
 
     def outcome(self, replica: int, outcome: BatchOutcome, now_s: float) -> None:
         if outcome.gap_values_s.size:

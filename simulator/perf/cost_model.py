@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from ..deployment import Deployment
 from ..hardware.loader import System
 from ..hardware.spec import Link
@@ -51,9 +53,11 @@ class BatchShape:
 
 @dataclass(frozen=True, slots=True)
 class IterationCost:
-    time_s: float
-    flops: float  # per device
-    bytes: float  # per device, main memory traffic
+    """Cost of one iteration (floats) or of a span of iterations (numpy arrays)."""
+
+    time_s: float | np.ndarray
+    flops: float | np.ndarray  # per device
+    bytes: float | np.ndarray  # per device, main memory traffic
     compute_dtype: str
 
 
@@ -100,7 +104,7 @@ class CostModel:
             return op.count * allgather_time_s(op.bytes, self.dep.tp, link, eff)
         gpu = operator_time_s(self.device, op)
         over = self.device.overheads
-        one = gpu + over.graph_kernel_gap if graphed else max(gpu, over.kernel_launch)
+        one = gpu + over.graph_kernel_gap if graphed else np.maximum(gpu, over.kernel_launch)
         return op.count * one
 
     def _sum(self, ops: list[Operator], graphed: bool) -> _Part:
@@ -135,15 +139,29 @@ class CostModel:
         nbytes = tokens * self.model.hidden_size * DTYPE_BYTES[self.prec.activations]
         return (self.dep.pp - 1) * p2p_time_s(nbytes, link, self.device.efficiency.network_efficiency)
 
-    def iteration(self, batch: BatchShape) -> IterationCost:
-        """Wall time of one iteration of `batch`, and per-device FLOPs and bytes."""
-        tokens = batch.tokens
-        dense, attn, head = self._dense(tokens), self._attention_part(batch), self._head(tokens, batch.sampled)
+    def _combine(self, tokens: int, dense: _Part, attn: _Part, head: _Part) -> IterationCost:
+        """Stages run their share of layers in turn; embeddings and the head run once."""
         pp = self.dep.pp
-        # Every stage runs its share of layers; embeddings and the head run once.
-        stage_time = dense.time_s + attn.time_s
-        time_s = pp * stage_time + head.time_s + self.pipeline_send_s(tokens)
-        time_s += self.device.overheads.scheduler_per_iteration
+        time_s = pp * (dense.time_s + attn.time_s) + head.time_s + self.pipeline_send_s(tokens)
+        time_s = time_s + self.device.overheads.scheduler_per_iteration
         flops = dense.flops + attn.flops + head.flops / pp
         nbytes = dense.bytes + attn.bytes + head.bytes / pp
         return IterationCost(time_s, flops, nbytes, self.prec.gemm_compute)
+
+    def iteration(self, batch: BatchShape) -> IterationCost:
+        """Wall time of one iteration of `batch`, and per-device FLOPs and bytes."""
+        tokens = batch.tokens
+        return self._combine(tokens, self._dense(tokens), self._attention_part(batch), self._head(tokens, batch.sampled))
+
+    def decode_span(self, num_decodes: int, context0: float, steps: int) -> IterationCost:
+        """`steps` consecutive decode-only iterations of the same sequences, as arrays.
+
+        Each step every sequence adds one token, so the KV context read grows by
+        `num_decodes` per step from `context0`; step j costs exactly what `iteration` gives
+        for that batch (the same operators, evaluated on an array of contexts).
+        """
+        n = num_decodes
+        context = context0 + n * np.arange(steps, dtype=np.float64)
+        op = attention_decode_op(self.model, n, context, self.shard, self.prec)
+        attn = _Part(self.op_time_s(op, self._graphed(n)), op.flops * op.count, op.bytes * op.count)
+        return self._combine(n, self._dense(n), attn, self._head(n, n))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..hardware.spec import DeviceSpec
 from ..models.operators import Operator
 
@@ -27,11 +29,6 @@ def wave_efficiency(m: int, n: int, tile_m: int, tile_n: int, units: int) -> flo
     return tiles / (waves * units)
 
 
-def memory_efficiency(device: DeviceSpec, nbytes: float) -> float:
-    eff = device.efficiency
-    return eff.memory_max * nbytes / (nbytes + eff.small_bytes_half)
-
-
 def compute_efficiency(device: DeviceSpec, op: Operator) -> float:
     eff = device.efficiency
     if op.kind == "gemm":
@@ -41,19 +38,26 @@ def compute_efficiency(device: DeviceSpec, op: Operator) -> float:
     return eff.compute_max
 
 
-def compute_time_s(device: DeviceSpec, op: Operator) -> float:
-    if op.flops <= 0:
-        return 0.0
+def compute_time_s(device: DeviceSpec, op: Operator):
+    """FLOPs over the efficiency-scaled peak; works on numpy arrays of FLOPs too."""
     return op.flops / (device.peak_flops(op.dtype) * compute_efficiency(device, op))
 
 
-def memory_time_s(device: DeviceSpec, op: Operator) -> float:
-    if op.bytes <= 0:
-        return 0.0
-    bandwidth = device.main_memory.bandwidth
-    return op.bytes / (bandwidth * memory_efficiency(device, op.bytes))
+def memory_time_s(device: DeviceSpec, op: Operator):
+    """bytes / (bandwidth * memory_max * bytes / (bytes + small_bytes_half)), simplified.
+
+    The saturating efficiency makes a transfer cost (bytes + small_bytes_half) / (bandwidth *
+    memory_max): a fixed latency-like term plus the streaming term. Zero bytes cost nothing.
+    """
+    eff = device.efficiency
+    nbytes = op.bytes
+    return np.where(nbytes > 0, (nbytes + eff.small_bytes_half) / (device.main_memory.bandwidth * eff.memory_max), 0.0)
 
 
-def operator_time_s(device: DeviceSpec, op: Operator) -> float:
-    """Roofline time of one execution of a compute or memory operator (no launch cost)."""
-    return max(compute_time_s(device, op), memory_time_s(device, op))
+def operator_time_s(device: DeviceSpec, op: Operator):
+    """Roofline time of one execution of a compute or memory operator (no launch cost).
+
+    Scalars give a float; an operator whose flops/bytes are arrays gives an array.
+    """
+    t = np.maximum(compute_time_s(device, op), memory_time_s(device, op))
+    return float(t) if t.ndim == 0 else t

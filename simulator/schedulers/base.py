@@ -11,7 +11,6 @@ A new policy is one new module that subclasses `Scheduler` and calls `register`.
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -163,13 +162,61 @@ class Scheduler:
         gap_values, gap_counts = np.unique(now_s - later, return_counts=True) if later.size else (_EMPTY, _EMPTY_I)
         t.last_token_s[idx] = now_s
         t.num_tokens[idx] += 1
-        n = t.n
+        return BatchOutcome(self._take_finished(), gap_values, gap_counts, int(first.sum()))
+
+    def _take_finished(self) -> dict[str, np.ndarray] | None:
+        t, n = self.running, self.running.n
         done = t.num_tokens[:n] - t.input_tokens[:n] >= t.output_tokens[:n]
-        finished = None
-        if done.any():
-            finished = t.take(done)
-            self.blocks.release(int(finished["blocks"].sum()))
-        return BatchOutcome(finished, gap_values, gap_counts, int(first.sum()))
+        if not done.any():
+            return None
+        finished = t.take(done)
+        self.blocks.release(int(finished["blocks"].sum()))
+        return finished
+
+    # -- decode spans: many identical decode steps at once ------------------------------
+    def span_steps(self, batch: ScheduledBatch, max_steps: int = 4096) -> tuple[int, np.ndarray]:
+        """How many consecutive steps `batch` can repeat unchanged, and KV blocks in use per step.
+
+        A batch repeats unchanged while it decodes every running sequence, nothing waits,
+        no sequence finishes before the last step, and KV blocks suffice without preemption.
+        Returns (1, ...) when the batch cannot be repeated. Step 0 is `batch` itself.
+        """
+        t, n = self.running, self.running.n
+        used0 = np.array([self.blocks.used])
+        if self.waiting or batch.rows != slice(0, n) or batch.decode_tokens != n or batch.shape.sampled != n:
+            return 1, used0
+        remaining = t.output_tokens[:n] - (t.num_tokens[:n] - t.input_tokens[:n])
+        steps = int(min(remaining.min(), max_steps))
+        if steps <= 1:
+            return 1, used0
+        # Sequence i first needs a new block at step j0 = blocks*bs - computed, then every bs steps.
+        bs = self.block_size
+        j0 = t.blocks[:n] * bs - t.num_computed[:n]
+        first = np.bincount(j0[j0 < steps], minlength=steps)
+        padded = np.zeros(-(-steps // bs) * bs, dtype=np.int64)
+        padded[:steps] = first
+        new_blocks = padded.reshape(-1, bs).cumsum(axis=0).ravel()[:steps]
+        used = self.blocks.used + np.cumsum(new_blocks)
+        over = np.flatnonzero(used > self.blocks.num_blocks)
+        if over.size:
+            steps = int(over[0])
+        return max(steps, 1), used[: max(steps, 1)]
+
+    def apply_span(self, used: np.ndarray, ends_s: np.ndarray) -> BatchOutcome:
+        """Apply k = len(ends_s) decode steps of the whole running set, ending at ends_s."""
+        t, n, k = self.running, self.running.n, len(ends_s)
+        starts = np.concatenate(([self.blocks.since_s], ends_s[:-1]))
+        self.blocks.advance(used, ends_s - starts, float(ends_s[-1]))
+        gap_values, gap_counts = np.unique(ends_s[0] - t.last_token_s[:n], return_counts=True)
+        if k > 1:
+            gap_values = np.concatenate((gap_values, np.diff(ends_s)))
+            gap_counts = np.concatenate((gap_counts, np.full(k - 1, n, dtype=np.int64)))
+        t.num_computed[:n] += k
+        t.num_tokens[:n] += k
+        t.scheduled[:n] = 0
+        t.last_token_s[:n] = ends_s[-1]
+        t.blocks[:n] = np.maximum(t.blocks[:n], ceil_div(t.num_computed[:n], self.block_size))
+        return BatchOutcome(self._take_finished(), gap_values, gap_counts, 0)
 
 
 _EMPTY = np.zeros(0)
@@ -178,7 +225,3 @@ _EMPTY_I = np.zeros(0, dtype=np.int64)
 
 def ceil_div(a: np.ndarray, b: int) -> np.ndarray:
     return -(-a // b)
-
-
-def nan_to(value: float, default: float) -> float:
-    return default if math.isnan(value) else value
