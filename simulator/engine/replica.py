@@ -14,7 +14,7 @@ import simpy
 
 from ..hardware.spec import DeviceSpec
 from ..metrics.recorder import Recorder
-from ..perf.cost_model import CostModel
+from ..perf.cost_model import CostModel, IterationCost
 from ..schedulers.base import Scheduler
 
 
@@ -58,11 +58,9 @@ class Replica:
                 continue
             start = env.now
             steps, used = sched.span_steps(batch) if self.fast_forward else (1, None)
-            if steps > 1:
-                k = yield from self._run_span(batch, steps, used, start)
-                if k > 1:
-                    continue
             cost = self.cost.iteration(batch.shape)
+            if steps > 1 and (yield from self._run_span(batch, cost, steps, used, start)):
+                continue
             yield env.timeout(cost.time_s)
             outcome = sched.on_batch_done(batch, env.now)
             mfu = cost.flops / (cost.time_s * rec.peak_flops)
@@ -71,29 +69,32 @@ class Replica:
             rec.outcome(self.index, outcome, env.now)
             self._report()
 
-    def _run_span(self, batch, steps: int, used: np.ndarray, start: float):
-        """Run as many identical decode steps as fit before the next arrival; returns how many.
+    def _run_span(self, batch, first: IterationCost, steps: int, used: np.ndarray, start: float):
+        """Run `batch` and the decode steps after it that start before the next arrival.
 
         An arrival is seen by the scheduler at the first iteration boundary at or after it,
-        so every step that starts before the next arrival runs unchanged.
+        so every step that starts before the next arrival runs unchanged. Returns False
+        (having simulated nothing) when only the first step fits.
         """
         n = batch.batch_size
-        cost = self.cost.decode_span(n, batch.shape.decode_context, steps)
-        ends = start + np.cumsum(cost.time_s)
+        rest = self.cost.decode_span(n, batch.shape.decode_context + batch.shape.prefill_context + n, steps - 1)
+        times = np.concatenate(([first.time_s], rest.time_s))
+        ends = start + np.cumsum(times)
         k = 1 + int(np.searchsorted(ends[:-1], self.horizon_s(), side="left"))
         if k == 1:
-            return 1
+            return False
         ends = ends[:k]
         yield self.env.timeout(float(ends[-1]) - start)
         outcome = self.scheduler.apply_span(used[:k], ends)
-        times = cost.time_s[:k]
-        mfu = cost.flops[:k] / (times * self.recorder.peak_flops)
-        mbu = cost.bytes[:k] / (times * self.recorder.bandwidth)
+        cost = IterationCost(times[:k], np.concatenate(([first.flops], rest.flops[: k - 1])),
+                             np.concatenate(([first.bytes], rest.bytes[: k - 1])), first.compute_dtype)
+        mfu = cost.flops / (cost.time_s * self.recorder.peak_flops)
+        mbu = cost.bytes / (cost.time_s * self.recorder.bandwidth)
         starts = np.concatenate(([start], ends[:-1]))
-        self.recorder.span(self.index, starts, cost, n, used[:k], mfu, mbu, self.power_w(mfu, mbu))
+        self.recorder.span(self.index, starts, cost, batch, used[:k], mfu, mbu, self.power_w(mfu, mbu))
         self.recorder.outcome(self.index, outcome, float(ends[-1]))
         self._report()
-        return k
+        return True
 
     def _report(self) -> None:
         if self.on_progress is not None and self.recorder.iteration_count % 64 == 0:

@@ -59,40 +59,39 @@ COLUMNS = {
 
 
 class RequestTable:
-    """The running set of one replica as numpy columns, in scheduling-priority order."""
+    """The running set of one replica as numpy columns, in scheduling-priority order.
+
+    Each column of COLUMNS is an attribute (a numpy array with spare capacity); rows
+    [0, n) are live.
+    """
 
     def __init__(self, capacity: int):
         self.n = 0
-        self.cols = {name: np.zeros(capacity, dtype=dt) for name, dt in COLUMNS.items()}
+        for name, dt in COLUMNS.items():
+            setattr(self, name, np.zeros(capacity, dtype=dt))
         self.requests = np.empty(capacity, dtype=object)
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        cols = self.__dict__.get("cols")
-        if cols is None or name not in cols:
-            raise AttributeError(name)
-        return cols[name]
 
     def _grow(self) -> None:
         size = 2 * len(self.requests)
-        for name, col in self.cols.items():
-            self.cols[name] = np.resize(col, size)
+        for name in COLUMNS:
+            setattr(self, name, np.resize(getattr(self, name), size))
         self.requests = np.resize(self.requests, size)
 
     def append(self, req: Request, blocks: int, scheduled: int) -> int:
         if self.n == len(self.requests):
             self._grow()
-        i, c, rec = self.n, self.cols, req.record
-        c["arrival_s"][i] = rec.arrival_s
-        c["input_tokens"][i] = rec.input_tokens
-        c["output_tokens"][i] = rec.output_tokens
-        c["num_tokens"][i] = req.num_tokens
-        c["num_computed"][i] = req.num_computed
-        c["blocks"][i] = blocks
-        c["first_token_s"][i] = req.first_token_s
-        c["first_scheduled_s"][i] = req.first_scheduled_s
-        c["last_token_s"][i] = req.last_token_s
-        c["preemptions"][i] = req.preemptions
-        c["scheduled"][i] = scheduled
+        i, rec = self.n, req.record
+        self.arrival_s[i] = rec.arrival_s
+        self.input_tokens[i] = rec.input_tokens
+        self.output_tokens[i] = rec.output_tokens
+        self.num_tokens[i] = req.num_tokens
+        self.num_computed[i] = req.num_computed
+        self.blocks[i] = blocks
+        self.first_token_s[i] = req.first_token_s
+        self.first_scheduled_s[i] = req.first_scheduled_s
+        self.last_token_s[i] = req.last_token_s
+        self.preemptions[i] = req.preemptions
+        self.scheduled[i] = scheduled
         self.requests[i] = req
         self.n += 1
         return i
@@ -100,26 +99,28 @@ class RequestTable:
     def pop_last(self) -> Request:
         """Remove the lowest-priority row and return it as a Request carrying its state."""
         self.n -= 1
-        i, c = self.n, self.cols
+        i = self.n
         req: Request = self.requests[i]
         self.requests[i] = None
-        req.num_tokens = int(c["num_tokens"][i])
-        req.num_computed = int(c["num_computed"][i])
-        req.first_token_s = float(c["first_token_s"][i])
-        req.first_scheduled_s = float(c["first_scheduled_s"][i])
-        req.last_token_s = float(c["last_token_s"][i])
-        req.preemptions = int(c["preemptions"][i])
+        req.num_tokens = int(self.num_tokens[i])
+        req.num_computed = int(self.num_computed[i])
+        req.first_token_s = float(self.first_token_s[i])
+        req.first_scheduled_s = float(self.first_scheduled_s[i])
+        req.last_token_s = float(self.last_token_s[i])
+        req.preemptions = int(self.preemptions[i])
         return req
 
     def take(self, mask: np.ndarray) -> dict[str, np.ndarray]:
         """Remove the rows where `mask` (length n) is true; return them as columns (+ 'requests')."""
         n = self.n
-        taken = {name: col[:n][mask].copy() for name, col in self.cols.items()}
-        taken["requests"] = self.requests[:n][mask]
         keep = ~mask
         m = int(keep.sum())
-        for col in self.cols.values():
+        taken: dict[str, np.ndarray] = {}
+        for name in COLUMNS:
+            col = getattr(self, name)
+            taken[name] = col[:n][mask]
             col[:m] = col[:n][keep]
+        taken["requests"] = self.requests[:n][mask]
         self.requests[:m] = self.requests[:n][keep]
         self.requests[m:n] = None
         self.n = m

@@ -82,6 +82,8 @@ def dense_ops(model: ModelConfig, tokens: int, shard: Sharding, prec: Precision)
     kv = max(model.kv_size // tp, model.head_dim)  # KV heads are replicated when tp > kv_heads
     inter = model.intermediate_size // tp
     ops = [
+        # the embedding lookup runs once per iteration (first stage), counted with the layers
+        Operator("embedding", "elementwise", 0.0, T * h * DTYPE_BYTES[prec.activations] * 2, prec.activations),
         _elementwise("input_layernorm", T * h, 2, prec, L, flops_per=4),
         _gemm("qkv_proj", T, q + 2 * kv, h, prec, L),
         _elementwise("rotary_emb", T * (q + kv), 2, prec, L, flops_per=3),
@@ -159,15 +161,14 @@ def attention_decode_op(
                     count=layers_per_stage(model, shard), m=num_decodes)
 
 
-def head_ops(model: ModelConfig, tokens: int, sampled: int, shard: Sharding, prec: Precision) -> list[Operator]:
-    """Embedding lookup (first stage), final norm, LM head and sampling (last stage).
+def head_ops(model: ModelConfig, sampled: int, shard: Sharding, prec: Precision) -> list[Operator]:
+    """Final norm, LM head and sampling (last stage).
 
     Only sequences that produce a token this iteration (`sampled`) go through the LM head,
     as in vLLM, which gathers the last position of each scheduled sequence.
     """
     h, V, tp = model.hidden_size, model.vocab_size // shard.tp, shard.tp
-    ab = DTYPE_BYTES[prec.activations]
-    ops = [Operator("embedding", "elementwise", 0.0, tokens * h * ab * 2, prec.activations)]
+    ops: list[Operator] = []
     if sampled:
         ops += [
             _elementwise("final_layernorm", sampled * h, 2, prec, 1, flops_per=4),

@@ -104,7 +104,10 @@ class CostModel:
             return op.count * allgather_time_s(op.bytes, self.dep.tp, link, eff)
         gpu = operator_time_s(self.device, op)
         over = self.device.overheads
-        one = gpu + over.graph_kernel_gap if graphed else np.maximum(gpu, over.kernel_launch)
+        if graphed:
+            one = gpu + over.graph_kernel_gap
+        else:
+            one = np.maximum(gpu, over.kernel_launch) if isinstance(gpu, np.ndarray) else max(gpu, over.kernel_launch)
         return op.count * one
 
     def _sum(self, ops: list[Operator], graphed: bool) -> _Part:
@@ -120,8 +123,8 @@ class CostModel:
     def _dense_part(self, tokens: int) -> _Part:
         return self._sum(dense_ops(self.model, tokens, self.shard, self.prec), self._graphed(tokens))
 
-    def _head_part(self, tokens: int, sampled: int) -> _Part:
-        return self._sum(head_ops(self.model, tokens, sampled, self.shard, self.prec), self._graphed(tokens))
+    def _head_part(self, sampled: int, graphed: bool) -> _Part:
+        return self._sum(head_ops(self.model, sampled, self.shard, self.prec), graphed)
 
     def _attention_part(self, batch: BatchShape) -> _Part:
         ops = []
@@ -151,7 +154,7 @@ class CostModel:
     def iteration(self, batch: BatchShape) -> IterationCost:
         """Wall time of one iteration of `batch`, and per-device FLOPs and bytes."""
         tokens = batch.tokens
-        return self._combine(tokens, self._dense(tokens), self._attention_part(batch), self._head(tokens, batch.sampled))
+        return self._combine(tokens, self._dense(tokens), self._attention_part(batch), self._head(batch.sampled, self._graphed(tokens)))
 
     def decode_span(self, num_decodes: int, context0: float, steps: int) -> IterationCost:
         """`steps` consecutive decode-only iterations of the same sequences, as arrays.
@@ -164,4 +167,4 @@ class CostModel:
         context = context0 + n * np.arange(steps, dtype=np.float64)
         op = attention_decode_op(self.model, n, context, self.shard, self.prec)
         attn = _Part(self.op_time_s(op, self._graphed(n)), op.flops * op.count, op.bytes * op.count)
-        return self._combine(n, self._dense(n), attn, self._head(n, n))
+        return self._combine(n, self._dense(n), attn, self._head(n, self._graphed(n)))

@@ -51,7 +51,10 @@ def memory_time_s(device: DeviceSpec, op: Operator):
     """
     eff = device.efficiency
     nbytes = op.bytes
-    return np.where(nbytes > 0, (nbytes + eff.small_bytes_half) / (device.main_memory.bandwidth * eff.memory_max), 0.0)
+    scale = 1.0 / (device.main_memory.bandwidth * eff.memory_max)
+    if isinstance(nbytes, np.ndarray):
+        return np.where(nbytes > 0, (nbytes + eff.small_bytes_half) * scale, 0.0)
+    return (nbytes + eff.small_bytes_half) * scale if nbytes > 0 else 0.0
 
 
 def operator_time_s(device: DeviceSpec, op: Operator):
@@ -59,5 +62,7 @@ def operator_time_s(device: DeviceSpec, op: Operator):
 
     Scalars give a float; an operator whose flops/bytes are arrays gives an array.
     """
-    t = np.maximum(compute_time_s(device, op), memory_time_s(device, op))
-    return float(t) if t.ndim == 0 else t
+    compute, memory = compute_time_s(device, op), memory_time_s(device, op)
+    if isinstance(compute, np.ndarray) or isinstance(memory, np.ndarray):
+        return np.maximum(compute, memory)
+    return max(compute, memory)

@@ -130,14 +130,20 @@ class Scheduler:
         self._push_waiting(req, front=True)
 
     def _make_batch(self, rows: slice) -> ScheduledBatch:
-        """Aggregate the scheduled rows into the cost model's BatchShape."""
+        """Aggregate the scheduled rows into the cost model's BatchShape.
+
+        A row decodes when all but its newest token are computed and it is past its prompt;
+        any other row runs a prefill chunk of `scheduled` tokens after `num_computed` cached.
+        """
         t = self.running
-        s = t.scheduled[rows]
         comp = t.num_computed[rows]
         ntok = t.num_tokens[rows]
-        sampled = int(np.count_nonzero(comp + s == ntok))
-        decode = (s == 1) & (comp == ntok - 1) & (ntok > t.input_tokens[rows])
-        nd = int(np.count_nonzero(decode))
+        decode = (ntok - comp == 1) & (ntok > t.input_tokens[rows])
+        nd = int(decode.sum())
+        if nd == len(comp):  # the common all-decode step: every row samples one token
+            shape = BatchShape(num_decodes=nd, decode_context=float(ntok.sum()), sampled=nd)
+            return ScheduledBatch(rows, shape, 0, nd, self.blocks.used)
+        s = t.scheduled[rows]
         pre = ~decode
         c, ctx = s[pre], comp[pre]
         shape = BatchShape(
@@ -146,7 +152,7 @@ class Scheduler:
             prefill_pairs=float((c * (ctx + (c + 1) / 2.0)).sum()),
             num_decodes=nd,
             decode_context=float(ntok[decode].sum()),
-            sampled=sampled,
+            sampled=int((comp + s == ntok).sum()),
         )
         return ScheduledBatch(rows, shape, shape.prefill_tokens, nd, self.blocks.used)
 
@@ -158,8 +164,7 @@ class Scheduler:
         idx = rows.start + np.flatnonzero(t.num_computed[rows] == t.num_tokens[rows])
         first = np.isnan(t.first_token_s[idx])
         t.first_token_s[idx[first]] = now_s
-        later = t.last_token_s[idx[~first]]
-        gap_values, gap_counts = np.unique(now_s - later, return_counts=True) if later.size else (_EMPTY, _EMPTY_I)
+        gap_values, gap_counts = gaps(now_s, t.last_token_s[idx[~first]])
         t.last_token_s[idx] = now_s
         t.num_tokens[idx] += 1
         return BatchOutcome(self._take_finished(), gap_values, gap_counts, int(first.sum()))
@@ -173,25 +178,29 @@ class Scheduler:
         self.blocks.release(int(finished["blocks"].sum()))
         return finished
 
-    # -- decode spans: many identical decode steps at once ------------------------------
+    # -- spans: a step followed by decode steps of the same sequences --------------------
     def span_steps(self, batch: ScheduledBatch, max_steps: int = 4096) -> tuple[int, np.ndarray]:
-        """How many consecutive steps `batch` can repeat unchanged, and KV blocks in use per step.
+        """How many steps `batch` and then pure decodes of the same sequences can run unchanged.
 
-        A batch repeats unchanged while it decodes every running sequence, nothing waits,
-        no sequence finishes before the last step, and KV blocks suffice without preemption.
-        Returns (1, ...) when the batch cannot be repeated. Step 0 is `batch` itself.
+        Step 0 is `batch` itself (it may hold prefill chunks). The span continues while
+        every running sequence samples a token each step (so `batch` completes every prompt
+        it touches), nothing waits, no sequence finishes before the last step, and the KV
+        blocks suffice without preemption. Returns (steps, KV blocks in use per step);
+        steps == 1 means no span.
         """
         t, n = self.running, self.running.n
         used0 = np.array([self.blocks.used])
-        if self.waiting or batch.rows != slice(0, n) or batch.decode_tokens != n or batch.shape.sampled != n:
+        if self.waiting or batch.rows != slice(0, n) or batch.shape.sampled != n:
             return 1, used0
         remaining = t.output_tokens[:n] - (t.num_tokens[:n] - t.input_tokens[:n])
         steps = int(min(remaining.min(), max_steps))
         if steps <= 1:
             return 1, used0
-        # Sequence i first needs a new block at step j0 = blocks*bs - computed, then every bs steps.
+        # After step 0 sequence i has c = computed + scheduled tokens cached; step j >= 1 needs
+        # ceil((c + j) / bs) blocks, so it first needs a new one at j0 = blocks*bs - c + 1,
+        # then every bs steps.
         bs = self.block_size
-        j0 = t.blocks[:n] * bs - t.num_computed[:n]
+        j0 = t.blocks[:n] * bs - (t.num_computed[:n] + t.scheduled[:n]) + 1
         first = np.bincount(j0[j0 < steps], minlength=steps)
         padded = np.zeros(-(-steps // bs) * bs, dtype=np.int64)
         padded[:steps] = first
@@ -203,24 +212,35 @@ class Scheduler:
         return max(steps, 1), used[: max(steps, 1)]
 
     def apply_span(self, used: np.ndarray, ends_s: np.ndarray) -> BatchOutcome:
-        """Apply k = len(ends_s) decode steps of the whole running set, ending at ends_s."""
+        """Apply step 0 (the scheduled batch) and k-1 decode steps of all running sequences."""
         t, n, k = self.running, self.running.n, len(ends_s)
         starts = np.concatenate(([self.blocks.since_s], ends_s[:-1]))
         self.blocks.advance(used, ends_s - starts, float(ends_s[-1]))
-        gap_values, gap_counts = np.unique(ends_s[0] - t.last_token_s[:n], return_counts=True)
-        if k > 1:
-            gap_values = np.concatenate((gap_values, np.diff(ends_s)))
-            gap_counts = np.concatenate((gap_counts, np.full(k - 1, n, dtype=np.int64)))
-        t.num_computed[:n] += k
-        t.num_tokens[:n] += k
+        t.num_computed[:n] += t.scheduled[:n] + (k - 1)
         t.scheduled[:n] = 0
+        first = np.isnan(t.first_token_s[:n])
+        t.first_token_s[:n][first] = ends_s[0]
+        gap_values, gap_counts = gaps(float(ends_s[0]), t.last_token_s[:n][~first])
+        gap_values = np.concatenate((gap_values, np.diff(ends_s)))
+        gap_counts = np.concatenate((gap_counts, np.full(k - 1, n, dtype=np.int64)))
+        t.num_tokens[:n] += k
         t.last_token_s[:n] = ends_s[-1]
         t.blocks[:n] = np.maximum(t.blocks[:n], ceil_div(t.num_computed[:n], self.block_size))
-        return BatchOutcome(self._take_finished(), gap_values, gap_counts, 0)
+        return BatchOutcome(self._take_finished(), gap_values, gap_counts, int(first.sum()))
 
 
 _EMPTY = np.zeros(0)
 _EMPTY_I = np.zeros(0, dtype=np.int64)
+
+
+def gaps(now_s: float, last_token_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inter-token gaps ending now, as (distinct value, count); usually all share one value."""
+    if last_token_s.size == 0:
+        return _EMPTY, _EMPTY_I
+    lo = last_token_s.min()
+    if lo == last_token_s.max():
+        return np.array([now_s - lo]), np.array([last_token_s.size], dtype=np.int64)
+    return np.unique(now_s - last_token_s, return_counts=True)
 
 
 def ceil_div(a: np.ndarray, b: int) -> np.ndarray:

@@ -68,11 +68,13 @@ class VLLMScheduler(Scheduler):
         t, n = self.running, self.running.n
         if n == 0:
             return 0, self.budget, False
-        new = t.num_tokens[:n] - t.num_computed[:n]
+        comp = t.num_computed[:n]
+        new = t.num_tokens[:n] - comp
         before = np.cumsum(new) - new
-        sched = np.clip(self.budget - before, 0, new)
-        m = int(np.count_nonzero(sched))  # budget is consumed in order, so scheduled rows are a prefix
-        need = np.maximum(ceil_div(t.num_computed[:m] + sched[:m], self.block_size) - t.blocks[:m], 0)
+        sched = np.minimum(np.maximum(self.budget - before, 0), new)
+        m = n if before[-1] < self.budget else int(np.searchsorted(before, self.budget))
+        # budget is consumed in order, so the scheduled rows are the prefix [0, m)
+        need = np.maximum(ceil_div(comp[:m] + sched[:m], self.block_size) - t.blocks[:m], 0)
         total = int(need.sum())
         preempted = False
         while total > self.blocks.free:

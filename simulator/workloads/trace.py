@@ -131,6 +131,9 @@ class TraceIndex:
     lines: np.ndarray | None  # JSONL line numbers, file order (the default id)
     is_sorted: bool
     skipped: Counter
+    cached: list[TraceRecord] | None = None  # the records themselves, for traces up to CACHE_LIMIT
+
+    CACHE_LIMIT = 200_000  # records (~20 MB); larger traces are streamed from the file again
 
     @classmethod
     def build(cls, path: str | Path, fmt: str | None = None) -> TraceIndex:
@@ -148,9 +151,14 @@ class TraceIndex:
             source = ((line, off, rec) for line, off, rec in _iter_offsets(path))
         else:
             source = ((line, -1, rec) for line, rec in iter_records(path, fmt, skipped))
+        cached: list[TraceRecord] | None = []
         for line, off, rec in source:
             record = to_record(rec, f"{path}:{line}", line)
             arrivals.append(record.arrival_s)
+            if cached is not None:
+                cached.append(record)
+                if len(cached) > cls.CACHE_LIMIT:
+                    cached = None
             if offsets is not None and lines is not None:
                 offsets.append(off)
                 lines.append(line)
@@ -158,10 +166,17 @@ class TraceIndex:
             raise InputError(f"{path}: the trace has no requests")
         arr = arrivals.array()
         return cls(path, fmt, len(arr), arr, offsets.array() if offsets is not None else None,
-                   lines.array() if lines is not None else None, bool(np.all(arr[1:] >= arr[:-1])), skipped)
+                   lines.array() if lines is not None else None, bool(np.all(arr[1:] >= arr[:-1])), skipped,
+                   cached)
 
     def requests(self) -> Iterator[TraceRecord]:
         """Records in arrival order (stable for equal arrivals), streamed."""
+        if self.cached is not None:
+            if self.is_sorted:
+                yield from self.cached
+            else:
+                yield from (self.cached[i] for i in np.argsort(self.arrivals_s, kind="stable"))
+            return
         if self.fmt == "jsonl":
             yield from self._jsonl_in_order()
             return
