@@ -172,6 +172,9 @@ def simulate(hardware: str | Path, trace: str | Path, *, model: str | None = Non
     check_out_dir(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; outputs get the user's usual mode
     try:
         result = run_setup(setup, index, staging, keep_frames, progress)
         write_json(staging / "summary.json", result.summary)

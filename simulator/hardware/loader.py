@@ -75,7 +75,11 @@ def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(parent, str):
         raise InputError(f"{path}: extends: expected a file path or catalogue name")
-    return _merge(_raw(resolve_path(parent, path), seen + (path,)), data)
+    try:
+        parent_path = resolve_path(parent, path)
+    except InputError:
+        raise InputError(f"{path}: extends: {parent}: no such file or catalogue name") from None
+    return _merge(_raw(parent_path, seen + (path,)), data)
 
 
 def format_location(loc: tuple[Any, ...]) -> str:

@@ -1,0 +1,413 @@
+"""Every kind of bad input (DESIGN sections 4-7) fails cleanly.
+
+The contract: exit code 2, exactly one line on stderr starting with "error:", naming the file
+and the line or field, no traceback, and no output directory left behind. The CLI is driven
+through `simulator.cli.main` for every case, and as a user drives it (a subprocess of
+`python -m simulator.cli`, run concurrently from one module fixture) for one case of each kind,
+so the whole file stays fast. The same errors are also checked at the Python level
+(`InputError`), which is cheaper still.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simulator.api import prepare
+from simulator.deployment import build_deployment, parse_set
+from simulator.errors import InputError
+from simulator.hardware.loader import load_system
+from simulator.models.config import load_model
+from simulator.workloads.trace import TraceIndex
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD_LINE = json.dumps({"arrival_s": 0.0, "input_tokens": 16, "output_tokens": 2}) + "\n"
+
+# A complete, valid GPU spec (H100-SXM numbers), written out here so the cases below are
+# self-contained edits of it.
+VALID_GPU = {
+    "name": "Test-GPU",
+    "kind": "gpu",
+    "compute": {"units": 132, "clock": "1.83 GHz", "peak": {"bf16": "989 TFLOPS", "fp16": "989 TFLOPS"}},
+    "memory": [{"name": "hbm3", "capacity": "80 GB", "bandwidth": "3.35 TB/s"}],
+    "links": {"nvlink": {"bandwidth": "450 GB/s", "latency": "2 us"}},
+    "power": {"tdp": "700 W", "idle": "80 W"},
+    "sources": ["test"],
+}
+
+REQUIRED_DEVICES = ("a100-40gb-sxm", "a100-80gb-sxm", "a100-80gb-pcie", "h100-sxm", "h100-pcie", "h200", "b200",
+                    "gh200", "l4", "l40s", "rtx4090", "mi300x", "xeon-8480")
+REQUIRED_SYSTEMS = ("dgx-a100", "dgx-h100")
+
+
+@pytest.fixture(scope="module")
+def repo_root() -> Path:
+    return REPO
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "simulator.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _gpu(d: Path, name: str, edit=None, text: str | None = None) -> Path:
+    spec = copy.deepcopy(VALID_GPU)
+    if edit is not None:
+        edit(spec)
+    return _write(d / name, text if text is not None else yaml.safe_dump(spec, sort_keys=False))
+
+
+def _set(path: tuple, value):
+    def edit(spec):
+        node = spec
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return edit
+
+
+def _drop(key: str):
+    return lambda spec: spec.pop(key)
+
+
+# --- the cases ---------------------------------------------------------------------------------------
+# Each builder gets an empty directory and returns (CLI args after `run`, fragments the one error
+# line must contain). Every run gets `--out <dir>/outs/run` unless the case passes its own.
+
+
+def _trace_case(name: str, text: str, *fragments: str):
+    def build(d: Path):
+        trace = _write(d / name, text)
+        return ["h100-sxm", str(trace)], [str(trace), *fragments]
+
+    return build
+
+
+def _hw_case(name: str, *fragments: str, edit=None, text: str | None = None):
+    def build(d: Path):
+        hw = _gpu(d, name, edit, text)
+        trace = _write(d / "ok.jsonl", GOOD_LINE)
+        return [str(hw), str(trace), "--model", "llama-3.1-8b"], [name, *fragments]
+
+    return build
+
+
+def _flags_case(flags: list[str], *fragments: str):
+    def build(d: Path):
+        trace = _write(d / "ok.jsonl", GOOD_LINE)
+        return ["h100-sxm", str(trace), *flags], list(fragments)
+
+    return build
+
+
+def _extends_missing(d: Path):
+    hw = _write(d / "child.yaml", "extends: ./does-not-exist.yaml\nname: Child\n")
+    trace = _write(d / "ok.jsonl", GOOD_LINE)
+    # names the file holding the bad field, the field, and the file it could not find
+    return [str(hw), str(trace)], ["child.yaml", "extends", "does-not-exist.yaml"]
+
+
+def _missing_hidden_size(d: Path):
+    cfg = {"num_attention_heads": 32, "num_hidden_layers": 2, "intermediate_size": 1024, "vocab_size": 1000,
+           "num_key_value_heads": 8}
+    path = _write(d / "config.json", json.dumps(cfg))
+    trace = _write(d / "ok.jsonl", GOOD_LINE)
+    return ["h100-sxm", str(trace), "--model", str(path)], [str(path), "hidden_size"]
+
+
+def _unknown_hardware(d: Path):
+    trace = _write(d / "ok.jsonl", GOOD_LINE)
+    return ["no-such-gpu", str(trace)], ["no-such-gpu"]
+
+
+def _missing_trace(d: Path):
+    return ["h100-sxm", str(d / "nowhere.jsonl")], [str(d / "nowhere.jsonl")]
+
+
+MALFORMED_YAML = "name: X\nkind: gpu\ncompute: units: 132\nmemory: []\n"  # line 3: mapping in a scalar
+
+CASES = {
+    # traces (DESIGN 6): error: FILE:LINE: reason
+    "trace_not_json": _trace_case("t.jsonl", GOOD_LINE + "{oops\n", "t.jsonl:2"),
+    "trace_negative_input": _trace_case(
+        "t.jsonl", json.dumps({"arrival_s": 0, "input_tokens": -5, "output_tokens": 3}) + "\n",
+        "t.jsonl:1", "input_tokens"),
+    "trace_missing_output": _trace_case(
+        "t.jsonl", GOOD_LINE + json.dumps({"arrival_s": 1, "input_tokens": 5}) + "\n", "t.jsonl:2", "output_tokens"),
+    "trace_zero_output": _trace_case(
+        "t.jsonl", json.dumps({"arrival_s": 0, "input_tokens": 5, "output_tokens": 0}) + "\n",
+        "t.jsonl:1", "output_tokens"),
+    "trace_arrival_string": _trace_case(
+        "t.jsonl", json.dumps({"arrival_s": "soon", "input_tokens": 5, "output_tokens": 3}) + "\n",
+        "t.jsonl:1", "arrival_s"),
+    "trace_empty": _trace_case("empty.jsonl", "", "empty"),
+    "trace_missing_file": _missing_trace,
+    "azure_non_integer": _trace_case(
+        "azure.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,12.5,44\n",
+        "azure.csv:2", "ContextTokens"),
+    # hardware YAML (DESIGN 4): error: FILE: field.path: reason
+    "hw_malformed_yaml": _hw_case("bad.yaml", "bad.yaml:3", "YAML", text=MALFORMED_YAML),
+    "hw_bandwidth_no_unit": _hw_case("bad.yaml", "memory[0].bandwidth", '"3.35"', "no unit",
+                                     edit=_set(("memory", 0, "bandwidth"), "3.35")),
+    "hw_bandwidth_number": _hw_case("bad.yaml", "memory[0].bandwidth", "no unit",
+                                    edit=_set(("memory", 0, "bandwidth"), 3.35)),
+    "hw_capacity_is_bandwidth": _hw_case("bad.yaml", "memory[0].capacity", "80 GB/s",
+                                         edit=_set(("memory", 0, "capacity"), "80 GB/s")),
+    "hw_unknown_field": _hw_case("bad.yaml", "frobnicate", "unknown field", edit=_set(("frobnicate",), 3)),
+    "hw_unknown_nested_field": _hw_case("bad.yaml", "memory[0].speed", "unknown field",
+                                        edit=_set(("memory", 0, "speed"), "1 TB/s")),
+    "hw_missing_memory": _hw_case("bad.yaml", "memory", "missing", edit=_drop("memory")),
+    "hw_negative_capacity": _hw_case("bad.yaml", "memory[0].capacity", "-80 GB",
+                                     edit=_set(("memory", 0, "capacity"), "-80 GB")),
+    "hw_idle_above_tdp": _hw_case("bad.yaml", "power", "idle", "tdp", edit=_set(("power", "idle"), "800 W")),
+    "hw_unknown_catalogue_name": _unknown_hardware,
+    "hw_extends_missing": _extends_missing,
+    # models (DESIGN 5)
+    "model_unknown_name": _flags_case(["--model", "llama-9-1t"], "--model", "llama-9-1t"),
+    "model_missing_hidden_size": _missing_hidden_size,
+    # deployment (DESIGN 9)
+    "set_unknown_knob": _flags_case(["--set", "max_num_sequences=8"], "--set", "max_num_sequences", "unknown"),
+    "set_max_num_seqs_zero": _flags_case(["--set", "max_num_seqs=0"], "max_num_seqs"),
+    "scheduler_unknown": _flags_case(["--scheduler", "fifo-lottery"], "--scheduler", "fifo-lottery"),
+    "tp_not_dividing_heads": _flags_case(["--tp", "3"], "--tp 3", "32"),
+    "model_does_not_fit": _flags_case(["--model", "llama-3.1-70b"], "does not fit", "141.1 GB", "72.0 GB"),
+}
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else b"<dir>")
+            for p in sorted(directory.rglob("*"))}
+
+
+def _out_dir_with_other_files(d: Path):
+    """--out names a directory holding someone else's files: refuse, touch nothing."""
+    trace = _write(d / "ok.jsonl", GOOD_LINE)
+    out = d / "outs" / "mine"
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("precious\n")
+    (out / "sub").mkdir()
+    (out / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    return ["h100-sxm", str(trace)], ["--out", str(out), "notes.txt"], out
+
+
+def _job(case_id: str, d: Path):
+    """(argv after the program name, fragments the error line must contain, --out path)."""
+    if case_id == "out_dir_with_other_files":
+        args, fragments, out = _out_dir_with_other_files(d)
+    else:
+        args, fragments = CASES[case_id](d)
+        (d / "outs").mkdir()
+        out = d / "outs" / "run"
+    return ["run", *args, "--out", str(out), "--quiet"], fragments, out
+
+
+def _check(case_id: str, rc: int, stdout: str, stderr: str, fragments: list[str], out: Path, before: dict) -> None:
+    assert "Traceback" not in stderr and "Traceback" not in stdout, stderr
+    assert rc == 2, (case_id, rc, stderr)
+    lines = stderr.strip("\n").splitlines()
+    assert len(lines) == 1, stderr
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    # nothing written: the output directory's parent is exactly as it was (no run dir, no
+    # staging dir, the other files of an existing directory untouched)
+    assert _snapshot(out.parent) == before, "output directory left behind or touched"
+    assert stdout == ""
+
+
+ALL_CASES = [*CASES, "out_dir_with_other_files"]
+
+
+@pytest.mark.parametrize("case_id", ALL_CASES)
+def test_bad_input_in_process(tmp_path, capsys, case_id):
+    """Every case through `simulator.cli.main` in this process (no interpreter start-up)."""
+    from simulator.cli import main
+
+    argv, fragments, out = _job(case_id, tmp_path)
+    before = _snapshot(out.parent)
+    capsys.readouterr()
+    rc = main(argv)
+    captured = capsys.readouterr()
+    _check(case_id, rc, captured.out, captured.err, fragments, out, before)
+
+
+def test_good_input_control_run_succeeds_and_can_rerun(tmp_path, capsys):
+    """The control for the cases above: the same command with good input writes its outputs,
+    and a directory holding only a previous run's outputs may be reused."""
+    from simulator.cli import main
+
+    trace = _write(tmp_path / "ok.jsonl", GOOD_LINE)
+    out = tmp_path / "outs" / "run"
+    argv = ["run", "h100-sxm", str(trace), "--model", "llama-3.1-8b", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["iterations.csv", "requests.csv", "summary.json"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run"]  # no staging directory left
+    assert json.loads((out / "summary.json").read_text())["requests"]["completed"] == 1
+    assert capsys.readouterr().err == ""
+
+
+# One case of each kind also runs as a real `python -m simulator.cli` process (about 1 s of
+# start-up each), concurrently.
+SUBPROCESS_CASES = ["trace_not_json", "trace_missing_file", "azure_non_integer", "hw_malformed_yaml",
+                    "hw_bandwidth_no_unit", "hw_extends_missing", "model_missing_hidden_size",
+                    "set_unknown_knob", "model_does_not_fit", "out_dir_with_other_files"]
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory):
+    """Run the subprocess cases once, concurrently: id -> (proc, fragments, out, snapshot before)."""
+    base = tmp_path_factory.mktemp("bad_inputs")
+    jobs = {}
+    for case_id in SUBPROCESS_CASES:
+        d = base / case_id
+        d.mkdir()
+        argv, fragments, out = _job(case_id, d)
+        jobs[case_id] = (argv, fragments, out, _snapshot(out.parent))
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        futures = {case_id: pool.submit(_cli, job[0], REPO) for case_id, job in jobs.items()}
+        return {case_id: (futures[case_id].result(), *jobs[case_id][1:]) for case_id in jobs}
+
+
+@pytest.mark.parametrize("case_id", SUBPROCESS_CASES)
+def test_bad_input_subprocess(cli_results, case_id):
+    proc, fragments, out, before = cli_results[case_id]
+    _check(case_id, proc.returncode, proc.stdout, proc.stderr, fragments, out, before)
+
+
+# --- shipped specs --------------------------------------------------------------------------------------
+
+
+def test_specs_check_accepts_every_shipped_yaml(repo_root):
+    files = sorted(str(p.relative_to(repo_root)) for p in (repo_root / "hardware_specs").rglob("*.yaml"))
+    assert len(files) >= 15
+    proc = _cli(["specs", "check", *files], repo_root)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    for file in files:
+        assert f"ok {file}:" in proc.stdout, file
+
+
+def test_specs_list_has_the_required_catalogue(repo_root):
+    proc = _cli(["specs", "list"], repo_root)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines() if line.strip()}
+    for name in REQUIRED_DEVICES:
+        assert name in rows, name
+        assert rows[name] in ("gpu", "cpu"), (name, rows[name])
+    assert rows["xeon-8480"] == "cpu"
+    for name in REQUIRED_SYSTEMS:
+        assert rows.get(name) == "system", name
+
+
+def test_shipped_specs_list_their_sources(repo_root):
+    for path in (repo_root / "hardware_specs").rglob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        assert data.get("sources"), path
+
+
+# --- the same errors at the Python level ----------------------------------------------------------------
+
+
+def test_valid_gpu_fixture_loads(tmp_path):
+    system = load_system(_gpu(tmp_path, "ok.yaml"))
+    assert system.accelerator.main_memory.bandwidth == 3.35e12
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (GOOD_LINE + "not json\n", ":2: "),
+        (json.dumps({"arrival_s": 0, "input_tokens": 0, "output_tokens": 3}) + "\n", ":1: input_tokens"),
+        (json.dumps({"arrival_s": 0, "input_tokens": 2.5, "output_tokens": 3}) + "\n", ":1: input_tokens"),
+        (json.dumps({"arrival_s": -1, "input_tokens": 2, "output_tokens": 3}) + "\n", ":1: arrival_s"),
+        (json.dumps({"arrival_s": 0, "input_tokens": True, "output_tokens": 3}) + "\n", ":1: input_tokens"),
+        (json.dumps({"input_tokens": 2, "output_tokens": 3, "arrival_s": None}) + "\n", ":1: arrival_s"),
+        (GOOD_LINE + "\n\n" + json.dumps({"arrival_s": 1, "input_tokens": 2}) + "\n", ":4: output_tokens"),
+        (GOOD_LINE + "[1, 2]\n", ":2: "),
+        (GOOD_LINE + json.dumps({"arrival_s": 1, "input_tokens": 2, "output_tokens": 1, "id": [1]}) + "\n", ":2: id"),
+    ],
+)
+def test_trace_errors_name_file_and_line(tmp_path, text, where):
+    path = _write(tmp_path / "t.jsonl", text)
+    with pytest.raises(InputError) as info:
+        TraceIndex.build(path)
+    assert f"{path}{where}" in str(info.value)
+
+
+def test_blank_lines_are_allowed(tmp_path):
+    path = _write(tmp_path / "t.jsonl", "\n" + GOOD_LINE + "\n   \n" + GOOD_LINE)
+    assert TraceIndex.build(path).count == 2
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (_set(("memory", 0, "bandwidth"), "3.35"), "memory[0].bandwidth"),
+        (_set(("memory", 0, "capacity"), "640 Gb"), "memory[0].capacity"),  # bits, not a unit here
+        (_set(("compute", "peak", "bf16"), "989 TB/s"), "compute.peak.bf16"),
+        (_set(("compute", "units"), 0), "compute.units"),
+        (_set(("links", "nvlink", "latency"), "2"), "links.nvlink.latency"),
+        (_set(("power", "tdp"), "700 J"), "power.tdp"),
+        (_drop("sources"), "sources"),
+        (_drop("compute"), "compute"),
+        (_set(("kind",), "tpu"), "kind"),
+    ],
+)
+def test_hardware_errors_name_the_field(tmp_path, edit, fragment):
+    path = _gpu(tmp_path, "bad.yaml", edit)
+    with pytest.raises(InputError) as info:
+        load_system(path)
+    message = str(info.value)
+    assert message.startswith(str(path)), message
+    assert fragment in message, message
+    assert "\n" not in message
+
+
+def test_extends_merges_and_overrides(tmp_path):
+    _gpu(tmp_path, "parent.yaml")
+    child = _write(tmp_path / "child.yaml", "extends: parent.yaml\nname: Child\n"
+                                            "memory:\n  - {name: hbm3e, capacity: 141 GB, bandwidth: 4.8 TB/s}\n")
+    system = load_system(child)
+    assert system.name == "Child"
+    assert system.accelerator.main_memory.capacity == 141e9
+    assert system.accelerator.compute.units == 132  # inherited
+
+
+def test_model_errors(tmp_path):
+    with pytest.raises(InputError, match="llama-9-1t"):
+        load_model("llama-9-1t")
+    bad = _write(tmp_path / "config.json", json.dumps({"num_attention_heads": 4, "num_hidden_layers": 1,
+                                                        "intermediate_size": 8, "vocab_size": 10}))
+    with pytest.raises(InputError, match="hidden_size"):
+        load_model(str(bad))
+
+
+def test_deployment_errors():
+    with pytest.raises(InputError, match="max_num_sequences"):
+        parse_set(["max_num_sequences=8"])
+    with pytest.raises(InputError, match="max_num_seqs"):
+        build_deployment(parse_set(["max_num_seqs=0"]))
+    with pytest.raises(InputError, match="gpu_memory_utilization"):
+        build_deployment({"gpu_memory_utilization": 1.5})
+    with pytest.raises(InputError, match="--scheduler"):
+        prepare("h100-sxm", model="llama-3.1-8b", scheduler="fifo-lottery")
+    with pytest.raises(InputError, match="--tp 3"):
+        prepare("h100-sxm", model="llama-3.1-8b", tp=3)
+    with pytest.raises(InputError, match="does not fit"):
+        prepare("h100-sxm", model="llama-3.1-70b")
