@@ -13,9 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import simpy
 
 from .deployment import Deployment, build_deployment
@@ -31,6 +30,9 @@ from .perf.cost_model import CostModel
 from .perf.memory_plan import MemoryPlan, plan_memory
 from .schedulers.base import get_scheduler
 from .workloads.trace import TraceIndex
+
+if TYPE_CHECKING:  # pandas is imported only when frames are asked for (start-up time)
+    import pandas as pd
 
 
 @dataclass

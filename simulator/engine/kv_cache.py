@@ -44,11 +44,15 @@ class BlockManager:
         self._area += self.used * (now_s - self.since_s)
         self.since_s = now_s
 
-    def advance(self, used_per_step, durations_s, end_s: float) -> None:
-        """Account a span of steps whose block use was `used_per_step` for `durations_s` each."""
+    def advance(self, used_per_step, durations_s, end_s: float, held: int) -> None:
+        """Account a span of steps whose block use was `used_per_step` for `durations_s` each.
+
+        `held` is the count left allocated at the end, before the span's finished sequences
+        are released by the caller.
+        """
         self._area += float((used_per_step * durations_s).sum())
-        self.used = int(used_per_step[-1])
-        self.peak = max(self.peak, self.used)
+        self.peak = max(self.peak, int(used_per_step.max()))
+        self.used = held
         self.since_s = end_s
 
     def mean_utilization(self, until_s: float) -> float:

@@ -17,6 +17,9 @@ from ..metrics.recorder import Recorder
 from ..perf.cost_model import CostModel, IterationCost
 from ..schedulers.base import Scheduler
 
+# Longest span planned at once (steps); a longer quiet stretch is simply several spans.
+MAX_SPAN_STEPS = 4096
+
 
 class Replica:
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, cost: CostModel,
@@ -27,6 +30,7 @@ class Replica:
         self.fast_forward = fast_forward  # run unchanged decode steps as one span (same results)
         self._wake: simpy.Event | None = None
         self.device: DeviceSpec = cost.device
+        self._min_step_s = cost.min_step_s
 
     def submit(self, req) -> None:
         req.replica = self.index
@@ -57,42 +61,49 @@ class Replica:
                 self._wake = None
                 continue
             start = env.now
-            steps, used = sched.span_steps(batch) if self.fast_forward else (1, None)
             cost = self.cost.iteration(batch.shape)
-            if steps > 1 and (yield from self._run_span(batch, cost, steps, used, start)):
+            if self.fast_forward and (yield from self._run_span(batch, cost, start)):
                 continue
             yield env.timeout(cost.time_s)
             outcome = sched.on_batch_done(batch, env.now)
             mfu = cost.flops / (cost.time_s * rec.peak_flops)
             mbu = cost.bytes / (cost.time_s * rec.bandwidth)
             rec.iteration(self.index, start, cost, batch, mfu, mbu, float(self.power_w(mfu, mbu)))
-            rec.outcome(self.index, outcome, env.now)
+            rec.outcome(self.index, outcome)
             self._report()
 
-    def _run_span(self, batch, first: IterationCost, steps: int, used: np.ndarray, start: float):
+    def _run_span(self, batch, first: IterationCost, start: float):
         """Run `batch` and the decode steps after it that start before the next arrival.
 
         An arrival is seen by the scheduler at the first iteration boundary at or after it,
-        so every step that starts before the next arrival runs unchanged. Returns False
+        so every step that starts before the next arrival runs as planned. Returns False
         (having simulated nothing) when only the first step fits.
         """
-        n = batch.batch_size
-        rest = self.cost.decode_span(n, batch.shape.decode_context + batch.shape.prefill_context + n, steps - 1)
+        horizon = self.horizon_s()
+        if horizon <= start + first.time_s:  # the next arrival lands during the first step
+            return False
+        # no step is shorter than min_step_s, so more steps than this cannot start in time
+        useful = (horizon - start) / self._min_step_s + 2 if horizon != float("inf") else MAX_SPAN_STEPS
+        plan = self.scheduler.plan_span(batch, int(min(useful, MAX_SPAN_STEPS)))
+        if plan is None:
+            return False
+        rest = self.cost.decode_span(plan.active[1:], plan.decode_context[1:])
         times = np.concatenate(([first.time_s], rest.time_s))
         ends = start + np.cumsum(times)
-        k = 1 + int(np.searchsorted(ends[:-1], self.horizon_s(), side="left"))
+        k = 1 + int(np.searchsorted(ends[:-1], horizon, side="left"))
         if k == 1:
             return False
         ends = ends[:k]
         yield self.env.timeout(float(ends[-1]) - start)
-        outcome = self.scheduler.apply_span(used[:k], ends)
+        outcome = self.scheduler.apply_span(plan, ends)
         cost = IterationCost(times[:k], np.concatenate(([first.flops], rest.flops[: k - 1])),
                              np.concatenate(([first.bytes], rest.bytes[: k - 1])), first.compute_dtype)
         mfu = cost.flops / (cost.time_s * self.recorder.peak_flops)
         mbu = cost.bytes / (cost.time_s * self.recorder.bandwidth)
         starts = np.concatenate(([start], ends[:-1]))
-        self.recorder.span(self.index, starts, cost, batch, used[:k], mfu, mbu, self.power_w(mfu, mbu))
-        self.recorder.outcome(self.index, outcome, float(ends[-1]))
+        self.recorder.span(self.index, starts, cost, batch, plan.active[:k], plan.used[:k], mfu, mbu,
+                           self.power_w(mfu, mbu))
+        self.recorder.outcome(self.index, outcome)
         self._report()
         return True
 

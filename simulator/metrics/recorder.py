@@ -9,9 +9,9 @@ from __future__ import annotations
 from array import array
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
@@ -32,6 +32,9 @@ ITERATION_SCHEMA = pa.schema([
     ("kv_blocks_used", pa.int64()), ("mfu", pa.float64()), ("mbu", pa.float64()),
 ])
 FLUSH_ROWS = 65536
+
+if TYPE_CHECKING:  # pandas is imported only when frames are asked for (start-up time)
+    import pandas as pd
 
 
 class _CsvSink:
@@ -112,14 +115,15 @@ class Recorder:
                             mfu=[mfu], mbu=[mbu])
 
     def span(self, replica: int, starts_s: np.ndarray, cost: IterationCost, first: ScheduledBatch,
-             kv_used: np.ndarray, mfu: np.ndarray, mbu: np.ndarray, power_w: np.ndarray) -> None:
-        """A span: the batch `first`, then k-1 decode steps of its sequences (arrays of length k)."""
-        k, n = len(starts_s), first.batch_size
+             active: np.ndarray, kv_used: np.ndarray, mfu: np.ndarray, mbu: np.ndarray, power_w: np.ndarray) -> None:
+        """A span: the batch `first`, then k-1 decode steps of `active[j]` sequences (arrays of length k)."""
+        k = len(starts_s)
         d = cost.time_s
         self._account(k, float(cost.flops.sum()), float(cost.bytes.sum()), float(d.sum()), float((power_w * d).sum()))
+        sizes = active.tolist()
         self.iterations.add(replica=[replica] * k, stage=["mixed"] * k, start_s=starts_s.tolist(),
                             duration_s=d.tolist(), prefill_tokens=[first.prefill_tokens] + [0] * (k - 1),
-                            decode_tokens=[first.decode_tokens] + [n] * (k - 1), batch_size=[n] * k,
+                            decode_tokens=[first.decode_tokens] + sizes[1:], batch_size=sizes,
                             kv_blocks_used=kv_used.tolist(), mfu=mfu.tolist(), mbu=mbu.tolist())
 
     def _account(self, iterations: int, flops: float, nbytes: float, busy_s: float, energy_j: float) -> None:
@@ -129,7 +133,7 @@ class Recorder:
         self.busy_device_s += busy_s * self.devices
         self.active_energy_j += energy_j * self.devices
 
-    def outcome(self, replica: int, outcome: BatchOutcome, now_s: float) -> None:
+    def outcome(self, replica: int, outcome: BatchOutcome) -> None:
         if outcome.gap_values_s.size:
             self.tbt.extend(outcome.gap_values_s, outcome.gap_counts)
         f = outcome.finished
@@ -137,11 +141,12 @@ class Recorder:
             return
         k = len(f["requests"])
         arrival, first = f["arrival_s"], f["first_token_s"]
+        finish = f["last_token_s"]  # a request finishes when it samples its last token
         out = f["output_tokens"]
         ttft = first - arrival
-        e2e = now_s - arrival
+        e2e = finish - arrival
         with np.errstate(invalid="ignore", divide="ignore"):
-            tpot = np.where(out > 1, (now_s - first) / np.maximum(out - 1, 1), np.nan)
+            tpot = np.where(out > 1, (finish - first) / np.maximum(out - 1, 1), np.nan)
         queue = f["first_scheduled_s"] - arrival
         self.ttft.extend(ttft.tolist())
         self.e2e.extend(e2e.tolist())
@@ -150,12 +155,12 @@ class Recorder:
         self.completed += k
         self.input_tokens += int(f["input_tokens"].sum())
         self.output_tokens += int(out.sum())
-        self.last_finish_s = max(self.last_finish_s, now_s)
+        self.last_finish_s = max(self.last_finish_s, float(finish.max()))
         records = [r.record for r in f["requests"]]
         self._judge_slo(records, ttft, tpot)
         self.requests.add(
             id=[r.id for r in records], arrival_s=arrival.tolist(), input_tokens=f["input_tokens"].tolist(),
-            output_tokens=out.tolist(), first_token_s=first.tolist(), finish_s=[now_s] * k, ttft_s=ttft.tolist(),
+            output_tokens=out.tolist(), first_token_s=first.tolist(), finish_s=finish.tolist(), ttft_s=ttft.tolist(),
             tpot_s=tpot.tolist(), e2e_s=e2e.tolist(), queue_s=queue.tolist(), preemptions=f["preemptions"].tolist(),
             replica=[replica] * k, status=["completed"] * k, reason=[""] * k,
         )

@@ -156,15 +156,35 @@ class CostModel:
         tokens = batch.tokens
         return self._combine(tokens, self._dense(tokens), self._attention_part(batch), self._head(batch.sampled, self._graphed(tokens)))
 
-    def decode_span(self, num_decodes: int, context0: float, steps: int) -> IterationCost:
-        """`steps` consecutive decode-only iterations of the same sequences, as arrays.
+    def decode_span(self, num_decodes: np.ndarray, context: np.ndarray) -> IterationCost:
+        """Many decode-only iterations at once: step j decodes num_decodes[j] sequences that
+        read context[j] KV tokens in all. Each step costs exactly what `iteration` gives for
+        that batch (the same operators, evaluated on arrays). num_decodes is non-increasing
+        (sequences only leave a span), so its runs of equal sizes are few."""
+        edges = np.flatnonzero(num_decodes[1:] != num_decodes[:-1]) + 1
+        starts = np.concatenate(([0], edges))
+        lengths = np.diff(np.concatenate((starts, [len(num_decodes)])))
+        fixed = np.repeat(np.array([self._fixed_decode(int(n)) for n in num_decodes[starts]]), lengths, axis=0)
+        op = attention_decode_op(self.model, num_decodes, context, self.shard, self.prec)
+        gpu = operator_time_s(self.device, op)
+        over = self.device.overheads
+        graphed = fixed[:, 6] > 0
+        attn_time = op.count * np.where(graphed, gpu + over.graph_kernel_gap, np.maximum(gpu, over.kernel_launch))
+        return self._combine(
+            num_decodes,
+            _Part(fixed[:, 0], fixed[:, 1], fixed[:, 2]),
+            _Part(attn_time, op.flops * op.count, op.bytes * op.count),
+            _Part(fixed[:, 3], fixed[:, 4], fixed[:, 5]),
+        )
 
-        Each step every sequence adds one token, so the KV context read grows by
-        `num_decodes` per step from `context0`; step j costs exactly what `iteration` gives
-        for that batch (the same operators, evaluated on an array of contexts).
-        """
-        n = num_decodes
-        context = context0 + n * np.arange(steps, dtype=np.float64)
-        op = attention_decode_op(self.model, n, context, self.shard, self.prec)
-        attn = _Part(self.op_time_s(op, self._graphed(n)), op.flops * op.count, op.bytes * op.count)
-        return self._combine(n, self._dense(n), attn, self._head(n, self._graphed(n)))
+    @lru_cache(maxsize=4096)  # noqa: B019 (one CostModel per run; the cache dies with it)
+    def _fixed_decode(self, n: int) -> tuple[float, ...]:
+        """Token-parallel and head costs of a decode step of n sequences, and whether it is graphed."""
+        graphed = self._graphed(n)
+        dense, head = self._dense(n), self._head(n, graphed)
+        return (dense.time_s, dense.flops, dense.bytes, head.time_s, head.flops, head.bytes, float(graphed))
+
+    @property
+    def min_step_s(self) -> float:
+        """A lower bound on any iteration's time: one decode of one token of context."""
+        return self.iteration(BatchShape(num_decodes=1, decode_context=1.0, sampled=1)).time_s

@@ -178,55 +178,82 @@ class Scheduler:
         self.blocks.release(int(finished["blocks"].sum()))
         return finished
 
-    # -- spans: a step followed by decode steps of the same sequences --------------------
-    def span_steps(self, batch: ScheduledBatch, max_steps: int = 4096) -> tuple[int, np.ndarray]:
-        """How many steps `batch` and then pure decodes of the same sequences can run unchanged.
+    # -- spans: a step, then decode steps of the same sequences until they finish --------
+    def plan_span(self, batch: ScheduledBatch, max_steps: int) -> SpanPlan | None:
+        """Plan `batch` followed by up to max_steps-1 pure-decode steps of its sequences.
 
-        Step 0 is `batch` itself (it may hold prefill chunks). The span continues while
-        every running sequence samples a token each step (so `batch` completes every prompt
-        it touches), nothing waits, no sequence finishes before the last step, and the KV
-        blocks suffice without preemption. Returns (steps, KV blocks in use per step);
-        steps == 1 means no span.
+        Valid while every running sequence samples a token every step (so `batch` completes
+        each prompt it touches), nothing waits, and KV blocks suffice without preemption;
+        sequences drop out as they finish. Returns None when no second step qualifies.
         """
         t, n = self.running, self.running.n
-        used0 = np.array([self.blocks.used])
-        if self.waiting or batch.rows != slice(0, n) or batch.shape.sampled != n:
-            return 1, used0
-        remaining = t.output_tokens[:n] - (t.num_tokens[:n] - t.input_tokens[:n])
-        steps = int(min(remaining.min(), max_steps))
-        if steps <= 1:
-            return 1, used0
-        # After step 0 sequence i has c = computed + scheduled tokens cached; step j >= 1 needs
-        # ceil((c + j) / bs) blocks, so it first needs a new one at j0 = blocks*bs - c + 1,
-        # then every bs steps.
+        if max_steps < 2 or self.waiting or batch.rows != slice(0, n) or batch.shape.sampled != n:
+            return None
+        ntok = t.num_tokens[:n]
+        remaining = t.output_tokens[:n] - (ntok - t.input_tokens[:n])  # steps each samples in, >= 1
+        steps = int(min(remaining.max(), max_steps))
+        if steps < 2:
+            return None
+        # Sequences still decoding at step j >= 1 are those with remaining > j.
+        order = np.argsort(remaining, kind="stable")
+        r_sorted = remaining[order]
+        done_by = np.searchsorted(r_sorted, np.arange(steps), side="right")  # finished before step j
+        active = n - done_by
+        ntok_suffix = np.concatenate((np.cumsum(ntok[order][::-1])[::-1], [0]))
+        context = ntok_suffix[done_by] + np.arange(steps) * active  # step j reads ntok + j per sequence
+        # KV blocks: after step 0 sequence i holds c_i = computed + scheduled tokens; step j needs
+        # ceil((c_i + j) / bs) blocks, a new one first at j0 = blocks*bs - c_i + 1, then every bs
+        # steps, while it is active (j < remaining). A finished sequence frees all its blocks.
         bs = self.block_size
         j0 = t.blocks[:n] * bs - (t.num_computed[:n] + t.scheduled[:n]) + 1
-        first = np.bincount(j0[j0 < steps], minlength=steps)
-        padded = np.zeros(-(-steps // bs) * bs, dtype=np.int64)
-        padded[:steps] = first
-        new_blocks = padded.reshape(-1, bs).cumsum(axis=0).ravel()[:steps]
-        used = self.blocks.used + np.cumsum(new_blocks)
+        end = np.minimum(remaining, steps)
+        grows = np.maximum(-(-(end - j0) // bs), 0)  # new blocks each takes within the span
+        width = -(-(steps + bs) // bs) * bs
+        growing = grows > 0
+        comb = (np.bincount(j0[growing], minlength=width)
+                - np.bincount((j0 + grows * bs)[growing], minlength=width))[:width]
+        new_per_step = comb.reshape(-1, bs).cumsum(axis=0).ravel()[:steps]
+        held = self.blocks.used + np.cumsum(new_per_step)  # before releases
+        fin = remaining < steps
+        freed = np.bincount(remaining[fin], weights=t.blocks[:n][fin] + grows[fin], minlength=steps)[:steps]
+        used = held - np.cumsum(freed).astype(np.int64)
         over = np.flatnonzero(used > self.blocks.num_blocks)
         if over.size:
             steps = int(over[0])
-        return max(steps, 1), used[: max(steps, 1)]
+            if steps < 2:
+                return None
+        return SpanPlan(steps, active[:steps], context[:steps].astype(np.float64), used[:steps], held[:steps],
+                        remaining)
 
-    def apply_span(self, used: np.ndarray, ends_s: np.ndarray) -> BatchOutcome:
-        """Apply step 0 (the scheduled batch) and k-1 decode steps of all running sequences."""
+    def apply_span(self, plan: SpanPlan, ends_s: np.ndarray) -> BatchOutcome:
+        """Apply the first k = len(ends_s) steps of `plan`; sequences finish at their own step."""
         t, n, k = self.running, self.running.n, len(ends_s)
         starts = np.concatenate(([self.blocks.since_s], ends_s[:-1]))
-        self.blocks.advance(used, ends_s - starts, float(ends_s[-1]))
-        t.num_computed[:n] += t.scheduled[:n] + (k - 1)
+        self.blocks.advance(plan.used[:k], ends_s - starts, float(ends_s[-1]), int(plan.held[k - 1]))
+        steps_in = np.minimum(plan.remaining, k)  # steps each sequence sampled in
+        t.num_computed[:n] += t.scheduled[:n] + steps_in - 1
         t.scheduled[:n] = 0
         first = np.isnan(t.first_token_s[:n])
         t.first_token_s[:n][first] = ends_s[0]
         gap_values, gap_counts = gaps(float(ends_s[0]), t.last_token_s[:n][~first])
         gap_values = np.concatenate((gap_values, np.diff(ends_s)))
-        gap_counts = np.concatenate((gap_counts, np.full(k - 1, n, dtype=np.int64)))
-        t.num_tokens[:n] += k
-        t.last_token_s[:n] = ends_s[-1]
+        gap_counts = np.concatenate((gap_counts, plan.active[1:k]))
+        t.num_tokens[:n] += steps_in
+        t.last_token_s[:n] = ends_s[steps_in - 1]
         t.blocks[:n] = np.maximum(t.blocks[:n], ceil_div(t.num_computed[:n], self.block_size))
         return BatchOutcome(self._take_finished(), gap_values, gap_counts, int(first.sum()))
+
+
+@dataclass(slots=True)
+class SpanPlan:
+    """Per-step arrays (index j = step j, step 0 being the scheduled batch) of a span."""
+
+    steps: int
+    active: np.ndarray  # sequences in step j
+    decode_context: np.ndarray  # KV tokens read by step j's decodes (j >= 1)
+    used: np.ndarray  # KV blocks in use during step j
+    held: np.ndarray  # KV blocks held by the span's sequences at step j, before any is freed
+    remaining: np.ndarray  # per running row: steps it samples in before it finishes
 
 
 _EMPTY = np.zeros(0)
