@@ -70,7 +70,10 @@ def prepare(hardware: str | Path, model: str | None = None, scheduler: str | Non
         raise InputError(f"{system.source_file}: links: {system.name} has no link for tp/pp; add nvlink or pcie")
     if dep.router not in ROUTERS:
         raise InputError(f"router: {dep.router!r} unknown (known: {', '.join(ROUTERS)})")
-    batched = dep.max_num_batched_tokens or 2048
+    # vLLM profiles activations with a forward pass of max_num_batched_tokens tokens, whose
+    # default without chunked prefill is room for the longest prompt
+    longest = dep.max_model_len or model_cfg.max_position_embeddings
+    batched = dep.max_num_batched_tokens or (2048 if dep.enable_chunked_prefill else max(longest, 2048))
     plan = plan_memory(system.accelerator, model_cfg, dep, batched)
     return Setup(system, model_cfg, dep, plan, CostModel(system, model_cfg, dep))
 
@@ -104,7 +107,7 @@ class Arrivals:
             delay = record.arrival_s - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            replicas[route(schedulers)].submit(Request(record))
+            replicas[route(schedulers, env.now)].submit(Request(record))
         self.next_s = float("inf")
 
 

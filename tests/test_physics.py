@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 
 from simulator.api import prepare, simulate
@@ -321,7 +322,7 @@ def test_decode_iteration_bytes_grow_by_the_kv_read(tp1):
 
 def test_decode_span_equals_single_iterations(tp1):
     # the vectorised span must cost each step exactly as iteration() does
-    span = tp1.cost.decode_span(3, 600.0, 5)
+    span = tp1.cost.decode_span(np.full(5, 3), 600.0 + 3 * np.arange(5.0))
     for j in range(5):
         one = tp1.cost.iteration(BatchShape(num_decodes=3, decode_context=600.0 + 3 * j, sampled=3))
         assert span.time_s[j] == pytest.approx(one.time_s, rel=1e-12)

@@ -94,7 +94,9 @@ class Replica:
         if k == 1:
             return False
         ends = ends[:k]
+        self.scheduler.span_in_flight = (ends, plan.cum_work[:k])
         yield self.env.timeout(float(ends[-1]) - start)
+        self.scheduler.span_in_flight = None
         outcome = self.scheduler.apply_span(plan, ends)
         cost = IterationCost(times[:k], np.concatenate(([first.flops], rest.flops[: k - 1])),
                              np.concatenate(([first.bytes], rest.bytes[: k - 1])), first.compute_dtype)

@@ -13,18 +13,18 @@ from itertools import count
 from ..schedulers.base import Scheduler
 
 
-def round_robin() -> Callable[[Sequence[Scheduler]], int]:
+def round_robin() -> Callable[[Sequence[Scheduler], float], int]:
     counter = count()
 
-    def pick(schedulers: Sequence[Scheduler]) -> int:
+    def pick(schedulers: Sequence[Scheduler], now_s: float) -> int:
         return next(counter) % len(schedulers)
 
     return pick
 
 
-def least_outstanding() -> Callable[[Sequence[Scheduler]], int]:
-    def pick(schedulers: Sequence[Scheduler]) -> int:
-        loads = [s.outstanding_work_tokens() for s in schedulers]
+def least_outstanding() -> Callable[[Sequence[Scheduler], float], int]:
+    def pick(schedulers: Sequence[Scheduler], now_s: float) -> int:
+        loads = [s.outstanding_work_tokens(now_s) for s in schedulers]
         return loads.index(min(loads))
 
     return pick

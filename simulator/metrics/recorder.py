@@ -93,6 +93,7 @@ class Recorder:
         self.tbt = WeightedSamples()
         self.slo_met = 0
         self.slo_judged = 0
+        self.slo_targets: dict[str, set] = {"ttft_s": set(), "tpot_s": set()}  # distinct targets seen (capped)
         self.completed = 0
         self.rejected = 0
         self.reject_reasons: Counter = Counter()
@@ -170,6 +171,7 @@ class Recorder:
             if rec.slo_ttft_s is None and rec.slo_tpot_s is None:
                 continue
             self.slo_judged += 1
+            self._note_targets(rec)
             ok = (rec.slo_ttft_s is None or t1 <= rec.slo_ttft_s) and (
                 rec.slo_tpot_s is None or t2 != t2 or t2 <= rec.slo_tpot_s)  # t2 != t2: one-token output
             self.slo_met += ok
@@ -186,6 +188,19 @@ class Recorder:
         )
         if rec.slo_ttft_s is not None or rec.slo_tpot_s is not None:
             self.slo_judged += 1
+            self._note_targets(rec)
+
+    def _note_targets(self, rec) -> None:
+        for key, value in (("ttft_s", rec.slo_ttft_s), ("tpot_s", rec.slo_tpot_s)):
+            if len(self.slo_targets[key]) < 2:
+                self.slo_targets[key].add(value)
+
+    def slo_target(self, key: str) -> float | str | None:
+        """The SLO target all judged requests share, "per-request" if they differ, None if unset."""
+        values = self.slo_targets[key]
+        if len(values) > 1:
+            return "per-request"
+        return next(iter(values), None)
 
     def close(self) -> None:
         self.requests.close()
@@ -196,6 +211,6 @@ def _reason_key(reason: str) -> str:
     """Group rejection messages by their kind (the text before the numbers)."""
     if "max_model_len" in reason:
         return "exceeds max_model_len"
-    if "max_num_batched_tokens" in reason:
-        return "prompt exceeds max_num_batched_tokens (chunked prefill off)"
+    if "whole-prompt step" in reason:
+        return "exceeds one whole-prompt step (chunked prefill off)"
     return reason

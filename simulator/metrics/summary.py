@@ -62,6 +62,8 @@ def build_summary(*, rec: Recorder, total: int, hardware: str, model: str, sched
     }
     if rec.slo_judged:
         summary["slo"] = {
+            "ttft_s": rec.slo_target("ttft_s"),
+            "tpot_s": rec.slo_target("tpot_s"),
             "attainment": rec.slo_met / rec.slo_judged,
             "goodput_requests_per_s": rec.slo_met / span,
             "judged_requests": rec.slo_judged,

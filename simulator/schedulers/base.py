@@ -81,6 +81,7 @@ class Scheduler:
         self.waiting_work_tokens = 0
         self.max_model_len = min(dep.max_model_len or model.max_position_embeddings, plan.kv_tokens)
         self.preemptions = 0
+        self.span_in_flight: tuple[np.ndarray, np.ndarray] | None = None  # (step ends, work done by each)
 
     # -- admission -------------------------------------------------------------------
     def rejection_reason(self, req: Request) -> str | None:
@@ -108,12 +109,21 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting) or self.running.n > 0
 
-    def outstanding_work_tokens(self) -> int:
-        """Tokens still to compute on this replica (prompts and outputs, waiting and running)."""
+    def outstanding_work_tokens(self, now_s: float) -> int:
+        """Tokens still to compute on this replica (prompts and outputs, waiting and running).
+
+        While a span runs, its steps that have ended by `now_s` count as done, exactly as if
+        each had been applied at its own end.
+        """
         t, n = self.running, self.running.n
         running = int((t.num_tokens[:n] - t.num_computed[:n]).sum()
                       + (t.input_tokens[:n] + t.output_tokens[:n] - t.num_tokens[:n]).sum())
-        return running + self.waiting_work_tokens
+        done = 0
+        if self.span_in_flight is not None:
+            ends, cum_work = self.span_in_flight
+            steps_done = int(np.searchsorted(ends, now_s, side="right"))
+            done = int(cum_work[steps_done - 1]) if steps_done else 0
+        return running + self.waiting_work_tokens - done
 
     def next_batch(self, now_s: float) -> ScheduledBatch | None:
         raise NotImplementedError
@@ -222,8 +232,14 @@ class Scheduler:
             steps = int(over[0])
             if steps < 2:
                 return None
+        # Work done by step j (see outstanding_work_tokens): its scheduled tokens, plus the one
+        # token of context a sequence leaves behind when it finishes.
+        work = np.empty(steps, dtype=np.int64)
+        work[0] = int(t.scheduled[:n].sum())
+        work[1:] = active[1:steps]
+        work += np.bincount(remaining - 1, minlength=steps)[:steps]
         return SpanPlan(steps, active[:steps], context[:steps].astype(np.float64), used[:steps], held[:steps],
-                        remaining)
+                        remaining, np.cumsum(work))
 
     def apply_span(self, plan: SpanPlan, ends_s: np.ndarray) -> BatchOutcome:
         """Apply the first k = len(ends_s) steps of `plan`; sequences finish at their own step."""
@@ -254,6 +270,7 @@ class SpanPlan:
     used: np.ndarray  # KV blocks in use during step j
     held: np.ndarray  # KV blocks held by the span's sequences at step j, before any is freed
     remaining: np.ndarray  # per running row: steps it samples in before it finishes
+    cum_work: np.ndarray  # tokens of outstanding work done by the end of step j
 
 
 _EMPTY = np.zeros(0)

@@ -43,9 +43,15 @@ class VLLMScheduler(Scheduler):
 
     def rejection_reason(self, req: Request) -> str | None:
         reason = super().rejection_reason(req)
-        if reason is None and not self.chunked and req.record.input_tokens > self.budget:
-            return (f"prompt of {req.record.input_tokens} tokens exceeds max_num_batched_tokens {self.budget} "
-                    "with chunked prefill off")
+        if reason is None and not self.chunked:
+            # Without chunking a prompt, and after a preemption its prompt plus the tokens
+            # generated so far, must fit one step's budget and the blocks above the watermark.
+            total = req.record.input_tokens + req.record.output_tokens
+            room = min(self.budget, (self.blocks.num_blocks - self.watermark) * self.block_size)
+            if total > room:
+                return (f"input+output {total} tokens exceed one whole-prompt step ({room} tokens: "
+                        f"max_num_batched_tokens {self.budget}, KV blocks above the watermark) "
+                        "with chunked prefill off")
         return reason
 
     def next_batch(self, now_s: float) -> ScheduledBatch | None:
