@@ -161,10 +161,13 @@ class CostModel:
         read context[j] KV tokens in all. Each step costs exactly what `iteration` gives for
         that batch (the same operators, evaluated on arrays). num_decodes is non-increasing
         (sequences only leave a span), so its runs of equal sizes are few."""
-        edges = np.flatnonzero(num_decodes[1:] != num_decodes[:-1]) + 1
-        starts = np.concatenate(([0], edges))
-        lengths = np.diff(np.concatenate((starts, [len(num_decodes)])))
-        fixed = np.repeat(np.array([self._fixed_decode(int(n)) for n in num_decodes[starts]]), lengths, axis=0)
+        if num_decodes[0] == num_decodes[-1]:  # one batch size throughout
+            fixed = np.array([self._fixed_decode(int(num_decodes[0]))])
+        else:
+            edges = np.flatnonzero(num_decodes[1:] != num_decodes[:-1]) + 1
+            starts = np.concatenate(([0], edges))
+            lengths = np.diff(np.concatenate((starts, [len(num_decodes)])))
+            fixed = np.repeat(np.array([self._fixed_decode(int(n)) for n in num_decodes[starts]]), lengths, axis=0)
         op = attention_decode_op(self.model, num_decodes, context, self.shard, self.prec)
         gpu = operator_time_s(self.device, op)
         over = self.device.overheads

@@ -205,12 +205,16 @@ class Scheduler:
         if steps < 2:
             return None
         # Sequences still decoding at step j >= 1 are those with remaining > j.
-        order = np.argsort(remaining, kind="stable")
-        r_sorted = remaining[order]
-        done_by = np.searchsorted(r_sorted, np.arange(steps), side="right")  # finished before step j
-        active = n - done_by
-        ntok_suffix = np.concatenate((np.cumsum(ntok[order][::-1])[::-1], [0]))
-        context = ntok_suffix[done_by] + np.arange(steps) * active  # step j reads ntok + j per sequence
+        step_index = np.arange(steps)
+        if remaining.min() >= steps:  # nobody finishes inside the span: the common short span
+            active = np.full(steps, n)
+            context = ntok.sum() + step_index * n
+        else:
+            order = np.argsort(remaining, kind="stable")
+            done_by = np.searchsorted(remaining[order], step_index, side="right")  # finished before step j
+            active = n - done_by
+            ntok_suffix = np.concatenate((np.cumsum(ntok[order][::-1])[::-1], [0]))
+            context = ntok_suffix[done_by] + step_index * active  # step j reads ntok + j per sequence
         # KV blocks: after step 0 sequence i holds c_i = computed + scheduled tokens; step j needs
         # ceil((c_i + j) / bs) blocks, a new one first at j0 = blocks*bs - c_i + 1, then every bs
         # steps, while it is active (j < remaining). A finished sequence frees all its blocks.
@@ -225,8 +229,10 @@ class Scheduler:
         new_per_step = comb.reshape(-1, bs).cumsum(axis=0).ravel()[:steps]
         held = self.blocks.used + np.cumsum(new_per_step)  # before releases
         fin = remaining < steps
-        freed = np.bincount(remaining[fin], weights=t.blocks[:n][fin] + grows[fin], minlength=steps)[:steps]
-        used = held - np.cumsum(freed).astype(np.int64)
+        used = held
+        if fin.any():
+            freed = np.bincount(remaining[fin], weights=t.blocks[:n][fin] + grows[fin], minlength=steps)[:steps]
+            used = held - np.cumsum(freed).astype(np.int64)
         over = np.flatnonzero(used > self.blocks.num_blocks)
         if over.size:
             steps = int(over[0])
@@ -237,7 +243,9 @@ class Scheduler:
         work = np.empty(steps, dtype=np.int64)
         work[0] = int(t.scheduled[:n].sum())
         work[1:] = active[1:steps]
-        work += np.bincount(remaining - 1, minlength=steps)[:steps]
+        finishing = remaining <= steps
+        if finishing.any():
+            work += np.bincount(remaining[finishing] - 1, minlength=steps)
         return SpanPlan(steps, active[:steps], context[:steps].astype(np.float64), used[:steps], held[:steps],
                         remaining, np.cumsum(work))
 
