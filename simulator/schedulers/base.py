@@ -247,25 +247,27 @@ class Scheduler:
         if finishing.any():
             work += np.bincount(remaining[finishing] - 1, minlength=steps)
         return SpanPlan(steps, active[:steps], context[:steps].astype(np.float64), used[:steps], held[:steps],
-                        remaining, np.cumsum(work))
+                        remaining, int(remaining.min()), np.cumsum(work))
 
     def apply_span(self, plan: SpanPlan, ends_s: np.ndarray) -> BatchOutcome:
         """Apply the first k = len(ends_s) steps of `plan`; sequences finish at their own step."""
         t, n, k = self.running, self.running.n, len(ends_s)
         starts = np.concatenate(([self.blocks.since_s], ends_s[:-1]))
         self.blocks.advance(plan.used[:k], ends_s - starts, float(ends_s[-1]), int(plan.held[k - 1]))
-        steps_in = np.minimum(plan.remaining, k)  # steps each sequence sampled in
-        t.num_computed[:n] += t.scheduled[:n] + steps_in - 1
-        t.scheduled[:n] = 0
         first = np.isnan(t.first_token_s[:n])
-        t.first_token_s[:n][first] = ends_s[0]
         gap_values, gap_counts = gaps(float(ends_s[0]), t.last_token_s[:n][~first])
+        t.first_token_s[:n][first] = ends_s[0]
         gap_values = np.concatenate((gap_values, np.diff(ends_s)))
         gap_counts = np.concatenate((gap_counts, plan.active[1:k]))
+        finishes = plan.min_remaining <= k
+        steps_in = np.minimum(plan.remaining, k) if finishes else k  # steps each sequence sampled in
+        t.num_computed[:n] += t.scheduled[:n] + (steps_in - 1)
+        t.scheduled[:n] = 0
         t.num_tokens[:n] += steps_in
-        t.last_token_s[:n] = ends_s[steps_in - 1]
+        t.last_token_s[:n] = ends_s[steps_in - 1] if finishes else ends_s[-1]
         t.blocks[:n] = np.maximum(t.blocks[:n], ceil_div(t.num_computed[:n], self.block_size))
-        return BatchOutcome(self._take_finished(), gap_values, gap_counts, int(first.sum()))
+        finished = self._take_finished() if finishes else None
+        return BatchOutcome(finished, gap_values, gap_counts, int(first.sum()))
 
 
 @dataclass(slots=True)
@@ -278,6 +280,7 @@ class SpanPlan:
     used: np.ndarray  # KV blocks in use during step j
     held: np.ndarray  # KV blocks held by the span's sequences at step j, before any is freed
     remaining: np.ndarray  # per running row: steps it samples in before it finishes
+    min_remaining: int
     cum_work: np.ndarray  # tokens of outstanding work done by the end of step j
 
 

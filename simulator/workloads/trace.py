@@ -86,6 +86,17 @@ def to_record(rec: Any, where: str, line: int) -> TraceRecord:
     )
 
 
+def trusted_record(rec: dict[str, Any], line: int) -> TraceRecord:
+    """Rebuild a record that `to_record` already accepted (replay pass: no checks to repeat)."""
+    hashes = rec.get("prefix_hashes")
+    ttft, tpot = rec.get("slo_ttft_s"), rec.get("slo_tpot_s")
+    return TraceRecord(
+        str(rec.get("id", line)), float(rec["arrival_s"]), int(rec["input_tokens"]), int(rec["output_tokens"]),
+        tuple(hashes) if hashes is not None else None, int(rec.get("prefix_block_tokens", 512)),
+        float(ttft) if ttft is not None else None, float(tpot) if tpot is not None else None,
+    )
+
+
 def _parse_line(raw: bytes, path: Path, line: int) -> dict[str, Any]:
     try:
         rec = json.loads(raw)
@@ -182,8 +193,7 @@ class TraceIndex:
             return
         from .formats import iter_records
 
-        records = (to_record(rec, f"{self.path}:{line}", line)
-                   for line, rec in iter_records(self.path, self.fmt, Counter()))
+        records = (trusted_record(rec, line) for line, rec in iter_records(self.path, self.fmt, Counter()))
         if self.is_sorted:
             yield from records
         else:  # real-format traces are time-ordered; an unsorted one is sorted in memory
@@ -197,13 +207,12 @@ class TraceIndex:
                 line = 0
                 for line, raw in enumerate(handle, start=1):
                     if raw.strip():
-                        yield to_record(json.loads(raw), f"{self.path}:{line}", line)
+                        yield trusted_record(json.loads(raw), line)
                 return
             for idx in order:
                 handle.seek(int(self.offsets[idx]))
                 raw = handle.readline()
-                line = int(self.lines[idx])
-                yield to_record(json.loads(raw), f"{self.path}:{line}", line)
+                yield trusted_record(json.loads(raw), int(self.lines[idx]))
 
     @property
     def duration_s(self) -> float:
