@@ -6,6 +6,8 @@ over simulated time for the summary's mean and peak KV-cache utilisation.
 """
 from __future__ import annotations
 
+import numpy as np
+
 
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int):
@@ -50,8 +52,8 @@ class BlockManager:
         `held` is the count left allocated at the end, before the span's finished sequences
         are released by the caller.
         """
-        self._area += float((used_per_step * durations_s).sum())
-        self.peak = max(self.peak, int(used_per_step.max()))
+        self._area += float(np.add.reduce(used_per_step * durations_s))
+        self.peak = max(self.peak, int(np.maximum.reduce(used_per_step)))
         self.used = held
         self.since_s = end_s
 

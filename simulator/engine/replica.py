@@ -89,8 +89,8 @@ class Replica:
             return False
         rest = self.cost.decode_span(plan.active[1:], plan.decode_context[1:])
         times = np.concatenate(([first.time_s], rest.time_s))
-        ends = start + np.cumsum(times)
-        k = 1 + int(np.searchsorted(ends[:-1], horizon, side="left"))
+        ends = start + times.cumsum()
+        k = 1 + int(ends[:-1].searchsorted(horizon, side="left"))
         if k == 1:
             return False
         ends = ends[:k]

@@ -114,7 +114,7 @@ class RequestTable:
         """Remove the rows where `mask` (length n) is true; return them as columns (+ 'requests')."""
         n = self.n
         keep = ~mask
-        m = int(keep.sum())
+        m = int(np.add.reduce(keep))
         taken: dict[str, np.ndarray] = {}
         for name in COLUMNS:
             col = getattr(self, name)

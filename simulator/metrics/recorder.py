@@ -120,7 +120,7 @@ class Recorder:
         """A span: the batch `first`, then k-1 decode steps of `active[j]` sequences (arrays of length k)."""
         k = len(starts_s)
         d = cost.time_s
-        self._account(k, float(cost.flops.sum()), float(cost.bytes.sum()), float(d.sum()), float((power_w * d).sum()))
+        self._account(k, float(np.add.reduce(cost.flops)), float(np.add.reduce(cost.bytes)), float(np.add.reduce(d)), float(np.add.reduce(power_w * d)))
         sizes = active.tolist()
         self.iterations.add(replica=[replica] * k, stage=["mixed"] * k, start_s=starts_s.tolist(),
                             duration_s=d.tolist(), prefill_tokens=[first.prefill_tokens] + [0] * (k - 1),
@@ -154,9 +154,9 @@ class Recorder:
         self.queue.extend(queue.tolist())
         self.tpot.extend(tpot[out > 1].tolist())
         self.completed += k
-        self.input_tokens += int(f["input_tokens"].sum())
-        self.output_tokens += int(out.sum())
-        self.last_finish_s = max(self.last_finish_s, float(finish.max()))
+        self.input_tokens += int(np.add.reduce(f["input_tokens"]))
+        self.output_tokens += int(np.add.reduce(out))
+        self.last_finish_s = max(self.last_finish_s, float(np.maximum.reduce(finish)))
         records = [r.record for r in f["requests"]]
         self._judge_slo(records, ttft, tpot)
         self.requests.add(

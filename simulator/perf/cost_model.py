@@ -164,7 +164,7 @@ class CostModel:
         if num_decodes[0] == num_decodes[-1]:  # one batch size throughout
             fixed = np.array([self._fixed_decode(int(num_decodes[0]))])
         else:
-            edges = np.flatnonzero(num_decodes[1:] != num_decodes[:-1]) + 1
+            edges = (num_decodes[1:] != num_decodes[:-1]).nonzero()[0] + 1
             starts = np.concatenate(([0], edges))
             lengths = np.diff(np.concatenate((starts, [len(num_decodes)])))
             fixed = np.repeat(np.array([self._fixed_decode(int(n)) for n in num_decodes[starts]]), lengths, axis=0)

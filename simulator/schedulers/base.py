@@ -116,12 +116,12 @@ class Scheduler:
         each had been applied at its own end.
         """
         t, n = self.running, self.running.n
-        running = int((t.num_tokens[:n] - t.num_computed[:n]).sum()
-                      + (t.input_tokens[:n] + t.output_tokens[:n] - t.num_tokens[:n]).sum())
+        running = int(np.add.reduce(t.num_tokens[:n] - t.num_computed[:n])
+                      + np.add.reduce(t.input_tokens[:n] + t.output_tokens[:n] - t.num_tokens[:n]))
         done = 0
         if self.span_in_flight is not None:
             ends, cum_work = self.span_in_flight
-            steps_done = int(np.searchsorted(ends, now_s, side="right"))
+            steps_done = int(ends.searchsorted(now_s, side="right"))
             done = int(cum_work[steps_done - 1]) if steps_done else 0
         return running + self.waiting_work_tokens - done
 
@@ -149,20 +149,20 @@ class Scheduler:
         comp = t.num_computed[rows]
         ntok = t.num_tokens[rows]
         decode = (ntok - comp == 1) & (ntok > t.input_tokens[rows])
-        nd = int(decode.sum())
+        nd = int(np.add.reduce(decode))
         if nd == len(comp):  # the common all-decode step: every row samples one token
-            shape = BatchShape(num_decodes=nd, decode_context=float(ntok.sum()), sampled=nd)
+            shape = BatchShape(num_decodes=nd, decode_context=float(np.add.reduce(ntok)), sampled=nd)
             return ScheduledBatch(rows, shape, 0, nd, self.blocks.used)
         s = t.scheduled[rows]
         pre = ~decode
         c, ctx = s[pre], comp[pre]
         shape = BatchShape(
-            prefill_tokens=int(c.sum()),
-            prefill_context=float((ctx + c).sum()),
+            prefill_tokens=int(np.add.reduce(c)),
+            prefill_context=float(np.add.reduce(ctx + c)),
             prefill_pairs=float((c * (ctx + (c + 1) / 2.0)).sum()),
             num_decodes=nd,
-            decode_context=float(ntok[decode].sum()),
-            sampled=int((comp + s == ntok).sum()),
+            decode_context=float(np.add.reduce(ntok[decode])),
+            sampled=int(np.add.reduce(comp + s == ntok)),
         )
         return ScheduledBatch(rows, shape, shape.prefill_tokens, nd, self.blocks.used)
 
@@ -171,13 +171,13 @@ class Scheduler:
         self.blocks.tick(now_s)
         t.num_computed[rows] += t.scheduled[rows]
         t.scheduled[rows] = 0
-        idx = rows.start + np.flatnonzero(t.num_computed[rows] == t.num_tokens[rows])
+        idx = rows.start + (t.num_computed[rows] == t.num_tokens[rows]).nonzero()[0]
         first = np.isnan(t.first_token_s[idx])
         t.first_token_s[idx[first]] = now_s
         gap_values, gap_counts = gaps(now_s, t.last_token_s[idx[~first]])
         t.last_token_s[idx] = now_s
         t.num_tokens[idx] += 1
-        return BatchOutcome(self._take_finished(), gap_values, gap_counts, int(first.sum()))
+        return BatchOutcome(self._take_finished(), gap_values, gap_counts, int(np.add.reduce(first)))
 
     def _take_finished(self) -> dict[str, np.ndarray] | None:
         t, n = self.running, self.running.n
@@ -185,7 +185,7 @@ class Scheduler:
         if not done.any():
             return None
         finished = t.take(done)
-        self.blocks.release(int(finished["blocks"].sum()))
+        self.blocks.release(int(np.add.reduce(finished["blocks"])))
         return finished
 
     # -- spans: a step, then decode steps of the same sequences until they finish --------
@@ -201,19 +201,19 @@ class Scheduler:
             return None
         ntok = t.num_tokens[:n]
         remaining = t.output_tokens[:n] - (ntok - t.input_tokens[:n])  # steps each samples in, >= 1
-        steps = int(min(remaining.max(), max_steps))
+        steps = int(min(np.maximum.reduce(remaining), max_steps))
         if steps < 2:
             return None
         # Sequences still decoding at step j >= 1 are those with remaining > j.
         step_index = np.arange(steps)
-        if remaining.min() >= steps:  # nobody finishes inside the span: the common short span
+        if np.minimum.reduce(remaining) >= steps:  # nobody finishes inside the span: the common short span
             active = np.full(steps, n)
-            context = ntok.sum() + step_index * n
+            context = np.add.reduce(ntok) + step_index * n
         else:
-            order = np.argsort(remaining, kind="stable")
-            done_by = np.searchsorted(remaining[order], step_index, side="right")  # finished before step j
+            order = remaining.argsort(kind="stable")
+            done_by = remaining[order].searchsorted(step_index, side="right")  # finished before step j
             active = n - done_by
-            ntok_suffix = np.concatenate((np.cumsum(ntok[order][::-1])[::-1], [0]))
+            ntok_suffix = np.concatenate(((ntok[order][::-1]).cumsum()[::-1], [0]))
             context = ntok_suffix[done_by] + step_index * active  # step j reads ntok + j per sequence
         # KV blocks: after step 0 sequence i holds c_i = computed + scheduled tokens; step j needs
         # ceil((c_i + j) / bs) blocks, a new one first at j0 = blocks*bs - c_i + 1, then every bs
@@ -227,13 +227,13 @@ class Scheduler:
         comb = (np.bincount(j0[growing], minlength=width)
                 - np.bincount((j0 + grows * bs)[growing], minlength=width))[:width]
         new_per_step = comb.reshape(-1, bs).cumsum(axis=0).ravel()[:steps]
-        held = self.blocks.used + np.cumsum(new_per_step)  # before releases
+        held = self.blocks.used + new_per_step.cumsum()  # before releases
         fin = remaining < steps
         used = held
         if fin.any():
             freed = np.bincount(remaining[fin], weights=t.blocks[:n][fin] + grows[fin], minlength=steps)[:steps]
-            used = held - np.cumsum(freed).astype(np.int64)
-        over = np.flatnonzero(used > self.blocks.num_blocks)
+            used = held - freed.cumsum().astype(np.int64)
+        over = (used > self.blocks.num_blocks).nonzero()[0]
         if over.size:
             steps = int(over[0])
             if steps < 2:
@@ -241,13 +241,13 @@ class Scheduler:
         # Work done by step j (see outstanding_work_tokens): its scheduled tokens, plus the one
         # token of context a sequence leaves behind when it finishes.
         work = np.empty(steps, dtype=np.int64)
-        work[0] = int(t.scheduled[:n].sum())
+        work[0] = int(np.add.reduce(t.scheduled[:n]))
         work[1:] = active[1:steps]
         finishing = remaining <= steps
         if finishing.any():
             work += np.bincount(remaining[finishing] - 1, minlength=steps)
         return SpanPlan(steps, active[:steps], context[:steps].astype(np.float64), used[:steps], held[:steps],
-                        remaining, int(remaining.min()), np.cumsum(work))
+                        remaining, int(np.minimum.reduce(remaining)), work.cumsum())
 
     def apply_span(self, plan: SpanPlan, ends_s: np.ndarray) -> BatchOutcome:
         """Apply the first k = len(ends_s) steps of `plan`; sequences finish at their own step."""
@@ -257,7 +257,7 @@ class Scheduler:
         first = np.isnan(t.first_token_s[:n])
         gap_values, gap_counts = gaps(float(ends_s[0]), t.last_token_s[:n][~first])
         t.first_token_s[:n][first] = ends_s[0]
-        gap_values = np.concatenate((gap_values, np.diff(ends_s)))
+        gap_values = np.concatenate((gap_values, ends_s[1:] - ends_s[:-1]))
         gap_counts = np.concatenate((gap_counts, plan.active[1:k]))
         finishes = plan.min_remaining <= k
         steps_in = np.minimum(plan.remaining, k) if finishes else k  # steps each sequence sampled in
@@ -267,7 +267,7 @@ class Scheduler:
         t.last_token_s[:n] = ends_s[steps_in - 1] if finishes else ends_s[-1]
         t.blocks[:n] = np.maximum(t.blocks[:n], ceil_div(t.num_computed[:n], self.block_size))
         finished = self._take_finished() if finishes else None
-        return BatchOutcome(finished, gap_values, gap_counts, int(first.sum()))
+        return BatchOutcome(finished, gap_values, gap_counts, int(np.add.reduce(first)))
 
 
 @dataclass(slots=True)
@@ -292,8 +292,8 @@ def gaps(now_s: float, last_token_s: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """Inter-token gaps ending now, as (distinct value, count); usually all share one value."""
     if last_token_s.size == 0:
         return _EMPTY, _EMPTY_I
-    lo = last_token_s.min()
-    if lo == last_token_s.max():
+    lo = np.minimum.reduce(last_token_s)
+    if lo == np.maximum.reduce(last_token_s):
         return np.array([now_s - lo]), np.array([last_token_s.size], dtype=np.int64)
     return np.unique(now_s - last_token_s, return_counts=True)
 

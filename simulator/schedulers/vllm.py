@@ -76,12 +76,12 @@ class VLLMScheduler(Scheduler):
             return 0, self.budget, False
         comp = t.num_computed[:n]
         new = t.num_tokens[:n] - comp
-        before = np.cumsum(new) - new
+        before = new.cumsum() - new
         sched = np.minimum(np.maximum(self.budget - before, 0), new)
-        m = n if before[-1] < self.budget else int(np.searchsorted(before, self.budget))
+        m = n if before[-1] < self.budget else int(before.searchsorted(self.budget))
         # budget is consumed in order, so the scheduled rows are the prefix [0, m)
         need = np.maximum(ceil_div(comp[:m] + sched[:m], self.block_size) - t.blocks[:m], 0)
-        total = int(need.sum())
+        total = int(np.add.reduce(need))
         preempted = False
         while total > self.blocks.free:
             victim = t.n - 1
@@ -94,7 +94,7 @@ class VLLMScheduler(Scheduler):
         t.blocks[:m] += need[:m]
         t.scheduled[:m] = sched[:m]
         t.scheduled[m:t.n] = 0
-        return m, self.budget - int(sched[:m].sum()), preempted
+        return m, self.budget - int(np.add.reduce(sched[:m])), preempted
 
     def _admit_waiting(self, budget: int, now_s: float, whole: bool) -> None:
         """FCFS admission from the waiting queue into `budget` tokens."""
