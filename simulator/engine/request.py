@@ -111,17 +111,23 @@ class RequestTable:
         return req
 
     def take(self, mask: np.ndarray) -> dict[str, np.ndarray]:
-        """Remove the rows where `mask` (length n) is true; return them as columns (+ 'requests')."""
+        """Remove the rows where `mask` (length n) is true; return them as columns (+ 'requests').
+
+        Rows before the first removed one stay where they are; integer index arrays move the
+        rest (cheaper than boolean masks for the few rows a step finishes).
+        """
         n = self.n
-        keep = ~mask
-        m = int(np.add.reduce(keep))
+        gone = mask.nonzero()[0]
+        keep = (~mask).nonzero()[0]
+        first, m = int(gone[0]), len(keep)
+        tail = keep[first:]
         taken: dict[str, np.ndarray] = {}
         for name in COLUMNS:
             col = getattr(self, name)
-            taken[name] = col[:n][mask]
-            col[:m] = col[:n][keep]
-        taken["requests"] = self.requests[:n][mask]
-        self.requests[:m] = self.requests[:n][keep]
+            taken[name] = col[gone]
+            col[first:m] = col[tail]
+        taken["requests"] = self.requests[gone]
+        self.requests[first:m] = self.requests[tail]
         self.requests[m:n] = None
         self.n = m
         return taken
