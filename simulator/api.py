@@ -199,13 +199,13 @@ def simulate(hardware: str | Path, trace: str | Path, *, model: str | None = Non
 OUTPUT_FILES = ("summary.json", "requests.csv", "iterations.csv")
 
 
-def check_out_dir(path: Path) -> None:
+def check_out_dir(path: Path, outputs: tuple[str, ...] = OUTPUT_FILES) -> None:
     """An output directory must be new, empty, or hold only a previous run's outputs."""
     if not path.exists():
         return
     if not path.is_dir():
         raise InputError(f"--out {path}: exists and is not a directory")
-    others = sorted(p.name for p in path.iterdir() if p.name not in OUTPUT_FILES)
+    others = sorted(p.name for p in path.iterdir() if p.name not in outputs)
     if others:
         raise InputError(f"--out {path}: directory holds other files ({', '.join(others[:3])}); choose a new one")
 

@@ -49,6 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the shipped model catalogue")
 
+    cal = sub.add_parser("calibrate", help="fit a calibration profile from measured kernel timings")
+    cal.add_argument("hardware", help="hardware YAML path or catalogue name the measurements were taken on")
+    cal.add_argument("measured", nargs="+", help="measurement CSV files (DESIGN section 10)")
+    cal.add_argument("-o", "--output", required=True, help="calibration profile to write (YAML)")
+    cal.add_argument("--device", help="keep only rows whose device column contains this text")
+    cal.add_argument("--folds", type=_positive, default=5, help="folds of the held-out error estimate (default 5)")
+
+    val = sub.add_parser("validate", help="compare predictions with measured kernel timings")
+    val.add_argument("hardware")
+    val.add_argument("measured", nargs="+", help="measurement CSV files")
+    val.add_argument("--calibration", help="profile to use; `none` for the uncalibrated roofline "
+                                           "(default: the spec's calibration:, if any)")
+    val.add_argument("--device", help="keep only rows whose device column contains this text")
+    val.add_argument("--out", help="output directory (default runs/validate-<hardware>-<time>/)")
+
     trace = sub.add_parser("trace", help="convert or generate traces")
     trace_sub = trace.add_subparsers(dest="trace_command", required=True)
     convert = trace_sub.add_parser("convert", help="convert an Azure CSV / Mooncake JSONL trace to contract JSONL")
@@ -107,8 +122,9 @@ class _Progress:
 
     DELAY_S = 2.0
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, label: str = "simulating"):
         self.enabled, self.started, self.bar, self.task = enabled, time.monotonic(), None, None
+        self.label = label
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
@@ -118,7 +134,7 @@ class _Progress:
                 return
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            self.bar = Progress(TextColumn(self.label), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                 TimeRemainingColumn(), transient=True)
             self.bar.start()
             self.task = self.bar.add_task("run", total=total)
@@ -200,9 +216,58 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .hardware.loader import load_system
+    from .perf.calibration import calibrate
+
+    system = load_system(args.hardware)
+    progress = _Progress(enabled=sys.stderr.isatty(), label="fitting")
+    try:
+        calib = calibrate(system, args.measured, args.device, args.folds, progress)
+    finally:
+        progress.close()
+    calib.save(args.output)
+    print(f"wrote {args.output}: {calib.device}, {len(calib.ops)} op groups")
+    for (op, dtype), profile in calib.ops.items():
+        err = profile.heldout_error_pct
+        print(f"  {op:13} {dtype:5} {profile.model.n_rows:6} rows  held-out |error| median {err['median']:.2f} % "
+              f"p90 {err['p90']:.2f} %  ({profile.model.method})")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .api import check_out_dir
+    from .hardware.loader import load_system
+    from .perf.calibration import error_table, predict_rows, resolve_calibration
+    from .perf.measurements import read_all
+    from .report.validation_plot import plot_predictions
+
+    system = load_system(args.hardware)
+    calib = resolve_calibration(system, args.calibration)
+    frame = read_all(args.measured, args.device)
+    out = Path(args.out or f"runs/validate-{Path(system.source_file).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_out_dir(out, ("predictions.csv", "predicted_vs_measured.png"))
+    predicted, source = predict_rows(frame, system, calib)
+    frame["predicted_us"] = predicted
+    frame["error_pct"] = 100.0 * (predicted - frame["time_us"]) / frame["time_us"]
+    frame["source"] = source
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "predictions.csv", index=False)
+    which = f"calibration {calib.path}" if calib is not None else "uncalibrated roofline"
+    plot_predictions(frame, out / "predicted_vs_measured.png", f"{system.name}: {which}")
+    table = error_table(frame)
+    print(f"{system.name} vs {frame['device'].iloc[0]} ({which})")
+    print(f"{'op':14} {'rows':>7} {'median |err| %':>15} {'p90 |err| %':>12} {'MAPE %':>8}")
+    for row in table.itertuples(index=False):
+        print(f"{row.op:14} {row.rows:7d} {row.median_pct:15.2f} {row.p90_pct:12.2f} {row.mape_pct:8.2f}")
+    print(f"outputs in {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "specs": cmd_specs, "models": cmd_models, "trace": cmd_trace}[args.command]
+    handler = {"run": cmd_run, "specs": cmd_specs, "models": cmd_models, "trace": cmd_trace,
+               "calibrate": cmd_calibrate, "validate": cmd_validate}[args.command]
     try:
         return handler(args)
     except InputError as exc:

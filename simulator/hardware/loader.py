@@ -138,6 +138,7 @@ class System:
     network: Link | None  # between nodes, per accelerator
     deployment: dict[str, Any]
     source_file: str
+    accelerator_file: str  # the accelerator spec's own file (relative paths in it resolve from there)
     standalone: bool = False  # a bare gpu/cpu spec: a box of as many such devices as needed
 
     def sized_for(self, devices: int) -> System:
@@ -171,7 +172,7 @@ def load_system(name_or_path: str | Path) -> System:
     if isinstance(spec, DeviceSpec):
         fabric_name, fabric = _pick_link(spec, None, _FABRIC_PREFERENCE)
         _, host_link = _pick_link(spec, None, _HOST_PREFERENCE)
-        return System(spec.name, spec, 1, 1, fabric, fabric_name, None, host_link, None, {}, str(path), True)
+        return System(spec.name, spec, 1, 1, fabric, fabric_name, None, host_link, None, {}, str(path), str(path), True)
     accel_path = resolve_path(spec.node.accelerator.spec, path)
     accel = _load(accel_path)
     if not isinstance(accel, DeviceSpec):
@@ -203,4 +204,5 @@ def load_system(name_or_path: str | Path) -> System:
         network=spec.network,
         deployment=dict(spec.deployment),
         source_file=str(path),
+        accelerator_file=str(accel_path),
     )

@@ -1,0 +1,91 @@
+"""Standalone kernels as the measurement contract names them, mapped onto the cost model.
+
+A measured row (`gemm` m,n,k; `attn_prefill`; `attn_decode`; collectives; `memcpy`) becomes
+the same `Operator` the simulator costs inside an iteration, so validation compares exactly
+what a run uses. `ideal_us` gives the physical floor, max(FLOPs / peak, bytes / bandwidth)
+with no efficiency applied (what calibration fits efficiencies against), and `roofline_us`
+the uncalibrated prediction with the spec's named default efficiencies.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..hardware.loader import System
+from ..hardware.spec import DeviceSpec
+from ..models.config import DTYPE_BYTES, ModelConfig
+from ..models.operators import Operator, Precision, Sharding, attention_decode_op, attention_prefill_op
+from .collectives import allgather_time_s, allreduce_time_s
+from .roofline import operator_time_s
+
+
+def _attention_model(heads: int, kv_heads: int, head_dim: int) -> ModelConfig:
+    """A one-layer model with the measured attention shape (only its attention is used)."""
+    return ModelConfig("kernel", heads * head_dim, 1, 1, heads, kv_heads, head_dim, 1, 1 << 30, False, True, False)
+
+
+def _precision(dtype: str) -> Precision:
+    act = dtype if dtype in ("bf16", "fp16") else "bf16"
+    return Precision(weights=dtype if dtype in DTYPE_BYTES else "bf16", kv=act, activations=act)
+
+
+def operator_for(row) -> Operator:
+    """The Operator a measured compute row stands for (gemm or attention)."""
+    op, dtype = row.op, str(row.dtype)
+    if op == "gemm":
+        m, n, k = int(row.m), int(row.n), int(row.k)
+        b = DTYPE_BYTES.get(dtype, 2.0)
+        out_b = 2.0 if b < 2 else b  # 8-bit GEMMs write 16-bit outputs
+        return Operator("gemm", "gemm", 2.0 * m * n * k, (m * k + k * n) * b + m * n * out_b, dtype, m=m, n=n, k=k)
+    model = _attention_model(int(row.heads), int(row.kv_heads), int(row.head_dim))
+    prec, shard, batch = _precision(dtype), Sharding(), int(row.batch)
+    if op == "attn_prefill":
+        seq, kv = int(row.seq_len), int(row.kv_len)
+        cached = kv - seq  # context before the chunk
+        return attention_prefill_op(model, batch * seq, batch * kv, batch * seq * (cached + (seq + 1) / 2.0),
+                                    shard, prec)
+    if op == "attn_decode":
+        return attention_decode_op(model, batch, batch * int(row.kv_len), shard, prec)
+    raise ValueError(f"{op} is not a compute kernel")
+
+
+def ideal_compute_us(device: DeviceSpec, op: Operator) -> tuple[float, float]:
+    """(FLOPs / peak, bytes / bandwidth) in microseconds, no efficiencies."""
+    return (op.flops / device.peak_flops(op.dtype) * 1e6, op.bytes / device.main_memory.bandwidth * 1e6)
+
+
+def _collective_link(system: System, world: int):
+    link = system.fabric if world <= system.devices_per_node or system.network is None else system.network
+    if link is None:
+        raise ValueError(f"{system.name} has no link for a {world}-device collective")
+    return link
+
+
+def roofline_us(frame: pd.DataFrame, system: System) -> np.ndarray:
+    """Uncalibrated predictions (default efficiencies) for every measured row, in microseconds."""
+    device = system.accelerator
+    eff = device.efficiency.network_efficiency
+    out = np.empty(len(frame))
+    for i, row in enumerate(frame.itertuples(index=False)):
+        if row.op in ("gemm", "attn_prefill", "attn_decode"):
+            out[i] = operator_time_s(device, operator_for(row)) * 1e6
+        elif row.op in ("allreduce", "allgather", "reducescatter"):
+            world = int(row.world_size)
+            fn = allreduce_time_s if row.op == "allreduce" else allgather_time_s
+            out[i] = fn(float(row.bytes), world, _collective_link(system.sized_for(world), world), eff) * 1e6
+        elif row.op == "alltoall":
+            world = int(row.world_size)
+            link = _collective_link(system.sized_for(world), world)
+            out[i] = ((world - 1) * link.latency + (world - 1) / world * float(row.bytes) / (link.bandwidth * eff)) * 1e6
+        elif row.op == "memcpy":
+            nbytes = float(row.bytes)
+            if row.direction == "d2d":  # read and write device memory
+                out[i] = 2 * nbytes / (device.main_memory.bandwidth * device.efficiency.memory_max) * 1e6
+            else:
+                link = system.host_link
+                if link is None:
+                    raise ValueError(f"{system.name} has no host link for {row.direction} copies")
+                out[i] = (link.latency + nbytes / (link.bandwidth * eff)) * 1e6
+        else:
+            raise ValueError(f"unknown op {row.op}")
+    return out
