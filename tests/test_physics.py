@@ -195,7 +195,7 @@ def test_tp2_layer_has_two_allreduces_per_layer(tp2):
     assert op.bytes == H * 2
     assert op.count == 2 * L
     one = 2 * NVLINK_ALPHA + H * 2 / (NVLINK_BW * eff)  # = 4 us + 0.023 us
-    assert tp2.cost.op_time_s(op, graphed=True) == pytest.approx(2 * L * one, rel=1e-12)
+    assert tp2.cost.op_time_s(op, graphed=True)[0] == pytest.approx(2 * L * one, rel=1e-12)
 
 
 def test_tp2_iteration_pays_every_collective_latency(tp2):

@@ -99,7 +99,8 @@ class Replica:
         self.scheduler.span_in_flight = None
         outcome = self.scheduler.apply_span(plan, ends)
         cost = IterationCost(times[:k], np.concatenate(([first.flops], rest.flops[: k - 1])),
-                             np.concatenate(([first.bytes], rest.bytes[: k - 1])), first.compute_dtype)
+                             np.concatenate(([first.bytes], rest.bytes[: k - 1])), first.compute_dtype,
+                             np.concatenate((first.sources_s[:, None], rest.sources_s[:, : k - 1]), axis=1))
         mfu = cost.flops / (cost.time_s * self.recorder.peak_flops)
         mbu = cost.bytes / (cost.time_s * self.recorder.bandwidth)
         starts = np.concatenate(([start], ends[:-1]))

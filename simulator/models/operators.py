@@ -144,7 +144,7 @@ def attention_prefill_op(
     flops = 4.0 * heads * d * pair_tokens
     nbytes = 2 * chunk_tokens * heads * d * ab + 2 * context_tokens * kv_heads * d * kvb
     return Operator("attn_prefill", "attn_prefill", flops, nbytes, prec.activations,
-                    count=layers_per_stage(model, shard))
+                    count=layers_per_stage(model, shard), m=int(chunk_tokens))
 
 
 def attention_decode_op(

@@ -26,8 +26,9 @@ from ..hardware.loader import System
 from ..hardware.spec import Link
 from ..models.config import DTYPE_BYTES, ModelConfig
 from ..models.operators import Operator, attention_decode_op, attention_prefill_op, dense_ops, head_ops
+from .calibration import Calibration
 from .collectives import allgather_time_s, allreduce_time_s, p2p_time_s
-from .roofline import operator_time_s
+from .kernel_times import HOST, ROOFLINE, SOURCES, kernel_times
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,27 +54,34 @@ class BatchShape:
 
 @dataclass(frozen=True, slots=True)
 class IterationCost:
-    """Cost of one iteration (floats) or of a span of iterations (numpy arrays)."""
+    """Cost of one iteration (floats) or of a span of iterations (numpy arrays).
+
+    sources_s splits time_s by where it came from (kernel_times.SOURCES): shape (4,) for one
+    iteration, (4, k) for a span.
+    """
 
     time_s: float | np.ndarray
     flops: float | np.ndarray  # per device
     bytes: float | np.ndarray  # per device, main memory traffic
     compute_dtype: str
+    sources_s: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
 class _Part:
-    time_s: float
-    flops: float
-    bytes: float
+    time_s: float | np.ndarray
+    flops: float | np.ndarray
+    bytes: float | np.ndarray
+    sources_s: np.ndarray
 
 
 class CostModel:
     """Per-iteration cost of a deployment of `model` on `system`."""
 
-    def __init__(self, system: System, model: ModelConfig, dep: Deployment):
+    def __init__(self, system: System, model: ModelConfig, dep: Deployment, calibration: Calibration | None = None):
         self.system, self.model, self.dep = system, model, dep
         self.device = system.accelerator
+        self.kernels = kernel_times(system, model, dep, calibration)
         self.shard, self.prec = dep.sharding, dep.precision
         self.tp_link = self._link_for(dep.tp)
         self.pp_link = self._link_for(dep.tp * dep.pp)
@@ -93,28 +101,48 @@ class CostModel:
             raise ValueError(f"{self.system.name}: no link for {what}; add links: or network: to the spec")
         return link
 
-    def op_time_s(self, op: Operator, graphed: bool) -> float:
-        """Time of all `op.count` executions of one operator, overheads included."""
-        eff = self.device.efficiency.network_efficiency
-        if op.kind == "allreduce":
-            link = self._require_link(self.tp_link, "tensor-parallel all-reduce")
-            return op.count * allreduce_time_s(op.bytes, self.dep.tp, link, eff)
-        if op.kind == "allgather":
-            link = self._require_link(self.tp_link, "tensor-parallel all-gather")
-            return op.count * allgather_time_s(op.bytes, self.dep.tp, link, eff)
-        gpu = operator_time_s(self.device, op)
+    def op_time_s(self, op: Operator, graphed: bool) -> tuple[float | np.ndarray, np.ndarray]:
+        """Time of all `op.count` executions of one operator, overheads included, and that
+        time split by source (kernel_times.SOURCES)."""
+        if op.kind in ("allreduce", "allgather"):
+            return self._collective_s(op)
+        gpu, source = self.kernels.gpu_time_s(op)
         over = self.device.overheads
         if graphed:
             one = gpu + over.graph_kernel_gap
         else:
             one = np.maximum(gpu, over.kernel_launch) if isinstance(gpu, np.ndarray) else max(gpu, over.kernel_launch)
-        return op.count * one
+        total = op.count * one
+        sources = np.zeros((len(SOURCES),) + np.shape(total))
+        if np.ndim(source):
+            for s in range(len(SOURCES)):
+                sources[s] = np.where(source == s, op.count * gpu, 0.0)
+        else:
+            sources[source] = op.count * gpu
+        sources[HOST] += total - op.count * gpu
+        return total, sources
+
+    def _collective_s(self, op: Operator) -> tuple[float, np.ndarray]:
+        world = self.dep.tp
+        measured = (self.kernels.calibration is not None
+                    and self.kernels.collective_time_s(op.kind, op.bytes, world))
+        if measured:
+            one, source = measured
+        else:
+            link = self._require_link(self.tp_link, f"tensor-parallel {op.kind}")
+            model = allreduce_time_s if op.kind == "allreduce" else allgather_time_s
+            one, source = model(op.bytes, world, link, self.device.efficiency.network_efficiency), ROOFLINE
+        sources = np.zeros(len(SOURCES))
+        sources[source] = op.count * one
+        return op.count * one, sources
 
     def _sum(self, ops: list[Operator], graphed: bool) -> _Part:
+        times = [self.op_time_s(op, graphed) for op in ops]
         return _Part(
-            sum(self.op_time_s(op, graphed) for op in ops),
+            sum(t for t, _ in times),
             sum(op.flops * op.count for op in ops),
             sum(op.bytes * op.count for op in ops if op.kind not in ("allreduce", "allgather")),
+            sum((s for _, s in times), np.zeros(len(SOURCES))),
         )
 
     def _graphed(self, tokens: int) -> bool:
@@ -127,7 +155,7 @@ class CostModel:
         return self._sum(head_ops(self.model, sampled, self.shard, self.prec), graphed)
 
     def _attention_part(self, batch: BatchShape) -> _Part:
-        ops = []
+        ops: list[Operator] = []
         if batch.prefill_tokens:
             ops.append(attention_prefill_op(self.model, batch.prefill_tokens, batch.prefill_context,
                                             batch.prefill_pairs, self.shard, self.prec))
@@ -145,11 +173,15 @@ class CostModel:
     def _combine(self, tokens: int, dense: _Part, attn: _Part, head: _Part) -> IterationCost:
         """Stages run their share of layers in turn; embeddings and the head run once."""
         pp = self.dep.pp
-        time_s = pp * (dense.time_s + attn.time_s) + head.time_s + self.pipeline_send_s(tokens)
-        time_s = time_s + self.device.overheads.scheduler_per_iteration
+        send = self.pipeline_send_s(tokens)
+        host = self.device.overheads.scheduler_per_iteration
+        time_s = pp * (dense.time_s + attn.time_s) + head.time_s + send + host
         flops = dense.flops + attn.flops + head.flops / pp
         nbytes = dense.bytes + attn.bytes + head.bytes / pp
-        return IterationCost(time_s, flops, nbytes, self.prec.gemm_compute)
+        sources = pp * (dense.sources_s + attn.sources_s) + head.sources_s
+        sources[ROOFLINE] += send
+        sources[HOST] += host
+        return IterationCost(time_s, flops, nbytes, self.prec.gemm_compute, sources)
 
     def iteration(self, batch: BatchShape) -> IterationCost:
         """Wall time of one iteration of `batch`, and per-device FLOPs and bytes."""
@@ -169,23 +201,29 @@ class CostModel:
             lengths = np.diff(np.concatenate((starts, [len(num_decodes)])))
             fixed = np.repeat(np.array([self._fixed_decode(int(n)) for n in num_decodes[starts]]), lengths, axis=0)
         op = attention_decode_op(self.model, num_decodes, context, self.shard, self.prec)
-        gpu = operator_time_s(self.device, op)
-        over = self.device.overheads
         graphed = fixed[:, 6] > 0
-        attn_time = op.count * np.where(graphed, gpu + over.graph_kernel_gap, np.maximum(gpu, over.kernel_launch))
+        graphed_time, graphed_src = self.op_time_s(op, True)
+        eager_time, eager_src = self.op_time_s(op, False)
+        attn = _Part(np.where(graphed, graphed_time, eager_time), op.flops * op.count, op.bytes * op.count,
+                     np.where(graphed, graphed_src, eager_src))
+        zero = np.zeros((len(SOURCES), len(num_decodes)))
+        # dense and head sources are folded into `dense` (pp * dense + head) so _combine adds them once
         return self._combine(
             num_decodes,
-            _Part(fixed[:, 0], fixed[:, 1], fixed[:, 2]),
-            _Part(attn_time, op.flops * op.count, op.bytes * op.count),
-            _Part(fixed[:, 3], fixed[:, 4], fixed[:, 5]),
+            _Part(fixed[:, 0], fixed[:, 1], fixed[:, 2], fixed[:, 7:].T / self.dep.pp),
+            attn,
+            _Part(fixed[:, 3], fixed[:, 4], fixed[:, 5], zero),
         )
 
     @lru_cache(maxsize=4096)  # noqa: B019 (one CostModel per run; the cache dies with it)
     def _fixed_decode(self, n: int) -> tuple[float, ...]:
-        """Token-parallel and head costs of a decode step of n sequences, and whether it is graphed."""
+        """Token-parallel and head costs of a decode step of n sequences, whether it is graphed,
+        and the sources of the dense and head times (pp * dense + head, as _combine adds them)."""
         graphed = self._graphed(n)
         dense, head = self._dense(n), self._head(n, graphed)
-        return (dense.time_s, dense.flops, dense.bytes, head.time_s, head.flops, head.bytes, float(graphed))
+        by_source = self.dep.pp * dense.sources_s + head.sources_s
+        return (dense.time_s, dense.flops, dense.bytes, head.time_s, head.flops, head.bytes, float(graphed),
+                *by_source)
 
     @property
     def min_step_s(self) -> float:

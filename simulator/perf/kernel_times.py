@@ -1,0 +1,157 @@
+"""Where a kernel's time comes from: the uncalibrated roofline, or a calibration profile.
+
+`KernelTimes.gpu_time_s(op)` returns the device time of one execution of an operator and
+the index of its source in SOURCES. Without a profile every compute kernel is the roofline
+of `roofline.py` and every collective the alpha-beta model of `collectives.py`.
+
+With a profile (`perf/calibration.py`):
+- GEMMs and collectives are predicted by the profile directly; they depend only on the token
+  count of an iteration, which the cost model memoises, so the profile is asked once per
+  shape.
+- Attention depends on every batch's context, so at set-up the profile is evaluated on a
+  log-spaced grid of this deployment's attention shapes (its heads, KV heads and head size
+  after tensor parallelism) and each iteration interpolates that table bilinearly in log
+  space: cheap enough for every step, and exact at the grid points.
+Ops or dtypes the profile does not cover stay on the roofline. The source of a calibrated
+prediction is "calibrated-interpolation" inside the measured shape ranges and
+"calibrated-fit" outside them (the profile's extrapolating model).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..deployment import Deployment
+from ..hardware.loader import System
+from ..models.config import ModelConfig
+from ..models.operators import Operator
+from .calibration import Calibration
+from .roofline import operator_time_s
+
+SOURCES = ("calibrated-interpolation", "calibrated-fit", "roofline", "host-overhead")
+INTERP, FIT, ROOFLINE, HOST = range(4)
+
+# Attention table axes (log2): sequences 1..4096, mean context 16..1M tokens, chunk 1..32k tokens.
+_BATCH_LOG2 = np.arange(0, 13)
+_CONTEXT_LOG2 = np.arange(4, 21)
+_CHUNK_LOG2 = np.arange(0, 16)
+
+
+class KernelTimes:
+    """Roofline kernel times (the default, and the fallback of a calibrated model)."""
+
+    calibration: Calibration | None = None
+
+    def __init__(self, system: System):
+        self.device = system.accelerator
+
+    def gpu_time_s(self, op: Operator):
+        return operator_time_s(self.device, op), ROOFLINE
+
+
+class CalibratedKernelTimes(KernelTimes):
+    def __init__(self, system: System, model: ModelConfig, dep: Deployment, calibration: Calibration):
+        super().__init__(system)
+        self.calibration = calibration
+        self.tp = dep.tp
+        self.heads = {"heads": max(1, model.num_heads // dep.tp), "kv_heads": max(1, model.num_kv_heads // dep.tp),
+                      "head_dim": model.head_dim}
+        self.dtype = dep.activation_dtype
+        self._memo: dict[tuple, tuple[float, int]] = {}
+        self._decode = self._decode_table() if calibration.covers("attn_decode", self.dtype) else None
+        self._prefill = self._prefill_table() if calibration.covers("attn_prefill", self.dtype) else None
+
+    # -- profile queries ---------------------------------------------------------------
+    def _predict(self, op: str, dtype: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        times, sources = self.calibration.predict_us(op, dtype, frame)
+        return np.asarray(times, dtype=float) * 1e-6, np.where(np.asarray(sources) == SOURCES[INTERP], INTERP, FIT)
+
+    def _collective_dtype(self, op: str) -> str | None:
+        """Collectives move bytes: a profile measured in another dtype applies as well."""
+        for (name, dtype) in self.calibration.ops:
+            if name == op:
+                return dtype
+        return None
+
+    def _decode_table(self) -> tuple[np.ndarray, np.ndarray]:
+        b, ctx = np.meshgrid(2.0 ** _BATCH_LOG2, 2.0 ** _CONTEXT_LOG2, indexing="ij")
+        frame = pd.DataFrame({"op": "attn_decode", "dtype": self.dtype, "batch": b.ravel().astype(int),
+                              "kv_len": ctx.ravel().astype(int), **self.heads})
+        times, sources = self._predict("attn_decode", self.dtype, frame)
+        return np.log(times).reshape(b.shape), sources.reshape(b.shape)
+
+    def _prefill_table(self) -> tuple[np.ndarray, np.ndarray]:
+        # one sequence per point: chunk c new tokens after `cached` tokens of context
+        c, cached = np.meshgrid(2.0 ** _CHUNK_LOG2, np.concatenate(([0.0], 2.0 ** _CONTEXT_LOG2)), indexing="ij")
+        frame = pd.DataFrame({"op": "attn_prefill", "dtype": self.dtype, "batch": 1, "seq_len": c.ravel().astype(int),
+                              "kv_len": (c + cached).ravel().astype(int), **self.heads})
+        times, sources = self._predict("attn_prefill", self.dtype, frame)
+        return np.log(times).reshape(c.shape), sources.reshape(c.shape)
+
+    # -- runtime -----------------------------------------------------------------------
+    def gpu_time_s(self, op: Operator):
+        if op.kind == "attn_decode" and self._decode is not None:
+            return self._attention_decode_s(op)
+        if op.kind == "attn_prefill" and self._prefill is not None:
+            return self._attention_prefill_s(op)
+        if op.kind == "gemm" and self.calibration.covers("gemm", op.dtype):
+            return self._memoised(("gemm", op.dtype, op.m, op.n, op.k), op)
+        return super().gpu_time_s(op)
+
+    def collective_time_s(self, kind: str, nbytes: float, world: int) -> tuple[float, int] | None:
+        dtype = self._collective_dtype(kind)
+        if dtype is None:
+            return None
+        key = (kind, dtype, int(nbytes), world)
+        if key not in self._memo:
+            frame = pd.DataFrame({"op": [kind], "dtype": [dtype], "bytes": [int(nbytes)], "world_size": [world]})
+            times, sources = self._predict(kind, dtype, frame)
+            self._memo[key] = (float(times[0]), int(sources[0]))
+        return self._memo[key]
+
+    def _memoised(self, key: tuple, op: Operator) -> tuple[float, int]:
+        if key not in self._memo:
+            frame = pd.DataFrame({"op": ["gemm"], "dtype": [op.dtype], "m": [op.m], "n": [op.n], "k": [op.k]})
+            times, sources = self._predict("gemm", op.dtype, frame)
+            self._memo[key] = (float(times[0]), int(sources[0]))
+        return self._memo[key]
+
+    def _attention_decode_s(self, op: Operator):
+        """Decode attention of `op.m` sequences reading `context` KV tokens in all."""
+        log_t, sources = self._decode
+        batch = np.maximum(np.asarray(op.m, dtype=float), 1.0)
+        context = 4.0 * self.heads["head_dim"] * self.heads["heads"]  # FLOPs per KV token read
+        mean_ctx = np.maximum(np.asarray(op.flops, dtype=float) / context / batch, 1.0)
+        return _bilinear(log_t, sources, np.log2(batch), _BATCH_LOG2, np.log2(mean_ctx), _CONTEXT_LOG2)
+
+    def _attention_prefill_s(self, op: Operator):
+        """Prefill attention of a batch's chunks as one sequence with the same FLOPs and chunk."""
+        log_t, sources = self._prefill
+        per_pair = 4.0 * self.heads["head_dim"] * self.heads["heads"]
+        pairs = op.flops / per_pair
+        chunk = max(float(op.m), 1.0)  # new tokens of all chunks
+        cached = max(pairs / chunk - (chunk + 1) / 2.0, 0.0)
+        cached_axis = np.concatenate(([-1.0], _CONTEXT_LOG2.astype(float)))  # -1 stands for "no context"
+        cached_log2 = np.log2(cached) if cached >= 1.0 else -1.0
+        time, source = _bilinear(log_t, sources, np.log2(chunk), _CHUNK_LOG2, cached_log2, cached_axis)
+        return float(time), int(source)
+
+
+def _bilinear(log_t: np.ndarray, sources: np.ndarray, x, xs: np.ndarray, y, ys: np.ndarray):
+    """exp of the bilinear interpolation of log_t over (xs, ys) at (x, y); the source of the
+    nearest grid point. Points outside the axes extrapolate linearly from the edge cells."""
+    xs, ys = xs.astype(float), ys.astype(float)
+    i = np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2)
+    j = np.clip(np.searchsorted(ys, y) - 1, 0, len(ys) - 2)
+    fx = (x - xs[i]) / (xs[i + 1] - xs[i])
+    fy = (y - ys[j]) / (ys[j + 1] - ys[j])
+    value = ((1 - fx) * (1 - fy) * log_t[i, j] + fx * (1 - fy) * log_t[i + 1, j]
+             + (1 - fx) * fy * log_t[i, j + 1] + fx * fy * log_t[i + 1, j + 1])
+    nearest = sources[np.where(fx < 0.5, i, i + 1), np.where(fy < 0.5, j, j + 1)]
+    return np.exp(value), nearest
+
+
+def kernel_times(system: System, model: ModelConfig, dep: Deployment, calibration: Calibration | None) -> KernelTimes:
+    if calibration is None:
+        return KernelTimes(system)
+    return CalibratedKernelTimes(system, model, dep, calibration)
