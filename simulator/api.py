@@ -26,6 +26,7 @@ from .hardware.loader import System, load_system
 from .metrics.recorder import Recorder
 from .metrics.summary import build_summary
 from .models.config import ModelConfig, load_model
+from .perf.calibration import Calibration, resolve_calibration
 from .perf.cost_model import CostModel
 from .perf.memory_plan import MemoryPlan, plan_memory
 from .schedulers.base import get_scheduler
@@ -44,6 +45,7 @@ class Setup:
     deployment: Deployment
     plan: MemoryPlan
     cost: CostModel
+    calibration: Calibration | None = None
 
     @property
     def devices(self) -> int:
@@ -51,7 +53,10 @@ class Setup:
 
 
 def prepare(hardware: str | Path, model: str | None = None, scheduler: str | None = None, tp: int | None = None,
-            pp: int | None = None, replicas: int | None = None, knobs: dict[str, Any] | None = None) -> Setup:
+            pp: int | None = None, replicas: int | None = None, knobs: dict[str, Any] | None = None,
+            calibration: str | None = None) -> Setup:
+    """Load and validate everything a run needs. `calibration` is a profile path, "none" for
+    the uncalibrated roofline, or None for the profile the hardware spec names (if any)."""
     system = load_system(hardware)
     flags = {"model": model, "scheduler": scheduler, "tp": tp, "pp": pp, "replicas": replicas}
     dep = build_deployment(system.deployment, flags, knobs or {})
@@ -75,7 +80,8 @@ def prepare(hardware: str | Path, model: str | None = None, scheduler: str | Non
     longest = dep.max_model_len or model_cfg.max_position_embeddings
     batched = dep.max_num_batched_tokens or (2048 if dep.enable_chunked_prefill else max(longest, 2048))
     plan = plan_memory(system.accelerator, model_cfg, dep, batched)
-    return Setup(system, model_cfg, dep, plan, CostModel(system, model_cfg, dep))
+    calib = resolve_calibration(system, calibration)
+    return Setup(system, model_cfg, dep, plan, CostModel(system, model_cfg, dep, calib), calib)
 
 
 @dataclass
@@ -163,13 +169,19 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
 def simulate(hardware: str | Path, trace: str | Path, *, model: str | None = None, scheduler: str | None = None,
              tp: int | None = None, pp: int | None = None, replicas: int | None = None,
              knobs: dict[str, Any] | None = None, out: str | Path | None = None, keep_frames: bool = True,
-             progress: Callable[[int, int], None] | None = None) -> Result:
+             progress: Callable[[int, int], None] | None = None, calibration: str | None = None) -> Result:
     """Simulate serving `trace` on `hardware`; returns the summary and per-request/iteration frames.
 
     With `out`, summary.json, requests.csv and iterations.csv are written there atomically.
     Raises InputError (one clear line) for any bad input, before simulating.
     """
-    setup = prepare(hardware, model, scheduler, tp, pp, replicas, knobs)
+    setup = prepare(hardware, model, scheduler, tp, pp, replicas, knobs, calibration)
+    return simulate_setup(setup, trace, out=out, keep_frames=keep_frames, progress=progress)
+
+
+def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = None, keep_frames: bool = True,
+                   progress: Callable[[int, int], None] | None = None) -> Result:
+    """`simulate` for a prepared Setup: validate the trace, run, write outputs atomically."""
     index = TraceIndex.build(trace)
     if out is None:
         return run_setup(setup, index, None, keep_frames, progress)

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="deployment knob, e.g. max_num_seqs=256 (repeatable)")
     run.add_argument("--seed", type=int, default=0, help="seed for any randomness (default 0)")
     run.add_argument("--out", help="output directory (default runs/<hardware>-<model>-<time>/)")
+    run.add_argument("--calibration", help="calibration profile (YAML); `none` for the uncalibrated roofline "
+                                           "(default: the profile the hardware spec names, if any)")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no table")
 
     specs = sub.add_parser("specs", help="list, show or check hardware specs")
@@ -146,19 +148,18 @@ class _Progress:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .api import check_out_dir, prepare, simulate
+    from .api import check_out_dir, prepare, simulate_setup
     from .deployment import parse_set
 
     knobs = parse_set(args.set)
-    setup = prepare(args.hardware, args.model, args.scheduler, args.tp, args.pp, args.replicas, knobs)
+    setup = prepare(args.hardware, args.model, args.scheduler, args.tp, args.pp, args.replicas, knobs,
+                    args.calibration)
     out = args.out or f"runs/{Path(setup.system.source_file).stem}-{Path(setup.deployment.model).stem}-" \
                       f"{time.strftime('%Y%m%d-%H%M%S')}"
     check_out_dir(Path(out))
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     try:
-        result = simulate(args.hardware, args.trace, model=args.model, scheduler=args.scheduler, tp=args.tp,
-                          pp=args.pp, replicas=args.replicas, knobs=knobs, out=out, keep_frames=False,
-                          progress=progress)
+        result = simulate_setup(setup, args.trace, out=out, keep_frames=False, progress=progress)
     finally:
         progress.close()
     if not args.quiet:
