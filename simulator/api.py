@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -169,22 +169,30 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
 def simulate(hardware: str | Path, trace: str | Path, *, model: str | None = None, scheduler: str | None = None,
              tp: int | None = None, pp: int | None = None, replicas: int | None = None,
              knobs: dict[str, Any] | None = None, out: str | Path | None = None, keep_frames: bool = True,
-             progress: Callable[[int, int], None] | None = None, calibration: str | None = None) -> Result:
+             progress: Callable[[int, int], None] | None = None, calibration: str | None = None,
+             uncertainty: bool = False) -> Result:
     """Simulate serving `trace` on `hardware`; returns the summary and per-request/iteration frames.
 
     With `out`, summary.json, requests.csv and iterations.csv are written there atomically.
     Raises InputError (one clear line) for any bad input, before simulating.
     """
     setup = prepare(hardware, model, scheduler, tp, pp, replicas, knobs, calibration)
-    return simulate_setup(setup, trace, out=out, keep_frames=keep_frames, progress=progress)
+    return simulate_setup(setup, trace, out=out, keep_frames=keep_frames, progress=progress, uncertainty=uncertainty)
 
 
 def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = None, keep_frames: bool = True,
-                   progress: Callable[[int, int], None] | None = None) -> Result:
-    """`simulate` for a prepared Setup: validate the trace, run, write outputs atomically."""
+                   progress: Callable[[int, int], None] | None = None, uncertainty: bool = False) -> Result:
+    """`simulate` for a prepared Setup: validate the trace, run, write outputs atomically.
+
+    With `uncertainty`, two more runs scale every kernel time by (1 -/+ the calibration's
+    held-out p90 error) and the summary gains low/high bands (see `uncertainty_bands`).
+    """
     index = TraceIndex.build(trace)
     if out is None:
-        return run_setup(setup, index, None, keep_frames, progress)
+        result = run_setup(setup, index, None, keep_frames, progress)
+        if uncertainty:
+            result.summary["uncertainty"] = uncertainty_bands(setup, index)
+        return result
     final = Path(out)
     check_out_dir(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +202,8 @@ def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = 
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; outputs get the user's usual mode
     try:
         result = run_setup(setup, index, staging, keep_frames, progress)
+        if uncertainty:
+            result.summary["uncertainty"] = uncertainty_bands(setup, index)
         write_json(staging / "summary.json", result.summary)
         if final.exists():  # a previous run's outputs: replace them file by file
             for name in OUTPUT_FILES:
@@ -206,6 +216,29 @@ def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = 
         raise
     result.out_dir = final
     return result
+
+
+BAND_METRICS = (("ttft_s", "mean"), ("ttft_s", "p90"), ("tpot_s", "mean"), ("tpot_s", "p90"), ("e2e_s", "mean"),
+                ("e2e_s", "p90"), ("throughput", "output_tokens_per_s"), ("throughput", "requests_per_s"))
+
+
+def uncertainty_bands(setup: Setup, index: TraceIndex) -> dict[str, Any]:
+    """Low/high values of the headline metrics when every kernel runs (1 -/+ e) times as long,
+    e being the calibration profile's largest held-out p90 error: a deliberately pessimistic,
+    fully correlated error. Without a profile there is no measured error to propagate."""
+    if setup.calibration is None:
+        return {"calibrated": False, "note": "uncalibrated roofline: no measured error band; calibrate the device"}
+    band = setup.calibration.error_band_pct("p90") / 100.0
+    bands: dict[str, Any] = {"calibrated": True, "kernel_error_p90": band, "method": "kernel times scaled by 1 -/+ "
+                             "the profile's largest held-out p90 error, all kernels together"}
+    runs = []
+    for scale in (1.0 - band, 1.0 + band):
+        cost = CostModel(setup.system, setup.model, setup.deployment, setup.calibration, kernel_scale=scale)
+        runs.append(run_setup(replace(setup, cost=cost), index, None, keep_frames=False).summary)
+    for block, key in BAND_METRICS:
+        values = sorted(r[block][key] for r in runs)
+        bands.setdefault(block, {})[key] = {"low": values[0], "high": values[1]}
+    return bands
 
 
 OUTPUT_FILES = ("summary.json", "requests.csv", "iterations.csv")

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output directory (default runs/<hardware>-<model>-<time>/)")
     run.add_argument("--calibration", help="calibration profile (YAML); `none` for the uncalibrated roofline "
                                            "(default: the profile the hardware spec names, if any)")
+    run.add_argument("--uncertainty", action="store_true",
+                     help="add low/high bands from the calibration's held-out error (two more runs)")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no table")
 
     specs = sub.add_parser("specs", help="list, show or check hardware specs")
@@ -159,7 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_out_dir(Path(out))
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     try:
-        result = simulate_setup(setup, args.trace, out=out, keep_frames=False, progress=progress)
+        result = simulate_setup(setup, args.trace, out=out, keep_frames=False, progress=progress,
+                                uncertainty=args.uncertainty)
     finally:
         progress.close()
     if not args.quiet:

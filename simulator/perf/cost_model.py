@@ -78,8 +78,11 @@ class _Part:
 class CostModel:
     """Per-iteration cost of a deployment of `model` on `system`."""
 
-    def __init__(self, system: System, model: ModelConfig, dep: Deployment, calibration: Calibration | None = None):
+    def __init__(self, system: System, model: ModelConfig, dep: Deployment, calibration: Calibration | None = None,
+                 kernel_scale: float = 1.0):
+        """kernel_scale multiplies every kernel's device time (uncertainty bands use it)."""
         self.system, self.model, self.dep = system, model, dep
+        self.kernel_scale = kernel_scale
         self.device = system.accelerator
         self.kernels = kernel_times(system, model, dep, calibration)
         self.shard, self.prec = dep.sharding, dep.precision
@@ -107,6 +110,8 @@ class CostModel:
         if op.kind in ("allreduce", "allgather"):
             return self._collective_s(op)
         gpu, source = self.kernels.gpu_time_s(op)
+        if self.kernel_scale != 1.0:
+            gpu = gpu * self.kernel_scale
         over = self.device.overheads
         if graphed:
             one = gpu + over.graph_kernel_gap
@@ -128,10 +133,12 @@ class CostModel:
                     and self.kernels.collective_time_s(op.kind, op.bytes, world))
         if measured:
             one, source = measured
+            one *= self.kernel_scale
         else:
             link = self._require_link(self.tp_link, f"tensor-parallel {op.kind}")
             model = allreduce_time_s if op.kind == "allreduce" else allgather_time_s
-            one, source = model(op.bytes, world, link, self.device.efficiency.network_efficiency), ROOFLINE
+            one = model(op.bytes, world, link, self.device.efficiency.network_efficiency) * self.kernel_scale
+            source = ROOFLINE
         sources = np.zeros(len(SOURCES))
         sources[source] = op.count * one
         return op.count * one, sources
