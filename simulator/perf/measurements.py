@@ -34,7 +34,11 @@ def _row(path: Path, index: int) -> str:
 
 
 def read_measurements(path: str | Path, device: str | None = None) -> pd.DataFrame:
-    """One measurement CSV, validated; `device` keeps only rows whose device contains it."""
+    """One measurement CSV, validated; `device` keeps only rows whose device contains it.
+
+    Rows of several devices need a filter; with one, every row it keeps counts as that device
+    (e.g. "A100-SXM4-80GB" keeps single-GPU GEMMs and DGX collectives of the same GPU).
+    """
     path = Path(path)
     try:
         frame = pd.read_csv(path, dtype={"op": str, "dtype": str, "device": str, "source": str, "direction": str})
@@ -82,7 +86,7 @@ def read_measurements(path: str | Path, device: str | None = None) -> pd.DataFra
         if frame.empty:
             raise InputError(f"{path}: no rows for device {device!r}")
     devices = frame["device"].unique()
-    if len(devices) > 1:
+    if device is None and len(devices) > 1:
         raise InputError(f"{path}: rows from {len(devices)} devices ({devices[0]!r}, {devices[1]!r}, ...); "
                          "pick one with --device")
     return frame.reset_index(drop=True)

@@ -1,0 +1,67 @@
+"""Bad measurement files get exit 2 and one line naming the file, the row and the column."""
+from __future__ import annotations
+
+import pytest
+
+from simulator.cli import main
+
+GOOD = "op,dtype,m,n,k,time_us,device,source\ngemm,bf16,128,4096,4096,20.5,GPU-A,test\n"
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+CASES = {
+    "unknown op": ("op,dtype,m,n,k,time_us,device\ngemm,bf16,1,2,3,4.0,GPU-A\nconv2d,bf16,1,2,3,4.0,GPU-A\n",
+                   [":3", "op", "conv2d"]),
+    "missing parameter column": ("op,dtype,m,n,time_us,device\ngemm,bf16,1,2,4.0,GPU-A\n", [":2", "k", "column missing"]),
+    "negative time": ("op,dtype,m,n,k,time_us,device\ngemm,bf16,1,2,3,4.0,GPU-A\ngemm,bf16,1,2,3,-1,GPU-A\n",
+                      [":3", "time_us", "-1"]),
+    "time not a number": ("op,dtype,m,n,k,time_us,device\ngemm,bf16,1,2,3,fast,GPU-A\n", [":2", "time_us"]),
+    "zero-sized shape": ("op,dtype,m,n,k,time_us,device\ngemm,bf16,0,2,3,4.0,GPU-A\n", [":2", "m"]),
+    "mixed devices": ("op,dtype,m,n,k,time_us,device\ngemm,bf16,1,2,3,4.0,GPU-A\ngemm,bf16,1,2,3,4.0,GPU-B\n",
+                      ["2 devices", "--device"]),
+    "missing time column": ("op,dtype,m,n,k,device\ngemm,bf16,1,2,3,GPU-A\n", ["time_us", "missing"]),
+    "bad memcpy direction": ("op,dtype,bytes,direction,time_us,device\nmemcpy,bf16,1024,sideways,3.0,GPU-A\n",
+                             [":2", "direction", "h2d"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("command", ["validate", "calibrate"])
+def test_bad_measurement_file(tmp_path, capsys, name, command):
+    text, needles = CASES[name]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(text)
+    args = [command, "h100-sxm", str(bad)]
+    args += ["--out", str(tmp_path / "out")] if command == "validate" else ["-o", str(tmp_path / "calib.yaml")]
+    code, err = run_cli(args, capsys)
+    assert code == 2
+    assert err.startswith("error:") and len(err.splitlines()) == 1
+    assert str(bad) in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "calib.yaml").exists()
+
+
+def test_device_filter_selects_rows(tmp_path, capsys):
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text(GOOD + "gemm,bf16,128,4096,4096,20.5,GPU-B,test\n")
+    code, _ = run_cli(["validate", "h100-sxm", str(mixed), "--device", "GPU-A", "--out", str(tmp_path / "v"),
+                       "--calibration", "none"], capsys)
+    assert code == 0
+    assert sum(1 for _ in open(tmp_path / "v" / "predictions.csv")) == 2  # header + the GPU-A row
+
+
+def test_validate_writes_predictions_and_plot(tmp_path, capsys):
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD)
+    code, _ = run_cli(["validate", "h100-sxm", str(good), "--out", str(tmp_path / "v"), "--calibration", "none"],
+                      capsys)
+    assert code == 0
+    header = open(tmp_path / "v" / "predictions.csv").readline().strip().split(",")
+    assert header[-3:] == ["predicted_us", "error_pct", "prediction_source"]
+    assert (tmp_path / "v" / "predicted_vs_measured.png").stat().st_size > 1000
