@@ -161,6 +161,7 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
         preemptions=sum(r.scheduler.preemptions for r in replicas),
         skipped=dict(trace.skipped), wall_s=time.perf_counter() - started,
         events=recorder.iteration_count + trace.count,
+        calibration=str(setup.calibration.path) if setup.calibration is not None else None,
     )
     frames = (recorder.requests.frame(), recorder.iterations.frame()) if keep_frames else (None, None)
     return Result(summary, *frames, out_dir)

@@ -115,6 +115,17 @@ def _table(summary: dict, out_dir: Path | None) -> None:
         f"simulated {summary['sim']['iterations']} iterations in {summary['sim']['wall_s']:.2f} s"
         + (f" · outputs in {out_dir}" if out_dir else "")
     )
+    prov = summary["provenance"]
+    shares = " · ".join(f"{k} {v:.0%}" for k, v in prov["share_of_time_by_source"].items() if v >= 0.005)
+    console.print(f"time by source: {shares} ({prov['note']})")
+    if "uncertainty" in summary and summary["uncertainty"].get("calibrated"):
+        band = summary["uncertainty"]
+        console.print("uncertainty (kernel error ±{:.1%}): TTFT mean {:.4f}-{:.4f} s · TPOT mean {:.4f}-{:.4f} s · "
+                      "{:.0f}-{:.0f} output tok/s".format(
+                          band["kernel_error_p90"], band["ttft_s"]["mean"]["low"], band["ttft_s"]["mean"]["high"],
+                          band["tpot_s"]["mean"]["low"], band["tpot_s"]["mean"]["high"],
+                          band["throughput"]["output_tokens_per_s"]["low"],
+                          band["throughput"]["output_tokens_per_s"]["high"]))
     if req["rejected"]:
         console.print(f"rejected: {req['rejected_reasons']}")
     if req.get("skipped_trace_rows"):

@@ -105,11 +105,13 @@ class Recorder:
         self.bytes = 0.0
         self.busy_device_s = 0.0
         self.active_energy_j = 0.0
+        self.provenance_s = np.zeros(4)  # busy time by kernel_times.SOURCES
 
     def iteration(self, replica: int, start_s: float, cost: IterationCost, batch: ScheduledBatch,
                   mfu: float, mbu: float, power_w: float) -> None:
         d = cost.time_s
         self._account(1, cost.flops, cost.bytes, d, power_w * d)
+        self.provenance_s += cost.sources_s
         self.iterations.add(replica=[replica], stage=["mixed"], start_s=[start_s], duration_s=[d],
                             prefill_tokens=[batch.prefill_tokens], decode_tokens=[batch.decode_tokens],
                             batch_size=[batch.batch_size], kv_blocks_used=[batch.kv_blocks_used],
@@ -121,6 +123,7 @@ class Recorder:
         k = len(starts_s)
         d = cost.time_s
         self._account(k, float(np.add.reduce(cost.flops)), float(np.add.reduce(cost.bytes)), float(np.add.reduce(d)), float(np.add.reduce(power_w * d)))
+        self.provenance_s += cost.sources_s.sum(axis=1)
         sizes = active.tolist()
         self.iterations.add(replica=[replica] * k, stage=["mixed"] * k, start_s=starts_s.tolist(),
                             duration_s=d.tolist(), prefill_tokens=[first.prefill_tokens] + [0] * (k - 1),
