@@ -1,0 +1,77 @@
+"""Regenerate the shipped calibration profiles in hardware_specs/calibration/ from validation/data/.
+
+    python -m validation.build_profiles            # all profiles (a few minutes on 2 cores)
+    python -m validation.build_profiles rtx4090    # one
+
+Each profile is what `simulate calibrate` writes for that device's measurements; the spec of
+the device names it with `calibration:`. Files that mix devices or topologies are filtered
+here, so every profile describes one device:
+- h100-sxm: the H100 SXM GEMM (bf16, fp8) and attention (prefill, decode) tables.
+- a100-80gb-sxm: the A100 GEMMs profiled by Vidur, and the DGX A100 all-reduce measured with
+  8 GPUs per node (NVLink through NVSwitch, the fabric a single-node deployment uses).
+- rtx4090: the Llama-3.1-8B layer tables converted by `validation.layer_tables`.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from simulator.hardware.loader import load_system
+from simulator.perf.calibration import calibrate
+from simulator.perf.measurements import read_measurements
+
+from .layer_tables import convert
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "validation" / "data"
+OUT = ROOT / "hardware_specs" / "calibration"
+
+
+def _h100(tmp: Path) -> list[Path]:
+    return [DATA / "h100-sxm-gemm.csv", DATA / "h100-sxm-attn-prefill.csv", DATA / "h100-sxm-attn-decode.csv"]
+
+
+def _a100(tmp: Path) -> list[Path]:
+    allreduce = read_measurements(DATA / "a100-dgx-allreduce-vidur.csv", device="devices_per_node=8")
+    allreduce = allreduce[allreduce["op"] == "allreduce"]
+    allreduce = allreduce.assign(device="NVIDIA A100-SXM4-80GB")  # one device name across the profile's files
+    path = tmp / "a100-dgx-allreduce-8gpu.csv"
+    allreduce.to_csv(path, index=False)
+    return [DATA / "a100-sxm-gemm-vidur.csv", path]
+
+
+def _rtx4090(tmp: Path) -> list[Path]:
+    path = tmp / "rtx4090-llama-3.1-8b-kernels.csv"
+    convert(DATA / "rtx4090-llama-3.1-8b").to_csv(path, index=False)
+    return [path]
+
+
+PROFILES = {"h100-sxm": _h100, "a100-80gb-sxm": _a100, "rtx4090": _rtx4090}
+
+
+def build(name: str) -> Path:
+    with tempfile.TemporaryDirectory() as tmp:
+        files = PROFILES[name](Path(tmp))
+        calib = calibrate(load_system(name), files)
+    calib.sources = [f.name for f in files]
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.yaml"
+    calib.save(path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help=f"profiles to build: {', '.join(PROFILES)} (default: all)")
+    args = parser.parse_args()
+    unknown = [n for n in args.names if n not in PROFILES]
+    if unknown:
+        parser.error(f"unknown profile {unknown[0]!r} (known: {', '.join(PROFILES)})")
+    for name in args.names or PROFILES:
+        path = build(name)
+        print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
