@@ -104,7 +104,7 @@ class CostModel:
             raise ValueError(f"{self.system.name}: no link for {what}; add links: or network: to the spec")
         return link
 
-    def op_time_s(self, op: Operator, graphed: bool) -> tuple[float | np.ndarray, np.ndarray]:
+    def op_time_s(self, op: Operator, graphed: bool | np.ndarray) -> tuple[float | np.ndarray, np.ndarray]:
         """Time of all `op.count` executions of one operator, overheads included, and that
         time split by source (kernel_times.SOURCES)."""
         if op.kind in ("allreduce", "allgather"):
@@ -113,7 +113,9 @@ class CostModel:
         if self.kernel_scale != 1.0:
             gpu = gpu * self.kernel_scale
         over = self.device.overheads
-        if graphed:
+        if isinstance(graphed, np.ndarray):  # a span: some steps replay a CUDA graph, others not
+            one = np.where(graphed, gpu + over.graph_kernel_gap, np.maximum(gpu, over.kernel_launch))
+        elif graphed:
             one = gpu + over.graph_kernel_gap
         else:
             one = np.maximum(gpu, over.kernel_launch) if isinstance(gpu, np.ndarray) else max(gpu, over.kernel_launch)
@@ -209,10 +211,8 @@ class CostModel:
             fixed = np.repeat(np.array([self._fixed_decode(int(n)) for n in num_decodes[starts]]), lengths, axis=0)
         op = attention_decode_op(self.model, num_decodes, context, self.shard, self.prec)
         graphed = fixed[:, 6] > 0
-        graphed_time, graphed_src = self.op_time_s(op, True)
-        eager_time, eager_src = self.op_time_s(op, False)
-        attn = _Part(np.where(graphed, graphed_time, eager_time), op.flops * op.count, op.bytes * op.count,
-                     np.where(graphed, graphed_src, eager_src))
+        attn_time, attn_src = self.op_time_s(op, graphed)
+        attn = _Part(attn_time, op.flops * op.count, op.bytes * op.count, attn_src)
         zero = np.zeros((len(SOURCES), len(num_decodes)))
         # dense and head sources are folded into `dense` (pp * dense + head) so _combine adds them once
         return self._combine(

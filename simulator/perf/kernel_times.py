@@ -18,6 +18,9 @@ prediction is "calibrated-interpolation" inside the measured shape ranges and
 """
 from __future__ import annotations
 
+import bisect
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -28,6 +31,8 @@ from ..models.operators import Operator
 from .calibration import Calibration
 from .roofline import operator_time_s
 
+# GEMMs with up to this many rows (tokens of an iteration) are looked up in a per-shape table.
+GEMM_TABLE_ROWS = 16384
 SOURCES = ("calibrated-interpolation", "calibrated-fit", "roofline", "host-overhead")
 INTERP, FIT, ROOFLINE, HOST = range(4)
 
@@ -35,6 +40,8 @@ INTERP, FIT, ROOFLINE, HOST = range(4)
 _BATCH_LOG2 = np.arange(0, 13)
 _CONTEXT_LOG2 = np.arange(4, 21)
 _CHUNK_LOG2 = np.arange(0, 16)
+_BATCH_AXIS, _CONTEXT_AXIS, _CHUNK_AXIS = (a.astype(float) for a in (_BATCH_LOG2, _CONTEXT_LOG2, _CHUNK_LOG2))
+_CACHED_AXIS = np.concatenate(([-1.0], _CONTEXT_AXIS))  # -1 stands for "no cached context"
 
 
 class KernelTimes:
@@ -58,6 +65,7 @@ class CalibratedKernelTimes(KernelTimes):
                       "head_dim": model.head_dim}
         self.dtype = dep.activation_dtype
         self._memo: dict[tuple, tuple[float, int]] = {}
+        self._gemm_tables: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._decode = self._decode_table() if calibration.covers("attn_decode", self.dtype) else None
         self._prefill = self._prefill_table() if calibration.covers("attn_prefill", self.dtype) else None
 
@@ -95,8 +103,22 @@ class CalibratedKernelTimes(KernelTimes):
         if op.kind == "attn_prefill" and self._prefill is not None:
             return self._attention_prefill_s(op)
         if op.kind == "gemm" and self.calibration.covers("gemm", op.dtype):
+            if op.m <= GEMM_TABLE_ROWS:
+                times, sources = self._gemm_table(op.dtype, op.n, op.k)
+                return float(times[op.m - 1]), int(sources[op.m - 1])
             return self._memoised(("gemm", op.dtype, op.m, op.n, op.k), op)
         return super().gpu_time_s(op)
+
+    def _gemm_table(self, dtype: str, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The profile's time for m = 1..GEMM_TABLE_ROWS of one (n, k) weight shape, asked once:
+        a model has a handful of weight shapes, and one vectorised query costs about as much as
+        a single-row one."""
+        key = (dtype, n, k)
+        if key not in self._gemm_tables:
+            m = np.arange(1, GEMM_TABLE_ROWS + 1)
+            frame = pd.DataFrame({"op": "gemm", "dtype": dtype, "m": m, "n": n, "k": k})
+            self._gemm_tables[key] = self._predict("gemm", dtype, frame)
+        return self._gemm_tables[key]
 
     def collective_time_s(self, kind: str, nbytes: float, world: int) -> tuple[float, int] | None:
         dtype = self._collective_dtype(kind)
@@ -119,10 +141,14 @@ class CalibratedKernelTimes(KernelTimes):
     def _attention_decode_s(self, op: Operator):
         """Decode attention of `op.m` sequences reading `context` KV tokens in all."""
         log_t, sources = self._decode
+        per_token = 4.0 * self.heads["head_dim"] * self.heads["heads"]  # FLOPs per KV token read
+        if np.ndim(op.m) == 0:
+            batch = max(float(op.m), 1.0)
+            mean_ctx = max(op.flops / per_token / batch, 1.0)
+            return _bilinear(log_t, sources, math.log2(batch), _BATCH_AXIS, math.log2(mean_ctx), _CONTEXT_AXIS)
         batch = np.maximum(np.asarray(op.m, dtype=float), 1.0)
-        context = 4.0 * self.heads["head_dim"] * self.heads["heads"]  # FLOPs per KV token read
-        mean_ctx = np.maximum(np.asarray(op.flops, dtype=float) / context / batch, 1.0)
-        return _bilinear(log_t, sources, np.log2(batch), _BATCH_LOG2, np.log2(mean_ctx), _CONTEXT_LOG2)
+        mean_ctx = np.maximum(np.asarray(op.flops, dtype=float) / per_token / batch, 1.0)
+        return _bilinear(log_t, sources, np.log2(batch), _BATCH_AXIS, np.log2(mean_ctx), _CONTEXT_AXIS)
 
     def _attention_prefill_s(self, op: Operator):
         """Prefill attention of a batch's chunks as one sequence with the same FLOPs and chunk."""
@@ -131,16 +157,23 @@ class CalibratedKernelTimes(KernelTimes):
         pairs = op.flops / per_pair
         chunk = max(float(op.m), 1.0)  # new tokens of all chunks
         cached = max(pairs / chunk - (chunk + 1) / 2.0, 0.0)
-        cached_axis = np.concatenate(([-1.0], _CONTEXT_LOG2.astype(float)))  # -1 stands for "no context"
-        cached_log2 = np.log2(cached) if cached >= 1.0 else -1.0
-        time, source = _bilinear(log_t, sources, np.log2(chunk), _CHUNK_LOG2, cached_log2, cached_axis)
-        return float(time), int(source)
+        cached_log2 = math.log2(cached) if cached >= 1.0 else -1.0
+        return _bilinear(log_t, sources, math.log2(chunk), _CHUNK_AXIS, cached_log2, _CACHED_AXIS)
 
 
 def _bilinear(log_t: np.ndarray, sources: np.ndarray, x, xs: np.ndarray, y, ys: np.ndarray):
     """exp of the bilinear interpolation of log_t over (xs, ys) at (x, y); the source of the
-    nearest grid point. Points outside the axes extrapolate linearly from the edge cells."""
-    xs, ys = xs.astype(float), ys.astype(float)
+    nearest grid point. Points outside the axes extrapolate linearly from the edge cells.
+    Scalars take a plain-Python path (this runs once per simulated iteration)."""
+    if np.ndim(x) == 0 and np.ndim(y) == 0:
+        i = min(max(bisect.bisect_left(xs, x) - 1, 0), len(xs) - 2)
+        j = min(max(bisect.bisect_left(ys, y) - 1, 0), len(ys) - 2)
+        fx = (x - xs[i]) / (xs[i + 1] - xs[i])
+        fy = (y - ys[j]) / (ys[j + 1] - ys[j])
+        row0, row1 = log_t[i], log_t[i + 1]
+        value = ((1 - fx) * (1 - fy) * row0[j] + fx * (1 - fy) * row1[j]
+                 + (1 - fx) * fy * row0[j + 1] + fx * fy * row1[j + 1])
+        return math.exp(value), int(sources[i if fx < 0.5 else i + 1, j if fy < 0.5 else j + 1])
     i = np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2)
     j = np.clip(np.searchsorted(ys, y) - 1, 0, len(ys) - 2)
     fx = (x - xs[i]) / (xs[i + 1] - xs[i])
