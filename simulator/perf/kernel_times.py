@@ -42,6 +42,16 @@ _CONTEXT_LOG2 = np.arange(4, 21)
 _CHUNK_LOG2 = np.arange(0, 16)
 _BATCH_AXIS, _CONTEXT_AXIS, _CHUNK_AXIS = (a.astype(float) for a in (_BATCH_LOG2, _CONTEXT_LOG2, _CHUNK_LOG2))
 _CACHED_AXIS = np.concatenate(([-1.0], _CONTEXT_AXIS))  # -1 stands for "no cached context"
+_BATCH_LIST, _CONTEXT_LIST, _CHUNK_LIST, _CACHED_LIST = (
+    a.tolist() for a in (_BATCH_AXIS, _CONTEXT_AXIS, _CHUNK_AXIS, _CACHED_AXIS))
+
+
+class _Table:
+    """An attention table: log(time) and sources on the grid, also as lists for scalar lookups."""
+
+    def __init__(self, log_t: np.ndarray, sources: np.ndarray):
+        self.log_t, self.sources = log_t, sources
+        self.log_list, self.source_list = log_t.tolist(), sources.tolist()
 
 
 class KernelTimes:
@@ -81,20 +91,20 @@ class CalibratedKernelTimes(KernelTimes):
                 return dtype
         return None
 
-    def _decode_table(self) -> tuple[np.ndarray, np.ndarray]:
+    def _decode_table(self) -> _Table:
         b, ctx = np.meshgrid(2.0 ** _BATCH_LOG2, 2.0 ** _CONTEXT_LOG2, indexing="ij")
         frame = pd.DataFrame({"op": "attn_decode", "dtype": self.dtype, "batch": b.ravel().astype(int),
                               "kv_len": ctx.ravel().astype(int), **self.heads})
         times, sources = self._predict("attn_decode", self.dtype, frame)
-        return np.log(times).reshape(b.shape), sources.reshape(b.shape)
+        return _Table(np.log(times).reshape(b.shape), sources.reshape(b.shape))
 
-    def _prefill_table(self) -> tuple[np.ndarray, np.ndarray]:
+    def _prefill_table(self) -> _Table:
         # one sequence per point: chunk c new tokens after `cached` tokens of context
         c, cached = np.meshgrid(2.0 ** _CHUNK_LOG2, np.concatenate(([0.0], 2.0 ** _CONTEXT_LOG2)), indexing="ij")
         frame = pd.DataFrame({"op": "attn_prefill", "dtype": self.dtype, "batch": 1, "seq_len": c.ravel().astype(int),
                               "kv_len": (c + cached).ravel().astype(int), **self.heads})
         times, sources = self._predict("attn_prefill", self.dtype, frame)
-        return np.log(times).reshape(c.shape), sources.reshape(c.shape)
+        return _Table(np.log(times).reshape(c.shape), sources.reshape(c.shape))
 
     # -- runtime -----------------------------------------------------------------------
     def gpu_time_s(self, op: Operator):
@@ -140,40 +150,32 @@ class CalibratedKernelTimes(KernelTimes):
 
     def _attention_decode_s(self, op: Operator):
         """Decode attention of `op.m` sequences reading `context` KV tokens in all."""
-        log_t, sources = self._decode
+        table = self._decode
         per_token = 4.0 * self.heads["head_dim"] * self.heads["heads"]  # FLOPs per KV token read
         if np.ndim(op.m) == 0:
             batch = max(float(op.m), 1.0)
             mean_ctx = max(op.flops / per_token / batch, 1.0)
-            return _bilinear(log_t, sources, math.log2(batch), _BATCH_AXIS, math.log2(mean_ctx), _CONTEXT_AXIS)
+            return _bilinear_scalar(table.log_list, table.source_list, math.log2(batch), _BATCH_LIST,
+                                    math.log2(mean_ctx), _CONTEXT_LIST)
         batch = np.maximum(np.asarray(op.m, dtype=float), 1.0)
         mean_ctx = np.maximum(np.asarray(op.flops, dtype=float) / per_token / batch, 1.0)
-        return _bilinear(log_t, sources, np.log2(batch), _BATCH_AXIS, np.log2(mean_ctx), _CONTEXT_AXIS)
+        return _bilinear(table.log_t, table.sources, np.log2(batch), _BATCH_AXIS, np.log2(mean_ctx), _CONTEXT_AXIS)
 
     def _attention_prefill_s(self, op: Operator):
         """Prefill attention of a batch's chunks as one sequence with the same FLOPs and chunk."""
-        log_t, sources = self._prefill
+        table = self._prefill
         per_pair = 4.0 * self.heads["head_dim"] * self.heads["heads"]
         pairs = op.flops / per_pair
         chunk = max(float(op.m), 1.0)  # new tokens of all chunks
         cached = max(pairs / chunk - (chunk + 1) / 2.0, 0.0)
         cached_log2 = math.log2(cached) if cached >= 1.0 else -1.0
-        return _bilinear(log_t, sources, math.log2(chunk), _CHUNK_AXIS, cached_log2, _CACHED_AXIS)
+        return _bilinear_scalar(table.log_list, table.source_list, math.log2(chunk), _CHUNK_LIST, cached_log2,
+                                _CACHED_LIST)
 
 
 def _bilinear(log_t: np.ndarray, sources: np.ndarray, x, xs: np.ndarray, y, ys: np.ndarray):
     """exp of the bilinear interpolation of log_t over (xs, ys) at (x, y); the source of the
-    nearest grid point. Points outside the axes extrapolate linearly from the edge cells.
-    Scalars take a plain-Python path (this runs once per simulated iteration)."""
-    if np.ndim(x) == 0 and np.ndim(y) == 0:
-        i = min(max(bisect.bisect_left(xs, x) - 1, 0), len(xs) - 2)
-        j = min(max(bisect.bisect_left(ys, y) - 1, 0), len(ys) - 2)
-        fx = (x - xs[i]) / (xs[i + 1] - xs[i])
-        fy = (y - ys[j]) / (ys[j + 1] - ys[j])
-        row0, row1 = log_t[i], log_t[i + 1]
-        value = ((1 - fx) * (1 - fy) * row0[j] + fx * (1 - fy) * row1[j]
-                 + (1 - fx) * fy * row0[j + 1] + fx * fy * row1[j + 1])
-        return math.exp(value), int(sources[i if fx < 0.5 else i + 1, j if fy < 0.5 else j + 1])
+    nearest grid point. Points outside the axes extrapolate linearly from the edge cells."""
     i = np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2)
     j = np.clip(np.searchsorted(ys, y) - 1, 0, len(ys) - 2)
     fx = (x - xs[i]) / (xs[i + 1] - xs[i])
@@ -182,6 +184,19 @@ def _bilinear(log_t: np.ndarray, sources: np.ndarray, x, xs: np.ndarray, y, ys: 
              + (1 - fx) * fy * log_t[i, j + 1] + fx * fy * log_t[i + 1, j + 1])
     nearest = sources[np.where(fx < 0.5, i, i + 1), np.where(fy < 0.5, j, j + 1)]
     return np.exp(value), nearest
+
+
+def _bilinear_scalar(log_t: list, sources: list, x: float, xs: list, y: float, ys: list) -> tuple[float, int]:
+    """`_bilinear` for one point on nested lists: it runs once per simulated iteration, where
+    numpy's per-call overhead would dominate."""
+    i = min(max(bisect.bisect_left(xs, x) - 1, 0), len(xs) - 2)
+    j = min(max(bisect.bisect_left(ys, y) - 1, 0), len(ys) - 2)
+    fx = (x - xs[i]) / (xs[i + 1] - xs[i])
+    fy = (y - ys[j]) / (ys[j + 1] - ys[j])
+    row0, row1 = log_t[i], log_t[i + 1]
+    value = ((1 - fx) * (1 - fy) * row0[j] + fx * (1 - fy) * row1[j]
+             + (1 - fx) * fy * row0[j + 1] + fx * fy * row1[j + 1])
+    return math.exp(value), int(sources[i if fx < 0.5 else i + 1][j if fy < 0.5 else j + 1])
 
 
 def kernel_times(system: System, model: ModelConfig, dep: Deployment, calibration: Calibration | None) -> KernelTimes:
