@@ -265,7 +265,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     predicted, source = predict_rows(frame, system, calib)
     frame["predicted_us"] = predicted
     frame["error_pct"] = 100.0 * (predicted - frame["time_us"]) / frame["time_us"]
-    frame["prediction_source"] = source  # "source" already names where the measurement came from
+    # `source` is where each prediction came from; the measurement's own origin moves to measurement_source
+    frame = frame.rename(columns={"source": "measurement_source"})
+    frame["source"] = source
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "predictions.csv", index=False)
     which = f"calibration {calib.path}" if calib is not None else "uncalibrated roofline"

@@ -10,6 +10,11 @@ here, so every profile describes one device:
 - a100-80gb-sxm: the A100 GEMMs profiled by Vidur, and the DGX A100 all-reduce measured with
   8 GPUs per node (NVLink through NVSwitch, the fabric a single-node deployment uses).
 - rtx4090: the Llama-3.1-8B layer tables converted by `validation.layer_tables`.
+- xeon-emr-2vcpu: this project's 2-vCPU host, measured by `python -m validation.measure
+  --device cpu --quick` (numpy GEMMs and copies; a loaded 2-core VM makes them noisy).
+
+The A100 GEMMs come from two sources (Vidur's profiling and the LLMCompass artifact), whose
+device columns name the same GPU differently; they are fitted together as one device.
 """
 from __future__ import annotations
 
@@ -38,7 +43,10 @@ def _a100(tmp: Path) -> list[Path]:
     allreduce = allreduce.assign(device="NVIDIA A100-SXM4-80GB")  # one device name across the profile's files
     path = tmp / "a100-dgx-allreduce-8gpu.csv"
     allreduce.to_csv(path, index=False)
-    return [DATA / "a100-sxm-gemm-vidur.csv", path]
+    llmcompass = read_measurements(DATA / "llmcompass-gemm-a100.csv").assign(device="NVIDIA A100-SXM4-80GB")
+    llmcompass_path = tmp / "llmcompass-gemm-a100.csv"
+    llmcompass.to_csv(llmcompass_path, index=False)
+    return [DATA / "a100-sxm-gemm-vidur.csv", llmcompass_path, path]
 
 
 def _rtx4090(tmp: Path) -> list[Path]:
@@ -47,7 +55,11 @@ def _rtx4090(tmp: Path) -> list[Path]:
     return [path]
 
 
-PROFILES = {"h100-sxm": _h100, "a100-80gb-sxm": _a100, "rtx4090": _rtx4090}
+def _host_cpu(tmp: Path) -> list[Path]:
+    return [DATA / "xeon-emr-2vcpu-quick.csv"]
+
+
+PROFILES = {"h100-sxm": _h100, "a100-80gb-sxm": _a100, "rtx4090": _rtx4090, "xeon-emr-2vcpu": _host_cpu}
 
 
 def build(name: str) -> Path:
