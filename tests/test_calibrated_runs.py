@@ -16,7 +16,7 @@ from simulator.perf.calibration import Calibration
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ROOT / "validation" / "data" / "rtx4090-llama-3.1-8b"
-PROFILE = ROOT / "hardware_specs" / "calibration" / "rtx4090.yaml"
+PROFILE = ROOT / "hardware_specs" / "profiles" / "rtx4090.yaml"
 
 
 def _table(name: str) -> pd.DataFrame:

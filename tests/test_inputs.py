@@ -295,7 +295,7 @@ def test_bad_input_subprocess(cli_results, case_id):
 
 def test_specs_check_accepts_every_shipped_yaml(repo_root):
     files = sorted(str(p.relative_to(repo_root)) for p in (repo_root / "hardware_specs").rglob("*.yaml")
-                   if p.parent.name != "calibration")  # calibration/ holds fitted profiles, not specs
+                   if p.parent.name != "profiles")  # profiles/ holds calibration profiles, not specs
     assert len(files) >= 15
     proc = _cli(["specs", "check", *files], repo_root)
     assert proc.returncode == 0, proc.stderr
@@ -318,7 +318,7 @@ def test_specs_list_has_the_required_catalogue(repo_root):
 
 def test_shipped_specs_list_their_sources(repo_root):
     for path in (repo_root / "hardware_specs").rglob("*.yaml"):
-        if path.parent.name == "calibration":
+        if path.parent.name == "profiles":
             continue
         data = yaml.safe_load(path.read_text())
         assert data.get("sources"), path

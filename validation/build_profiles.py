@@ -1,4 +1,4 @@
-"""Regenerate the shipped calibration profiles in hardware_specs/calibration/ from validation/data/.
+"""Regenerate the shipped calibration profiles in hardware_specs/profiles/ from validation/data/.
 
     python -m validation.build_profiles            # all profiles (a few minutes on 2 cores)
     python -m validation.build_profiles rtx4090    # one
@@ -30,7 +30,7 @@ from .layer_tables import convert
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "validation" / "data"
-OUT = ROOT / "hardware_specs" / "calibration"
+OUT = ROOT / "hardware_specs" / "profiles"
 
 
 def _h100(tmp: Path) -> list[Path]:

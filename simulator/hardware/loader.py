@@ -21,8 +21,8 @@ from .spec import DeviceSpec, Link, SystemSpec
 
 
 def catalogue() -> dict[str, Path]:
-    """Shipped specs by catalogue name (the file stem); calibration/ holds profiles, not specs."""
-    return {p.stem: p for p in sorted(HARDWARE_DIR.rglob("*.yaml")) if p.parent.name != "calibration"}
+    """Shipped specs by catalogue name (the file stem); profiles/ holds calibration profiles, not specs."""
+    return {p.stem: p for p in sorted(HARDWARE_DIR.rglob("*.yaml")) if p.parent.name != "profiles"}
 
 
 def resolve_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
