@@ -28,13 +28,15 @@ class BlockManager:
         return -(-tokens // self.block_size)
 
     def can_allocate(self, n: int, watermark: int = 0) -> bool:
-        return n <= self.free - watermark
+        return n <= self.num_blocks - self.used - watermark
 
     def allocate(self, n: int) -> None:
-        if n > self.free:
+        used = self.used + n
+        if used > self.num_blocks:
             raise RuntimeError(f"KV cache over-allocated: {n} blocks asked, {self.free} free")
-        self.used += n
-        self.peak = max(self.peak, self.used)
+        self.used = used
+        if used > self.peak:
+            self.peak = used
 
     def release(self, n: int) -> None:
         if n > self.used:

@@ -15,7 +15,7 @@ import simpy
 from ..hardware.spec import DeviceSpec
 from ..metrics.recorder import Recorder
 from ..perf.cost_model import CostModel, IterationCost
-from ..schedulers.base import Scheduler
+from ..schedulers.base import ScheduledBatch, Scheduler, SpanPlan
 
 # Longest span planned at once (steps); a longer quiet stretch is simply several spans.
 MAX_SPAN_STEPS = 4096
@@ -31,17 +31,18 @@ class Replica:
         self._wake: simpy.Event | None = None
         self.device: DeviceSpec = cost.device
         self._min_step_s = cost.min_step_s
+        recorder.power_w = self.power_w  # the recorder derives energy from utilisation in bulk
 
     def submit(self, req) -> None:
         req.replica = self.index
         reason = self.scheduler.admit(req, self.env.now)
         if reason is not None:
-            self.recorder.reject(req, reason, self.index)
+            self.recorder.reject(req, reason)
         elif self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
-    def power_w(self, mfu, mbu):
-        """Busy power per device; works on floats or numpy arrays of utilisations."""
+    def power_w(self, mfu: np.ndarray, mbu: np.ndarray) -> np.ndarray:
+        """Busy power per device of iterations with these utilisations."""
         power = self.device.power
         if power is None:
             return mfu * 0.0
@@ -62,53 +63,51 @@ class Replica:
                 continue
             start = env.now
             cost = self.cost.iteration(batch.shape)
-            if self.fast_forward and (yield from self._run_span(batch, cost, start)):
-                continue
-            yield env.timeout(cost.time_s)
-            outcome = sched.on_batch_done(batch, env.now)
-            mfu = cost.flops / (cost.time_s * rec.peak_flops)
-            mbu = cost.bytes / (cost.time_s * rec.bandwidth)
-            rec.iteration(self.index, start, cost, batch, mfu, mbu, float(self.power_w(mfu, mbu)))
-            rec.outcome(self.index, outcome)
+            span = self._plan_span(batch, cost, start) if self.fast_forward else None
+            if span is not None:
+                yield from self._run_span(batch, cost, start, *span)
+            else:
+                yield env.timeout(cost.time_s)
+                rec.iteration(self.index, start, cost, batch)
+                rec.outcome(sched.on_batch_done(batch, env.now))
             self._report()
 
-    def _run_span(self, batch, first: IterationCost, start: float):
-        """Run `batch` and the decode steps after it that start before the next arrival.
+    def _plan_span(self, batch: ScheduledBatch, first: IterationCost,
+                   start: float) -> tuple[SpanPlan, IterationCost, np.ndarray] | None:
+        """Plan `batch` and the decode steps after it that start before the next arrival.
 
         An arrival is seen by the scheduler at the first iteration boundary at or after it,
-        so every step that starts before the next arrival runs as planned. Returns False
-        (having simulated nothing) when only the first step fits.
+        so every step that starts before the next arrival runs as planned. Returns the plan,
+        the cost of its decode steps and the end times of the steps to run, or None when
+        only the first step fits.
         """
         horizon = self.horizon_s()
         if horizon <= start + first.time_s:  # the next arrival lands during the first step
-            return False
+            return None
         # no step is shorter than min_step_s, so more steps than this cannot start in time
         useful = (horizon - start) / self._min_step_s + 2 if horizon != float("inf") else MAX_SPAN_STEPS
         plan = self.scheduler.plan_span(batch, int(min(useful, MAX_SPAN_STEPS)))
         if plan is None:
-            return False
+            return None
         rest = self.cost.decode_span(plan.active[1:], plan.decode_context[1:])
-        times = np.concatenate(([first.time_s], rest.time_s))
-        ends = start + times.cumsum()
+        ends = start + np.concatenate(([first.time_s], rest.time_s)).cumsum()
         k = 1 + int(ends[:-1].searchsorted(horizon, side="left"))
         if k == 1:
-            return False
-        ends = ends[:k]
-        self.scheduler.span_in_flight = (ends, plan.cum_work[:k])
+            return None
+        return plan, rest, ends[:k]
+
+    def _run_span(self, batch: ScheduledBatch, first: IterationCost, start: float, plan: SpanPlan,
+                  rest: IterationCost, ends: np.ndarray):
+        """Run a planned span: its k steps end at `ends`; steps 1.. are `rest`'s decode steps."""
+        sched, rec = self.scheduler, self.recorder
+        sched.span_in_flight = (ends, plan)
         yield self.env.timeout(float(ends[-1]) - start)
-        self.scheduler.span_in_flight = None
-        outcome = self.scheduler.apply_span(plan, ends)
-        cost = IterationCost(times[:k], np.concatenate(([first.flops], rest.flops[: k - 1])),
-                             np.concatenate(([first.bytes], rest.bytes[: k - 1])), first.compute_dtype,
-                             np.concatenate((first.sources_s[:, None], rest.sources_s[:, : k - 1]), axis=1))
-        mfu = cost.flops / (cost.time_s * self.recorder.peak_flops)
-        mbu = cost.bytes / (cost.time_s * self.recorder.bandwidth)
-        starts = np.concatenate(([start], ends[:-1]))
-        self.recorder.span(self.index, starts, cost, batch, plan.active[:k], plan.used[:k], mfu, mbu,
-                           self.power_w(mfu, mbu))
-        self.recorder.outcome(self.index, outcome)
-        self._report()
-        return True
+        sched.span_in_flight = None
+        outcome = sched.apply_span(plan, ends)
+        k = len(ends)
+        rec.iteration(self.index, start, first, batch)
+        rec.decode_steps(self.index, ends[:-1], rest, plan.active[1:k], plan.used[1:k])
+        rec.outcome(outcome)
 
     def _report(self) -> None:
         if self.on_progress is not None and self.recorder.iteration_count % 64 == 0:

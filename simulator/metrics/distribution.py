@@ -46,9 +46,14 @@ class WeightedSamples:
         self.values = array("d")
         self.counts = array("q")
 
-    def extend(self, values: np.ndarray, counts: np.ndarray) -> None:
-        self.values.extend(values.tolist())
-        self.counts.extend(counts.tolist())
+    def extend(self, values, counts) -> None:
+        """Append (value, count) pairs given as two numpy arrays, or two tuples of numbers."""
+        if isinstance(values, np.ndarray):
+            self.values.frombytes(values.astype(np.float64, copy=False).tobytes())
+            self.counts.frombytes(counts.astype(np.int64, copy=False).tobytes())
+        else:
+            self.values.extend(values)
+            self.counts.extend(counts)
 
     def summary(self) -> dict[str, float]:
         return summarize_weighted(np.frombuffer(self.values, dtype=np.float64),

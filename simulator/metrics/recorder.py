@@ -2,12 +2,16 @@
 
 Rows are buffered and appended to `requests.csv` and `iterations.csv` in chunks, so a
 million-request run never holds a million rows; the summary keeps only compact numpy-able
-columns of the latencies it needs percentiles of.
+columns of the latencies it needs percentiles of. The run loop only hands over what it
+already has (a tuple per iteration, arrays per span, finished Request objects); columns are
+built once per chunk, vectorised, when the chunk is flushed.
 """
 from __future__ import annotations
 
 from array import array
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +21,7 @@ import pyarrow.csv as pacsv
 
 from ..engine.request import Request
 from ..perf.cost_model import IterationCost
+from ..perf.kernel_times import SOURCES
 from ..schedulers.base import BatchOutcome, ScheduledBatch
 from .distribution import WeightedSamples
 
@@ -32,54 +37,63 @@ ITERATION_SCHEMA = pa.schema([
     ("kv_blocks_used", pa.int64()), ("mfu", pa.float64()), ("mbu", pa.float64()),
 ])
 FLUSH_ROWS = 65536
+# What the recorder buffers per iteration, in this order (utilisation, power and energy are
+# derived from it when a chunk is recorded): name -> dtype.
+STEP_COLUMNS = {
+    "replica": np.int64, "start_s": np.float64, "duration_s": np.float64, "flops": np.float64, "bytes": np.float64,
+    "prefill_tokens": np.int64, "decode_tokens": np.int64, "batch_size": np.int64, "kv_blocks_used": np.int64,
+    **{f"{source}_s": np.float64 for source in SOURCES},
+}
 
 if TYPE_CHECKING:  # pandas is imported only when frames are asked for (start-up time)
     import pandas as pd
 
 
 class _CsvSink:
-    """Column buffers streamed to a CSV file every FLUSH_ROWS rows, and/or kept for a frame.
+    """Column chunks appended to a CSV file, and/or kept for a frame.
 
     pyarrow's CSV writer formats floats in C (shortest round-trip repr), an order of
-    magnitude faster than pandas for the hundreds of thousands of iteration rows of a run.
+    magnitude faster than pandas for the hundreds of thousands of iteration rows of a run,
+    and it releases the GIL: each chunk is written on a helper thread while the simulation
+    goes on (one chunk in flight at a time; a write error surfaces at the next write or close).
     """
 
     def __init__(self, path: Path | None, schema: pa.Schema, keep: bool):
         self.schema, self.keep = schema, keep
         self.enabled = path is not None or keep
-        self.columns = schema.names
-        self.buffers: dict[str, list] = {c: [] for c in self.columns}
         self.tables: list[pa.Table] = []
         self.writer = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._in_flight: Future | None = None
         if path is not None:
             self.writer = pacsv.CSVWriter(str(path), schema, write_options=pacsv.WriteOptions(quoting_style="needed"))
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-writer")
 
-    def add(self, **cols) -> None:
+    def write(self, columns: list) -> None:
+        """Append rows given as one array (or list) per schema column."""
         if not self.enabled:
             return
-        for name, values in cols.items():
-            self.buffers[name].extend(values)
-        if len(self.buffers[self.columns[0]]) >= FLUSH_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.enabled or not self.buffers[self.columns[0]]:
-            return
-        table = pa.table(self.buffers, schema=self.schema)
+        arrays = [pa.array(col, type=field.type) for col, field in zip(columns, self.schema)]
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
         if self.writer is not None:
-            self.writer.write_table(table)
+            self._wait()
+            self._in_flight = self._thread.submit(self.writer.write_table, table)
         if self.keep:
             self.tables.append(table)
-        self.buffers = {c: [] for c in self.columns}
+
+    def _wait(self) -> None:
+        if self._in_flight is not None:
+            self._in_flight.result()
+            self._in_flight = None
 
     def close(self) -> None:
-        self.flush()
         if self.writer is not None:
+            self._wait()
+            self._thread.shutdown()
             self.writer.close()
             self.writer = None
 
     def frame(self) -> pd.DataFrame:
-        self.flush()
         return pa.concat_tables(self.tables or [self.schema.empty_table()]).to_pandas()
 
 
@@ -89,6 +103,8 @@ class Recorder:
         self.requests = _CsvSink(out_dir / "requests.csv" if out_dir else None, REQUEST_SCHEMA, keep_frames)
         self.iterations = _CsvSink(out_dir / "iterations.csv" if out_dir else None, ITERATION_SCHEMA, keep_frames)
         self.peak_flops, self.bandwidth, self.devices = peak_flops, bandwidth, devices_per_replica
+        # busy power per device from arrays of (MFU, MBU); the replicas set their device's model
+        self.power_w: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
         self.ttft, self.tpot, self.e2e, self.queue = array("d"), array("d"), array("d"), array("d")
         self.tbt = WeightedSamples()
         self.slo_met = 0
@@ -105,93 +121,123 @@ class Recorder:
         self.bytes = 0.0
         self.busy_device_s = 0.0
         self.active_energy_j = 0.0
-        self.provenance_s = np.zeros(4)  # busy time by kernel_times.SOURCES
+        self.provenance_s = np.zeros(len(SOURCES))  # busy time by kernel_times.SOURCES
+        self._steps: list[tuple] = []  # single iterations not yet recorded, as STEP_COLUMNS tuples
+        self._spans: list[tuple] = []  # decode steps of spans not yet recorded (see decode_steps)
+        self._pending_steps = 0
+        self._done: list[Request] = []  # finished (completed or rejected) requests not yet recorded
+        self._reasons: dict[int, str] = {}  # index in _done -> rejection reason
 
-    def iteration(self, replica: int, start_s: float, cost: IterationCost, batch: ScheduledBatch,
-                  mfu: float, mbu: float, power_w: float) -> None:
-        d = cost.time_s
-        self._account(1, cost.flops, cost.bytes, d, power_w * d)
-        self.provenance_s += cost.sources_s
-        self.iterations.add(replica=[replica], stage=["mixed"], start_s=[start_s], duration_s=[d],
-                            prefill_tokens=[batch.prefill_tokens], decode_tokens=[batch.decode_tokens],
-                            batch_size=[batch.batch_size], kv_blocks_used=[batch.kv_blocks_used],
-                            mfu=[mfu], mbu=[mbu])
+    def iteration(self, replica: int, start_s: float, cost: IterationCost, batch: ScheduledBatch) -> None:
+        """One iteration of `batch` (a single step, or the first step of a span)."""
+        self.iteration_count += 1
+        self._steps.append((replica, start_s, cost.time_s, cost.flops, cost.bytes, batch.prefill_tokens,
+                            batch.decode_tokens, batch.batch_size, batch.kv_blocks_used, *cost.sources_s.tolist()))
+        self._pending_steps += 1
+        if self._pending_steps >= FLUSH_ROWS:
+            self._record_steps()
 
-    def span(self, replica: int, starts_s: np.ndarray, cost: IterationCost, first: ScheduledBatch,
-             active: np.ndarray, kv_used: np.ndarray, mfu: np.ndarray, mbu: np.ndarray, power_w: np.ndarray) -> None:
-        """A span: the batch `first`, then k-1 decode steps of `active[j]` sequences (arrays of length k)."""
+    def decode_steps(self, replica: int, starts_s: np.ndarray, cost: IterationCost, active: np.ndarray,
+                     kv_used: np.ndarray) -> None:
+        """The decode steps of a span after its first: step j starts at starts_s[j] and decodes
+        active[j] sequences holding kv_used[j] blocks; `cost` covers them (and maybe more)."""
         k = len(starts_s)
-        d = cost.time_s
-        self._account(k, float(np.add.reduce(cost.flops)), float(np.add.reduce(cost.bytes)), float(np.add.reduce(d)), float(np.add.reduce(power_w * d)))
-        self.provenance_s += cost.sources_s.sum(axis=1)
-        sizes = active.tolist()
-        self.iterations.add(replica=[replica] * k, stage=["mixed"] * k, start_s=starts_s.tolist(),
-                            duration_s=d.tolist(), prefill_tokens=[first.prefill_tokens] + [0] * (k - 1),
-                            decode_tokens=[first.decode_tokens] + sizes[1:], batch_size=sizes,
-                            kv_blocks_used=kv_used.tolist(), mfu=mfu.tolist(), mbu=mbu.tolist())
+        self.iteration_count += k
+        self._spans.append((len(self._steps), replica, starts_s, cost.time_s[:k], cost.flops[:k], cost.bytes[:k],
+                            active, kv_used, cost.sources_s[:, :k]))
+        self._pending_steps += k
+        if self._pending_steps >= FLUSH_ROWS:
+            self._record_steps()
 
-    def _account(self, iterations: int, flops: float, nbytes: float, busy_s: float, energy_j: float) -> None:
-        self.iteration_count += iterations
-        self.flops += flops * self.devices
-        self.bytes += nbytes * self.devices
-        self.busy_device_s += busy_s * self.devices
-        self.active_energy_j += energy_j * self.devices
-
-    def outcome(self, replica: int, outcome: BatchOutcome) -> None:
-        if outcome.gap_values_s.size:
-            self.tbt.extend(outcome.gap_values_s, outcome.gap_counts)
-        f = outcome.finished
-        if f is None:
+    def _record_steps(self) -> None:
+        """Totals and CSV rows of the buffered iterations: utilisation, power and energy are
+        derived here, vectorised over the chunk, rather than once per step."""
+        if not self._pending_steps:
             return
-        k = len(f["requests"])
-        arrival, first = f["arrival_s"], f["first_token_s"]
-        finish = f["last_token_s"]  # a request finishes when it samples its last token
-        out = f["output_tokens"]
-        ttft = first - arrival
-        e2e = finish - arrival
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tpot = np.where(out > 1, (finish - first) / np.maximum(out - 1, 1), np.nan)
-        queue = f["first_scheduled_s"] - arrival
-        self.ttft.extend(ttft.tolist())
-        self.e2e.extend(e2e.tolist())
-        self.queue.extend(queue.tolist())
-        self.tpot.extend(tpot[out > 1].tolist())
-        self.completed += k
-        self.input_tokens += int(np.add.reduce(f["input_tokens"]))
-        self.output_tokens += int(np.add.reduce(out))
-        self.last_finish_s = max(self.last_finish_s, float(np.maximum.reduce(finish)))
-        records = [r.record for r in f["requests"]]
-        self._judge_slo(records, ttft, tpot)
-        self.requests.add(
-            id=[r.id for r in records], arrival_s=arrival.tolist(), input_tokens=f["input_tokens"].tolist(),
-            output_tokens=out.tolist(), first_token_s=first.tolist(), finish_s=finish.tolist(), ttft_s=ttft.tolist(),
-            tpot_s=tpot.tolist(), e2e_s=e2e.tolist(), queue_s=queue.tolist(), preemptions=f["preemptions"].tolist(),
-            replica=[replica] * k, status=["completed"] * k, reason=[""] * k,
-        )
+        replica, start, d, flops, nbytes, prefill, decode, size, kv, *sources = _step_columns(self._steps, self._spans)
+        self._steps, self._spans, self._pending_steps = [], [], 0
+        mfu = flops / (d * self.peak_flops)
+        mbu = nbytes / (d * self.bandwidth)
+        dev = self.devices
+        self.flops += float(np.add.reduce(flops)) * dev
+        self.bytes += float(np.add.reduce(nbytes)) * dev
+        self.busy_device_s += float(np.add.reduce(d)) * dev
+        self.active_energy_j += float(np.add.reduce(self.power_w(mfu, mbu) * d)) * dev
+        self.provenance_s += [float(np.add.reduce(col)) for col in sources]
+        stage = np.full(len(d), "mixed", dtype=object)
+        self.iterations.write([replica, stage, start, d, prefill, decode, size, kv, mfu, mbu])
 
-    def _judge_slo(self, records, ttft: np.ndarray, tpot: np.ndarray) -> None:
-        for rec, t1, t2 in zip(records, ttft.tolist(), tpot.tolist()):
-            if rec.slo_ttft_s is None and rec.slo_tpot_s is None:
-                continue
-            self.slo_judged += 1
-            self._note_targets(rec)
-            ok = (rec.slo_ttft_s is None or t1 <= rec.slo_ttft_s) and (
-                rec.slo_tpot_s is None or t2 != t2 or t2 <= rec.slo_tpot_s)  # t2 != t2: one-token output
-            self.slo_met += ok
+    def outcome(self, outcome: BatchOutcome) -> None:
+        for values, counts in outcome.gaps:
+            self.tbt.extend(values, counts)
+        if outcome.finished is not None:
+            self.completed += len(outcome.finished)
+            self._buffer(outcome.finished)
 
-    def reject(self, req: Request, reason: str, replica: int) -> None:
+    def reject(self, req: Request, reason: str) -> None:
         self.rejected += 1
         self.reject_reasons[_reason_key(reason)] += 1
-        rec = req.record
-        nan = float("nan")
-        self.requests.add(
-            id=[rec.id], arrival_s=[rec.arrival_s], input_tokens=[rec.input_tokens], output_tokens=[rec.output_tokens],
-            first_token_s=[nan], finish_s=[nan], ttft_s=[nan], tpot_s=[nan], e2e_s=[nan], queue_s=[nan],
-            preemptions=[0], replica=[replica], status=["rejected"], reason=[reason],
-        )
-        if rec.slo_ttft_s is not None or rec.slo_tpot_s is not None:
+        self._reasons[len(self._done)] = reason
+        self._buffer([req])
+
+    def _buffer(self, requests: list[Request]) -> None:
+        self._done.extend(requests)
+        if len(self._done) >= FLUSH_ROWS:
+            self._record_done()
+
+    def _record_done(self) -> None:
+        """Latency samples, totals, SLO verdicts and CSV rows of the buffered finished requests.
+
+        A Request carries all it needs: its record, replica, first_scheduled_s, preemptions,
+        first_token_s and last_token_s (its finish time); a rejected one never ran, so those
+        times are NaN and its preemptions 0.
+        """
+        done, reasons = self._done, self._reasons
+        if not done:
+            return
+        self._done, self._reasons = [], {}
+        k = len(done)
+        records = [r.record for r in done]
+        arrival = np.array([r.arrival_s for r in records])
+        inp = np.array([r.input_tokens for r in records], dtype=np.int64)
+        out = np.array([r.output_tokens for r in records], dtype=np.int64)
+        first = np.array([r.first_token_s for r in done])
+        finish = np.array([r.last_token_s for r in done])
+        ttft = first - arrival
+        e2e = finish - arrival
+        queue = np.array([r.first_scheduled_s for r in done]) - arrival
+        tpot = np.where(out > 1, (finish - first) / np.maximum(out - 1, 1), np.nan)
+        status, reason = ["completed"] * k, [""] * k
+        completed = np.ones(k, dtype=bool)
+        for i, why in reasons.items():
+            status[i], reason[i], completed[i] = "rejected", why, False
+        self.ttft.frombytes(ttft[completed].tobytes())
+        self.e2e.frombytes(e2e[completed].tobytes())
+        self.queue.frombytes(queue[completed].tobytes())
+        self.tpot.frombytes(tpot[completed & (out > 1)].tobytes())
+        self.input_tokens += int(np.add.reduce(inp, where=completed))
+        self.output_tokens += int(np.add.reduce(out, where=completed))
+        if completed.any():
+            self.last_finish_s = max(self.last_finish_s, float(np.maximum.reduce(finish[completed])))
+        self._judge_slo(records, completed, ttft, tpot)
+        self.requests.write([
+            [r.id for r in records], arrival, inp, out, first, finish, ttft, tpot, e2e, queue,
+            np.array([r.preemptions for r in done], dtype=np.int64), np.array([r.replica for r in done], dtype=np.int64),
+            status, reason,
+        ])
+
+    def _judge_slo(self, records, completed: np.ndarray, ttft: np.ndarray, tpot: np.ndarray) -> None:
+        """A request with an SLO is judged; it meets it if it completed within its targets."""
+        judged = [i for i, rec in enumerate(records) if rec.slo_ttft_s is not None or rec.slo_tpot_s is not None]
+        for i in judged:
+            rec = records[i]
             self.slo_judged += 1
             self._note_targets(rec)
+            if completed[i]:
+                t1, t2 = float(ttft[i]), float(tpot[i])
+                ok = (rec.slo_ttft_s is None or t1 <= rec.slo_ttft_s) and (
+                    rec.slo_tpot_s is None or t2 != t2 or t2 <= rec.slo_tpot_s)  # t2 != t2: one-token output
+                self.slo_met += ok
 
     def _note_targets(self, rec) -> None:
         for key, value in (("ttft_s", rec.slo_ttft_s), ("tpot_s", rec.slo_tpot_s)):
@@ -206,6 +252,8 @@ class Recorder:
         return next(iter(values), None)
 
     def close(self) -> None:
+        self._record_done()
+        self._record_steps()
         self.requests.close()
         self.iterations.close()
 
@@ -217,3 +265,37 @@ def _reason_key(reason: str) -> str:
     if "whole-prompt step" in reason:
         return "exceeds one whole-prompt step (chunked prefill off)"
     return reason
+
+
+def _step_columns(steps: list[tuple], spans: list[tuple]) -> list[np.ndarray]:
+    """The buffered iterations as STEP_COLUMNS columns, in the order they were recorded.
+
+    `steps` are single rows (STEP_COLUMNS tuples); each of `spans` holds a span's decode steps
+    as arrays (see Recorder.decode_steps), recorded after the first `before` rows of
+    `steps`. Rows and span steps are each gathered at once and then put at their positions,
+    rather than concatenated piece by piece in order.
+    """
+    dtypes = STEP_COLUMNS.values()
+    if steps:
+        rows = [np.array(col, dtype=dt) for col, dt in zip(zip(*steps), dtypes)]
+    else:
+        rows = [np.zeros(0, dtype=dt) for dt in dtypes]
+    if not spans:
+        return rows
+    before, replicas, starts, d, flops, nbytes, active, kv, sources = zip(*spans)
+    lengths = np.array([len(a) for a in starts])
+    active_all = np.concatenate(active)
+    span_cols = [np.repeat(replicas, lengths), np.concatenate(starts), np.concatenate(d), np.concatenate(flops),
+                 np.concatenate(nbytes), 0, active_all, active_all, np.concatenate(kv),
+                 *np.concatenate(sources, axis=1)]
+    offset = np.concatenate(([0], lengths.cumsum()))  # span steps recorded before each span
+    n_rows = len(steps)
+    row_at = np.arange(n_rows) + offset[np.searchsorted(before, np.arange(n_rows), side="right")]
+    span_at = np.repeat(before, lengths) + np.arange(offset[-1])
+    columns = []
+    for row_values, span_values, dt in zip(rows, span_cols, dtypes):
+        col = np.empty(n_rows + int(offset[-1]), dtype=dt)
+        col[row_at] = row_values
+        col[span_at] = span_values
+        columns.append(col)
+    return columns

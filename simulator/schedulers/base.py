@@ -11,6 +11,7 @@ A new policy is one new module that subclasses `Scheduler` and calls `register`.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -46,13 +47,20 @@ def get_scheduler(name: str) -> type[Scheduler]:
 
 @dataclass(slots=True)
 class ScheduledBatch:
-    """One iteration's work: the running-table rows `rows` with their `scheduled` tokens."""
+    """One iteration's work: the running-table rows `rows` with their `scheduled` tokens.
+
+    Every row decodes one token except the prefill rows, listed by table index (a few per
+    step): `completing` finish their prompt and sample a token, `partial` run a chunk that
+    stops short of it and sample nothing.
+    """
 
     rows: slice
     shape: BatchShape
     prefill_tokens: int
     decode_tokens: int
     kv_blocks_used: int
+    completing: list[int]
+    partial: list[int]
 
     @property
     def batch_size(self) -> int:
@@ -61,12 +69,10 @@ class ScheduledBatch:
 
 @dataclass(slots=True)
 class BatchOutcome:
-    """What an iteration produced: finished requests (as columns) and inter-token gaps."""
+    """What an iteration (or a span) produced: finished requests and inter-token gaps."""
 
-    finished: dict[str, np.ndarray] | None
-    gap_values_s: np.ndarray
-    gap_counts: np.ndarray
-    first_tokens: int
+    finished: list[Request] | None  # each with last_token_s = its finish time
+    gaps: list[tuple]  # (gap values in s, how many tokens saw each) pairs, see `gaps`
 
 
 class Scheduler:
@@ -81,7 +87,7 @@ class Scheduler:
         self.waiting_work_tokens = 0
         self.max_model_len = min(dep.max_model_len or model.max_position_embeddings, plan.kv_tokens)
         self.preemptions = 0
-        self.span_in_flight: tuple[np.ndarray, np.ndarray] | None = None  # (step ends, work done by each)
+        self.span_in_flight: tuple[np.ndarray, SpanPlan] | None = None  # (step ends, the span's plan)
 
     # -- admission -------------------------------------------------------------------
     def rejection_reason(self, req: Request) -> str | None:
@@ -116,13 +122,11 @@ class Scheduler:
         each had been applied at its own end.
         """
         t, n = self.running, self.running.n
-        running = int(np.add.reduce(t.num_tokens[:n] - t.num_computed[:n])
-                      + np.add.reduce(t.input_tokens[:n] + t.output_tokens[:n] - t.num_tokens[:n]))
+        running = int(np.add.reduce(t.final_tokens[:n] - t.num_computed[:n]))
         done = 0
         if self.span_in_flight is not None:
-            ends, cum_work = self.span_in_flight
-            steps_done = int(ends.searchsorted(now_s, side="right"))
-            done = int(cum_work[steps_done - 1]) if steps_done else 0
+            ends, plan = self.span_in_flight
+            done = plan.work_done(int(ends.searchsorted(now_s, side="right")))
         return running + self.waiting_work_tokens - done
 
     def next_batch(self, now_s: float) -> ScheduledBatch | None:
@@ -144,49 +148,70 @@ class Scheduler:
 
         A row decodes when all but its newest token are computed and it is past its prompt;
         any other row runs a prefill chunk of `scheduled` tokens after `num_computed` cached.
+        Prefill rows are few, so their sums run in Python over exact integers (and
+        half-integers for the pairs): the same values as summing arrays in any order.
         """
         t = self.running
-        comp = t.num_computed[rows]
-        ntok = t.num_tokens[rows]
-        decode = (ntok - comp == 1) & (ntok > t.input_tokens[rows])
-        nd = int(np.add.reduce(decode))
-        if nd == len(comp):  # the common all-decode step: every row samples one token
-            shape = BatchShape(num_decodes=nd, decode_context=float(np.add.reduce(ntok)), sampled=nd)
-            return ScheduledBatch(rows, shape, 0, nd, self.blocks.used)
-        s = t.scheduled[rows]
-        pre = ~decode
-        c, ctx = s[pre], comp[pre]
-        shape = BatchShape(
-            prefill_tokens=int(np.add.reduce(c)),
-            prefill_context=float(np.add.reduce(ctx + c)),
-            prefill_pairs=float((c * (ctx + (c + 1) / 2.0)).sum()),
-            num_decodes=nd,
-            decode_context=float(np.add.reduce(ntok[decode])),
-            sampled=int(np.add.reduce(comp + s == ntok)),
-        )
-        return ScheduledBatch(rows, shape, shape.prefill_tokens, nd, self.blocks.used)
+        ntok, comp = t.num_tokens[rows], t.num_computed[rows]
+        prefill = ((ntok - comp) != 1) | (ntok <= t.input_tokens[rows])
+        idx = prefill.nonzero()[0]
+        size = rows.stop - rows.start
+        decode_context = int(np.add.reduce(ntok))
+        prefill_tokens = prefill_context = 0
+        pairs = 0.0
+        completing: list[int] = []
+        partial: list[int] = []
+        if idx.size:
+            sched, computed, tokens = t.scheduled, t.num_computed, t.num_tokens
+            for i in idx.tolist():
+                i += rows.start
+                c, ctx, total = sched.item(i), computed.item(i), tokens.item(i)
+                prefill_tokens += c
+                prefill_context += ctx + c
+                pairs += c * (ctx + (c + 1) / 2.0)
+                decode_context -= total
+                (completing if ctx + c == total else partial).append(i)
+        nd = size - len(idx)
+        shape = BatchShape(prefill_tokens, float(prefill_context), pairs, nd, float(decode_context), size - len(partial))
+        return ScheduledBatch(rows, shape, prefill_tokens, nd, self.blocks.used, completing, partial)
 
     def on_batch_done(self, batch: ScheduledBatch, now_s: float) -> BatchOutcome:
-        t, rows = self.running, batch.rows
+        """Apply a step: every row computes its scheduled tokens and all but `partial` sample one."""
+        t, rows, partial = self.running, batch.rows, batch.partial
         self.blocks.tick(now_s)
         t.num_computed[rows] += t.scheduled[rows]
         t.scheduled[rows] = 0
-        idx = rows.start + (t.num_computed[rows] == t.num_tokens[rows]).nonzero()[0]
-        first = np.isnan(t.first_token_s[idx])
-        t.first_token_s[idx[first]] = now_s
-        gap_values, gap_counts = gaps(now_s, t.last_token_s[idx[~first]])
-        t.last_token_s[idx] = now_s
-        t.num_tokens[idx] += 1
-        return BatchOutcome(self._take_finished(), gap_values, gap_counts, int(np.add.reduce(first)))
+        first = self._first_tokens(batch.completing, now_s)
+        last = t.last_token_s
+        kept = [last.item(i) for i in partial]  # partial rows sample nothing: no gap, no new time
+        for i in partial:
+            last[i] = math.nan
+        step_gaps = gaps(now_s, last[rows], batch.shape.sampled - first)
+        last[rows] = now_s
+        t.num_tokens[rows] += 1
+        for i, held in zip(partial, kept):
+            last[i] = held
+            t.num_tokens[i] -= 1
+        return BatchOutcome(self._take_finished(), [step_gaps])
 
-    def _take_finished(self) -> dict[str, np.ndarray] | None:
+    def _first_tokens(self, completing: list[int], now_s: float) -> int:
+        """Stamp the first token of the `completing` rows that had none; returns how many."""
+        requests, count = self.running.requests, 0
+        for i in completing:
+            req = requests[i]
+            if math.isnan(req.first_token_s):
+                req.first_token_s = now_s
+                count += 1
+        return count
+
+    def _take_finished(self) -> list[Request] | None:
         t, n = self.running, self.running.n
-        done = t.num_tokens[:n] - t.input_tokens[:n] >= t.output_tokens[:n]
-        if not done.any():
+        done = t.num_tokens[:n] >= t.final_tokens[:n]
+        gone = done.nonzero()[0]
+        if not gone.size:
             return None
-        finished = t.take(done)
-        self.blocks.release(int(np.add.reduce(finished["blocks"])))
-        return finished
+        self.blocks.release(sum(map(t.blocks.item, gone.tolist())))
+        return t.take(gone, (~done).nonzero()[0])
 
     # -- spans: a step, then decode steps of the same sequences until they finish --------
     def plan_span(self, batch: ScheduledBatch, max_steps: int) -> SpanPlan | None:
@@ -199,81 +224,71 @@ class Scheduler:
         t, n = self.running, self.running.n
         if max_steps < 2 or self.waiting or batch.rows != slice(0, n) or batch.shape.sampled != n:
             return None
-        ntok = t.num_tokens[:n]
-        remaining = t.output_tokens[:n] - (ntok - t.input_tokens[:n])  # steps each samples in, >= 1
+        ntok = t.num_tokens[:n]  # all sampled at step 0, so computed + scheduled = ntok
+        remaining = t.final_tokens[:n] - ntok  # steps each samples in, >= 1
         steps = int(min(np.maximum.reduce(remaining), max_steps))
         if steps < 2:
             return None
-        # Sequences still decoding at step j >= 1 are those with remaining > j.
-        step_index = np.arange(steps)
-        if np.minimum.reduce(remaining) >= steps:  # nobody finishes inside the span: the common short span
+        lo = int(np.minimum.reduce(remaining))
+        # Step j >= 1 decodes the sequences with remaining > j, each reading ntok + j tokens.
+        step_index = np.arange(steps, dtype=np.float64)  # float: the contexts are float sums
+        if lo >= steps:  # nobody finishes inside the span: the common short span
             active = np.full(steps, n)
             context = np.add.reduce(ntok) + step_index * n
-        else:
-            order = remaining.argsort(kind="stable")
-            done_by = remaining[order].searchsorted(step_index, side="right")  # finished before step j
-            active = n - done_by
-            ntok_suffix = np.concatenate(((ntok[order][::-1]).cumsum()[::-1], [0]))
-            context = ntok_suffix[done_by] + step_index * active  # step j reads ntok + j per sequence
-        # KV blocks: after step 0 sequence i holds c_i = computed + scheduled tokens; step j needs
-        # ceil((c_i + j) / bs) blocks, a new one first at j0 = blocks*bs - c_i + 1, then every bs
-        # steps, while it is active (j < remaining). A finished sequence frees all its blocks.
+        else:  # those done by step j: cumulative counts (and ntok sums) by remaining
+            active = n - np.bincount(remaining, minlength=steps)[:steps].cumsum()
+            ntok_done = np.bincount(remaining, weights=ntok, minlength=steps)[:steps].cumsum()
+            context = (np.add.reduce(ntok) - ntok_done) + step_index * active
+        # KV blocks: after step 0 sequence i holds ntok_i tokens; step j needs ceil((ntok_i + j) / bs)
+        # blocks, a new one first at j0 = blocks*bs - ntok_i + 1, then every bs steps, while it is
+        # active (j < remaining). A finished sequence frees all its blocks.
         bs = self.block_size
-        j0 = t.blocks[:n] * bs - (t.num_computed[:n] + t.scheduled[:n]) + 1
-        end = np.minimum(remaining, steps)
-        grows = np.maximum(-(-(end - j0) // bs), 0)  # new blocks each takes within the span
+        j0 = t.blocks[:n] * bs - ntok + 1
+        grows = np.maximum((np.minimum(remaining, steps) - j0 + (bs - 1)) // bs, 0)  # new blocks within the span
+        # +1 at j0 and -1 at j0 + grows*bs on every bs-th step (a row that never grows cancels out)
         width = -(-(steps + bs) // bs) * bs
-        growing = grows > 0
-        comb = (np.bincount(j0[growing], minlength=width)
-                - np.bincount((j0 + grows * bs)[growing], minlength=width))[:width]
+        comb = (np.bincount(j0, minlength=width) - np.bincount(j0 + grows * bs, minlength=width))[:width]
         new_per_step = comb.reshape(-1, bs).cumsum(axis=0).ravel()[:steps]
         held = self.blocks.used + new_per_step.cumsum()  # before releases
-        fin = remaining < steps
         used = held
-        if fin.any():
-            freed = np.bincount(remaining[fin], weights=t.blocks[:n][fin] + grows[fin], minlength=steps)[:steps]
+        if lo < steps:
+            freed = np.bincount(remaining, weights=t.blocks[:n] + grows, minlength=steps)[:steps]
             used = held - freed.cumsum().astype(np.int64)
-        over = (used > self.blocks.num_blocks).nonzero()[0]
-        if over.size:
-            steps = int(over[0])
+        if np.maximum.reduce(used) > self.blocks.num_blocks:
+            steps = int((used > self.blocks.num_blocks).nonzero()[0][0])
             if steps < 2:
                 return None
-        # Work done by step j (see outstanding_work_tokens): its scheduled tokens, plus the one
-        # token of context a sequence leaves behind when it finishes.
-        work = np.empty(steps, dtype=np.int64)
-        work[0] = int(np.add.reduce(t.scheduled[:n]))
-        work[1:] = active[1:steps]
-        finishing = remaining <= steps
-        if finishing.any():
-            work += np.bincount(remaining[finishing] - 1, minlength=steps)
-        return SpanPlan(steps, active[:steps], context[:steps].astype(np.float64), used[:steps], held[:steps],
-                        remaining, int(np.minimum.reduce(remaining)), work.cumsum())
+        return SpanPlan(batch, steps, active[:steps], context[:steps], used[:steps], held[:steps], remaining, lo)
 
     def apply_span(self, plan: SpanPlan, ends_s: np.ndarray) -> BatchOutcome:
         """Apply the first k = len(ends_s) steps of `plan`; sequences finish at their own step."""
         t, n, k = self.running, self.running.n, len(ends_s)
         starts = np.concatenate(([self.blocks.since_s], ends_s[:-1]))
         self.blocks.advance(plan.used[:k], ends_s - starts, float(ends_s[-1]), int(plan.held[k - 1]))
-        first = np.isnan(t.first_token_s[:n])
-        gap_values, gap_counts = gaps(float(ends_s[0]), t.last_token_s[:n][~first])
-        t.first_token_s[:n][first] = ends_s[0]
-        gap_values = np.concatenate((gap_values, ends_s[1:] - ends_s[:-1]))
-        gap_counts = np.concatenate((gap_counts, plan.active[1:k]))
-        finishes = plan.min_remaining <= k
-        steps_in = np.minimum(plan.remaining, k) if finishes else k  # steps each sequence sampled in
-        t.num_computed[:n] += t.scheduled[:n] + (steps_in - 1)
+        first_end = float(ends_s[0])
+        first = self._first_tokens(plan.batch.completing, first_end)  # every row samples at step 0
+        # gaps: at step 0 since each row's last token, then one step long for each active row
+        span_gaps = [gaps(first_end, t.last_token_s[:n], n - first), (ends_s[1:] - ends_s[:-1], plan.active[1:k])]
+        if plan.min_remaining <= k:  # some finish: each row samples in min(remaining, k) steps
+            steps_in = np.minimum(plan.remaining, k)
+            t.num_tokens[:n] += steps_in
+            t.last_token_s[:n] = ends_s[steps_in - 1]
+        else:
+            t.num_tokens[:n] += k
+            t.last_token_s[:n] = ends_s[-1]
+        comp = t.num_computed[:n]
+        np.subtract(t.num_tokens[:n], 1, out=comp)  # each row sampled at its last step
         t.scheduled[:n] = 0
-        t.num_tokens[:n] += steps_in
-        t.last_token_s[:n] = ends_s[steps_in - 1] if finishes else ends_s[-1]
-        t.blocks[:n] = np.maximum(t.blocks[:n], ceil_div(t.num_computed[:n], self.block_size))
-        finished = self._take_finished() if finishes else None
-        return BatchOutcome(finished, gap_values, gap_counts, int(np.add.reduce(first)))
+        np.maximum(t.blocks[:n], (comp + (self.block_size - 1)) // self.block_size, out=t.blocks[:n])
+        finished = self._take_finished() if plan.min_remaining <= k else None
+        return BatchOutcome(finished, span_gaps)
 
 
 @dataclass(slots=True)
 class SpanPlan:
     """Per-step arrays (index j = step j, step 0 being the scheduled batch) of a span."""
 
+    batch: ScheduledBatch  # step 0
     steps: int
     active: np.ndarray  # sequences in step j
     decode_context: np.ndarray  # KV tokens read by step j's decodes (j >= 1)
@@ -281,22 +296,24 @@ class SpanPlan:
     held: np.ndarray  # KV blocks held by the span's sequences at step j, before any is freed
     remaining: np.ndarray  # per running row: steps it samples in before it finishes
     min_remaining: int
-    cum_work: np.ndarray  # tokens of outstanding work done by the end of step j
+
+    def work_done(self, steps: int) -> int:
+        """Tokens of outstanding work (see outstanding_work_tokens) done by the first `steps`
+        steps: step 0's scheduled tokens, one per active sequence in each later step, and the
+        one token of context a sequence leaves behind when it finishes."""
+        if steps == 0:
+            return 0
+        return (self.batch.shape.tokens + int(np.add.reduce(self.active[1:steps]))
+                + int(np.count_nonzero(self.remaining <= steps)))
 
 
-_EMPTY = np.zeros(0)
-_EMPTY_I = np.zeros(0, dtype=np.int64)
-
-
-def gaps(now_s: float, last_token_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inter-token gaps ending now, as (distinct value, count); usually all share one value."""
-    if last_token_s.size == 0:
-        return _EMPTY, _EMPTY_I
-    lo = np.minimum.reduce(last_token_s)
-    if lo == np.maximum.reduce(last_token_s):
-        return np.array([now_s - lo]), np.array([last_token_s.size], dtype=np.int64)
-    return np.unique(now_s - last_token_s, return_counts=True)
-
-
-def ceil_div(a: np.ndarray, b: int) -> np.ndarray:
-    return -(-a // b)
+def gaps(now_s: float, last_token_s: np.ndarray, count: int) -> tuple:
+    """Inter-token gaps ending now, as (distinct values, counts), from the `count` entries of
+    last_token_s that are not NaN (NaN: no earlier token). Usually all share one value, and
+    then the pair is of 1-tuples (cheaper than arrays for one step's single gap)."""
+    if count == 0:
+        return (), ()
+    lo = np.fmin.reduce(last_token_s)
+    if lo == np.fmax.reduce(last_token_s):
+        return (float(now_s - lo),), (count,)
+    return np.unique(now_s - last_token_s[~np.isnan(last_token_s)], return_counts=True)

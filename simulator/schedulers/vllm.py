@@ -23,7 +23,7 @@ from ..deployment import Deployment
 from ..engine.request import Request
 from ..models.config import ModelConfig
 from ..perf.memory_plan import MemoryPlan
-from .base import ScheduledBatch, Scheduler, ceil_div, register
+from .base import ScheduledBatch, Scheduler, register
 
 # vLLM v0's BlockSpaceManager keeps 1 % of blocks free when admitting prompts.
 V0_WATERMARK = 0.01
@@ -71,16 +71,21 @@ class VLLMScheduler(Scheduler):
 
     def _schedule_running(self, now_s: float) -> tuple[int, int, bool]:
         """Give running requests their tokens in priority order; returns (rows, budget left, preempted)."""
-        t, n = self.running, self.running.n
+        t, n, budget = self.running, self.running.n, self.budget
         if n == 0:
-            return 0, self.budget, False
+            return 0, budget, False
         comp = t.num_computed[:n]
         new = t.num_tokens[:n] - comp
-        before = new.cumsum() - new
-        sched = np.minimum(np.maximum(self.budget - before, 0), new)
-        m = n if before[-1] < self.budget else int(before.searchsorted(self.budget))
-        # budget is consumed in order, so the scheduled rows are the prefix [0, m)
-        need = np.maximum(ceil_div(comp[:m] + sched[:m], self.block_size) - t.blocks[:m], 0)
+        cum = new.cumsum()
+        if cum[-1] <= budget:  # the common case: every row gets all it needs
+            m, sched, after = n, new, t.num_tokens[:n]
+        else:  # budget is consumed in order, so the scheduled rows are the prefix [0, m)
+            before = cum - new
+            m = int(before.searchsorted(budget))
+            sched = np.minimum(budget - before[:m], new[:m])
+            after = comp[:m] + sched
+        bs = self.block_size
+        need = np.maximum((after + (bs - 1)) // bs - t.blocks[:m], 0)  # blocks to hold `after` tokens
         total = int(np.add.reduce(need))
         preempted = False
         while total > self.blocks.free:
@@ -93,8 +98,10 @@ class VLLMScheduler(Scheduler):
         self.blocks.allocate(total)
         t.blocks[:m] += need[:m]
         t.scheduled[:m] = sched[:m]
-        t.scheduled[m:t.n] = 0
-        return m, self.budget - int(np.add.reduce(sched[:m])), preempted
+        if m < t.n:
+            t.scheduled[m:t.n] = 0
+        spent = min(int(cum[m - 1]), budget) if m else 0  # the first m rows' tokens, capped by the budget
+        return m, budget - spent, preempted
 
     def _admit_waiting(self, budget: int, now_s: float, whole: bool) -> None:
         """FCFS admission from the waiting queue into `budget` tokens."""
