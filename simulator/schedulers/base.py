@@ -38,11 +38,22 @@ def register(name: str):
 
 
 def get_scheduler(name: str) -> type[Scheduler]:
-    from . import vllm  # noqa: F401  (policies register themselves on import)
+    _import_policies()
 
     if name not in REGISTRY:
         raise InputError(f"--scheduler {name}: unknown policy (known: {', '.join(sorted(REGISTRY))})")
     return REGISTRY[name]
+
+
+def _import_policies() -> None:
+    """Import every module of this package: policies register themselves on import."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name != "base":
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 @dataclass(slots=True)
@@ -132,7 +143,35 @@ class Scheduler:
     def next_batch(self, now_s: float) -> ScheduledBatch | None:
         raise NotImplementedError
 
+    def may_start_waiting(self) -> bool:
+        """Whether a waiting request could join the running set at the next step; while
+        none can, the running sequences decode on unchanged and may run as one span."""
+        return bool(self.waiting)
+
     # -- shared mechanics -------------------------------------------------------------
+    def _try_start(self, budget: int, now_s: float, whole: bool = False, watermark: int = 0,
+                   reserve_tokens: int = 0) -> int:
+        """Start the request at the head of the waiting queue with up to `budget` tokens
+        scheduled (all of its uncomputed tokens if `whole`); returns the tokens scheduled,
+        or 0 (and changes nothing) when it does not fit the budget or the KV blocks above
+        `watermark`. `reserve_tokens` > 0 allocates blocks for that many tokens up front
+        (policies that reserve a request's whole length, like Orca and static batching).
+        """
+        req = self.waiting[0]
+        remaining = req.num_tokens - req.num_computed
+        if remaining > budget and whole:
+            return 0
+        take = min(remaining, budget)
+        need = self.blocks.blocks_for(max(req.num_computed + take, reserve_tokens))
+        if not self.blocks.can_allocate(need, watermark):
+            return 0
+        self._pop_waiting()
+        self.blocks.allocate(need)
+        if math.isnan(req.first_scheduled_s):
+            req.first_scheduled_s = now_s
+        self.running.append(req, blocks=need, scheduled=take)
+        return take
+
     def _preempt_last(self, now_s: float) -> None:
         """Recompute-mode preemption of the lowest-priority running request (vLLM's policy)."""
         blocks = int(self.running.blocks[self.running.n - 1])
@@ -222,7 +261,7 @@ class Scheduler:
         sequences drop out as they finish. Returns None when no second step qualifies.
         """
         t, n = self.running, self.running.n
-        if max_steps < 2 or self.waiting or batch.rows != slice(0, n) or batch.shape.sampled != n:
+        if max_steps < 2 or self.may_start_waiting() or batch.rows != slice(0, n) or batch.shape.sampled != n:
             return None
         ntok = t.num_tokens[:n]  # all sampled at step 0, so computed + scheduled = ntok
         remaining = t.final_tokens[:n] - ntok  # steps each samples in, >= 1

@@ -107,17 +107,7 @@ class VLLMScheduler(Scheduler):
         """FCFS admission from the waiting queue into `budget` tokens."""
         t = self.running
         while self.waiting and budget > 0 and t.n < self.max_seqs:
-            req = self.waiting[0]
-            remaining = req.num_tokens - req.num_computed
-            if whole and remaining > budget:
+            take = self._try_start(budget, now_s, whole, self.watermark)
+            if not take:
                 break
-            take = min(remaining, budget)
-            need = self.blocks.blocks_for(req.num_computed + take)
-            if not self.blocks.can_allocate(need, self.watermark):
-                break
-            self._pop_waiting()
-            self.blocks.allocate(need)
-            if math.isnan(req.first_scheduled_s):
-                req.first_scheduled_s = now_s
-            t.append(req, blocks=need, scheduled=take)
             budget -= take
