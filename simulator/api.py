@@ -6,6 +6,7 @@ Outputs are written into a temporary sibling directory and moved into place at t
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -18,18 +19,21 @@ from typing import TYPE_CHECKING, Any
 import simpy
 
 from .deployment import Deployment, build_deployment
+from .engine.kv_transfer import KvTransfer, TransferLink
 from .engine.replica import Replica
 from .engine.request import Request
 from .engine.router import ROUTERS
 from .errors import InputError
 from .hardware.loader import System, load_system
-from .metrics.recorder import Recorder
+from .hardware.units import UnitError, parse_quantity
+from .metrics.recorder import Recorder, ReplicaHardware
+from .metrics.slo import SloSpec
 from .metrics.summary import build_summary
 from .models.config import ModelConfig, load_model
 from .perf.calibration import Calibration, resolve_calibration
 from .perf.cost_model import CostModel
-from .perf.memory_plan import MemoryPlan, plan_memory
-from .schedulers.base import get_scheduler
+from .perf.memory_plan import MemoryPlan, kv_bytes_per_block, plan_memory
+from .schedulers.base import SwapSpace, get_scheduler
 from .workloads.trace import TraceIndex
 
 if TYPE_CHECKING:  # pandas is imported only when frames are asked for (start-up time)
@@ -37,12 +41,13 @@ if TYPE_CHECKING:  # pandas is imported only when frames are asked for (start-up
 
 
 @dataclass
-class Setup:
-    """A validated deployment of a model on hardware, ready to simulate."""
+class Pool:
+    """Replicas of one role on one kind of hardware: the whole deployment when colocated,
+    or the prefill or decode pool of a disaggregated one."""
 
+    role: str  # "mixed", "prefill" or "decode"
     system: System
-    model: ModelConfig
-    deployment: Deployment
+    deployment: Deployment  # this pool's tp, pp and replicas
     plan: MemoryPlan
     cost: CostModel
     calibration: Calibration | None = None
@@ -52,36 +57,141 @@ class Setup:
         return self.deployment.devices_per_replica * self.deployment.replicas
 
 
+@dataclass
+class Disaggregation:
+    """The two pools of `scheduler: disagg` and the link their KV copies take."""
+
+    prefill: Pool
+    decode: Pool
+    link: TransferLink
+    kv_bytes_per_token: float  # the whole model's KV for one token
+    parallel_pairs: int  # device pairs copying shards side by side: min(prefill tp, decode tp)
+
+
+@dataclass
+class Setup:
+    """A validated deployment of a model on hardware, ready to simulate. The fields
+    describe the colocated deployment, or the prefill pool of a disaggregated one."""
+
+    system: System
+    model: ModelConfig
+    deployment: Deployment
+    plan: MemoryPlan
+    cost: CostModel
+    calibration: Calibration | None = None
+    disagg: Disaggregation | None = None
+
+    def pools(self) -> list[Pool]:
+        if self.disagg is not None:
+            return [self.disagg.prefill, self.disagg.decode]
+        return [Pool("mixed", self.system, self.deployment, self.plan, self.cost, self.calibration)]
+
+    @property
+    def devices(self) -> int:
+        return sum(pool.devices for pool in self.pools())
+
+
 def prepare(hardware: str | Path, model: str | None = None, scheduler: str | None = None, tp: int | None = None,
             pp: int | None = None, replicas: int | None = None, knobs: dict[str, Any] | None = None,
             calibration: str | None = None) -> Setup:
     """Load and validate everything a run needs. `calibration` is a profile path, "none" for
-    the uncalibrated roofline, or None for the profile the hardware spec names (if any)."""
+    the uncalibrated roofline, or None for the profile the hardware spec names (if any);
+    it applies to the run's hardware (a disaggregated pool on other hardware uses its own)."""
     system = load_system(hardware)
     flags = {"model": model, "scheduler": scheduler, "tp": tp, "pp": pp, "replicas": replicas}
     dep = build_deployment(system.deployment, flags, knobs or {})
     model_cfg = load_model(dep.model)
     get_scheduler(dep.scheduler)
+    if dep.router not in ROUTERS:
+        raise InputError(f"router: {dep.router!r} unknown (known: {', '.join(ROUTERS)})")
+    if dep.scheduler != "disagg":
+        pool = _pool("mixed", system, dep, model_cfg, calibration)
+        return Setup(system, model_cfg, dep, pool.plan, pool.cost, pool.calibration)
+    pools = []
+    for role, other_hw, pool_tp, count in (("prefill", dep.prefill_hardware, dep.prefill_tp, dep.prefill_replicas),
+                                           ("decode", dep.decode_hardware, dep.decode_tp, dep.decode_replicas)):
+        pool_system = load_system(other_hw) if other_hw else system
+        same = pool_system.source_file == system.source_file
+        pool_dep = dep.model_copy(update={"tp": pool_tp or dep.tp, "replicas": count})
+        pools.append(_pool(role, pool_system, pool_dep, model_cfg, calibration if same else None))
+    prefill, decode = pools
+    same_node = prefill.system.source_file == decode.system.source_file
+    if same_node and prefill.devices + decode.devices > prefill.system.sized_for(1).total_devices \
+            and not prefill.system.standalone:
+        raise InputError(f"{system.source_file}: {system.name} has {system.total_devices} devices but the prefill "
+                         f"({prefill.devices}) and decode ({decode.devices}) pools need "
+                         f"{prefill.devices + decode.devices}; lower prefill_replicas/decode_replicas or add nodes")
+    link = transfer_link(dep, prefill.system, decode.system, same_node and prefill.devices + decode.devices
+                         <= prefill.system.devices_per_node)
+    per_token = kv_bytes_per_block(model_cfg, dep.model_copy(update={"tp": 1, "pp": 1})) / dep.block_size
+    split = Disaggregation(prefill, decode, link, per_token, min(prefill.deployment.tp, decode.deployment.tp))
+    return Setup(prefill.system, model_cfg, dep, prefill.plan, prefill.cost, prefill.calibration, split)
+
+
+def _pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, calibration: str | None) -> Pool:
+    """Validate one pool's parallelism against its hardware and plan its memory."""
+    where = "" if role == "mixed" else f"{role} pool: "
     if model_cfg.num_heads % dep.tp:
-        raise InputError(f"--tp {dep.tp}: must divide {model_cfg.name}'s {model_cfg.num_heads} attention heads")
+        raise InputError(f"{where}--tp {dep.tp}: must divide {model_cfg.name}'s {model_cfg.num_heads} attention heads")
     needed = dep.devices_per_replica * dep.replicas
     system = system.sized_for(needed)
     if needed > system.total_devices:
         raise InputError(
-            f"{system.source_file}: {system.name} has {system.total_devices} devices but tp={dep.tp} x "
+            f"{system.source_file}: {where}{system.name} has {system.total_devices} devices but tp={dep.tp} x "
             f"pp={dep.pp} x replicas={dep.replicas} needs {needed}; lower them or add nodes"
         )
     if dep.devices_per_replica > 1 and system.fabric is None and system.network is None:
         raise InputError(f"{system.source_file}: links: {system.name} has no link for tp/pp; add nvlink or pcie")
-    if dep.router not in ROUTERS:
-        raise InputError(f"router: {dep.router!r} unknown (known: {', '.join(ROUTERS)})")
+    if dep.preemption_mode == "swap" and system.host_link is None:
+        raise InputError(f"{system.source_file}: {where}preemption_mode=swap needs a host link (pcie or nvlink_c2c) "
+                         f"on {system.accelerator.name}; add one or use preemption_mode=recompute")
     # vLLM profiles activations with a forward pass of max_num_batched_tokens tokens, whose
     # default without chunked prefill is room for the longest prompt
     longest = dep.max_model_len or model_cfg.max_position_embeddings
     batched = dep.max_num_batched_tokens or (2048 if dep.enable_chunked_prefill else max(longest, 2048))
     plan = plan_memory(system.accelerator, model_cfg, dep, batched)
     calib = resolve_calibration(system, calibration)
-    return Setup(system, model_cfg, dep, plan, CostModel(system, model_cfg, dep, calib), calib)
+    return Pool(role, system, dep, plan, CostModel(system, model_cfg, dep, calib), calib)
+
+
+def transfer_link(dep: Deployment, prefill: System, decode: System, one_node: bool) -> TransferLink:
+    """The link KV copies between the pools take (`kv_transfer_link`, `auto` by default:
+    the accelerator fabric when both pools fit one node, else the network between nodes,
+    else through the hosts over PCIe), with `kv_transfer_bandwidth`/`_latency` overrides."""
+    kind = dep.kv_transfer_link
+    if kind == "auto":
+        kind = ("nvlink" if one_node and prefill.fabric is not None and prefill.fabric_name != "pcie" else
+                "network" if prefill.network is not None and decode.network is not None else "pcie")
+    where = f"{prefill.source_file}: kv_transfer_link={kind}"
+    if kind == "nvlink":
+        if not one_node or prefill.fabric is None:
+            raise InputError(f"{where}: the pools are not on one node with an accelerator fabric; "
+                             "use kv_transfer_link=network or pcie")
+        name, bandwidth, latency = prefill.fabric_name or "fabric", prefill.fabric.bandwidth, prefill.fabric.latency
+    elif kind == "network":
+        if prefill.network is None or decode.network is None:
+            raise InputError(f"{where}: a pool's system has no network; add `network:` to the system YAML "
+                             "or use kv_transfer_link=pcie")
+        name = "network"
+        bandwidth = min(prefill.network.bandwidth, decode.network.bandwidth)
+        latency = max(prefill.network.latency, decode.network.latency)
+    else:  # device -> host memory -> device: both host links, one after the other
+        if prefill.host_link is None or decode.host_link is None:
+            raise InputError(f"{where}: a pool's accelerator has no host link (pcie) in its spec")
+        name = "pcie (through the host)"
+        bandwidth = min(prefill.host_link.bandwidth, decode.host_link.bandwidth)
+        latency = prefill.host_link.latency + decode.host_link.latency
+    try:
+        if dep.kv_transfer_bandwidth is not None:
+            bandwidth = parse_quantity(dep.kv_transfer_bandwidth, "bandwidth")
+            name += f" at {dep.kv_transfer_bandwidth}"
+        if dep.kv_transfer_latency is not None:
+            latency = parse_quantity(dep.kv_transfer_latency, "time")
+    except UnitError as exc:
+        raise InputError(f"deployment: kv_transfer_bandwidth/latency: {exc}") from None
+    if bandwidth <= 0:
+        raise InputError("deployment: kv_transfer_bandwidth: must be > 0")
+    return TransferLink(name, bandwidth, latency)
 
 
 @dataclass
@@ -113,22 +223,25 @@ class Arrivals:
             delay = record.arrival_s - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            replicas[route(schedulers, env.now)].submit(Request(record))
+            replicas[route(schedulers, record, env.now)].submit(Request(record))
         self.next_s = float("inf")
 
 
 def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep_frames: bool = True,
-              progress: Callable[[int, int], None] | None = None, fast_forward: bool = True) -> Result:
+              progress: Callable[[int, int], None] | None = None, fast_forward: bool = True,
+              slo: SloSpec | None = None, seed: int = 0) -> Result:
     """Simulate `trace` on `setup`; write CSVs into out_dir (which must exist) if given.
 
     fast_forward=False simulates every decode iteration on its own instead of spans of
     identical ones; results are the same (to float rounding), only slower. Tests use it.
+    `seed` drives the only randomness, the power-of-two router's choices.
     """
     started = time.perf_counter()
-    dep, device = setup.deployment, setup.system.accelerator
-    sched_cls = get_scheduler(dep.scheduler)
-    recorder = Recorder(out_dir, keep_frames, device.peak_flops(setup.cost.prec.gemm_compute),
-                        device.main_memory.bandwidth, dep.devices_per_replica)
+    dep = setup.deployment
+    pools = setup.pools()
+    policy = get_scheduler(dep.scheduler)
+    hardware = [_replica_hardware(pool) for pool in pools for _ in range(pool.deployment.replicas)]
+    recorder = Recorder(out_dir, keep_frames, hardware, slo)
     env = simpy.Environment()
 
     def report() -> None:
@@ -136,9 +249,25 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
             progress(recorder.completed + recorder.rejected, trace.count)
 
     arrivals = Arrivals(trace.requests())
-    replicas = [Replica(env, i, sched_cls(dep, setup.plan, setup.model), setup.cost, recorder, arrivals.horizon_s,
-                        report, fast_forward) for i in range(dep.replicas)]
-    env.process(arrivals.process(env, replicas, ROUTERS[dep.router]()))
+    by_role: dict[str, list[Replica]] = {}
+    for pool in pools:
+        cls = policy.decode_class if pool.role == "decode" else policy
+        for _ in range(pool.deployment.replicas):
+            sched = cls(pool.deployment, pool.plan, setup.model)
+            sched.swap = _swap_space(pool, sched.blocks.num_blocks)
+            index = sum(len(r) for r in by_role.values())
+            by_role.setdefault(pool.role, []).append(
+                Replica(env, index, sched, pool.cost, recorder, arrivals.horizon_s, report, fast_forward))
+    replicas = [r for group in by_role.values() for r in group]
+    transfer = None
+    if setup.disagg is not None:
+        split = setup.disagg
+        transfer = KvTransfer(env, split.link, split.kv_bytes_per_token, split.parallel_pairs, by_role["prefill"],
+                              by_role["decode"], recorder, arrivals.horizon_s)
+        for i, replica in enumerate(by_role["decode"]):
+            replica.horizon_s = functools.partial(transfer.horizon_s, i)
+    entry = by_role.get("prefill") or by_role["mixed"]  # where arriving requests go
+    env.process(arrivals.process(env, entry, ROUTERS[dep.router](seed)))
     for replica in replicas:
         env.process(replica.run())
     env.run()
@@ -148,41 +277,89 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     if lost:
         raise RuntimeError(f"{lost} requests neither completed nor rejected")
     makespan = recorder.last_finish_s
-    blocks = [r.scheduler.blocks for r in replicas]
-    power = device.power
+    schedulers = [r.scheduler for r in replicas]
+    blocks = [s.blocks for s in schedulers]
+    first = pools[0].deployment
     summary = build_summary(
         rec=recorder, total=trace.count, hardware=setup.system.name, model=setup.model.name,
         scheduler=dep.scheduler,
-        parallelism={"tp": dep.tp, "pp": dep.pp, "ep": 1, "replicas": dep.replicas},
-        devices=setup.devices, idle_w=power.idle if power else 0.0,
-        price_per_hour=device.price.per_hour if device.price else 0.0,
+        parallelism={"tp": first.tp, "pp": first.pp, "ep": 1, "replicas": sum(p.deployment.replicas for p in pools)},
         kv_peak=max(b.peak / b.num_blocks for b in blocks),
         kv_mean=sum(b.mean_utilization(makespan) for b in blocks) / len(blocks),
-        preemptions=sum(r.scheduler.preemptions for r in replicas),
+        preemptions=sum(s.preemptions for s in schedulers),
         skipped=dict(trace.skipped), wall_s=time.perf_counter() - started,
         events=recorder.iteration_count + trace.count,
         calibration=str(setup.calibration.path) if setup.calibration is not None else None,
+        extra=_policy_blocks(setup, schedulers, transfer),
     )
     frames = (recorder.requests.frame(), recorder.iterations.frame()) if keep_frames else (None, None)
     return Result(summary, *frames, out_dir)
+
+
+def _replica_hardware(pool: Pool) -> ReplicaHardware:
+    device, dep = pool.system.accelerator, pool.deployment
+    power, eff = device.power, device.efficiency
+    return ReplicaHardware(
+        role=pool.role, devices=dep.devices_per_replica, peak_flops=device.peak_flops(pool.cost.prec.gemm_compute),
+        bandwidth=device.main_memory.bandwidth, idle_w=power.idle if power else 0.0, tdp_w=power.tdp if power else 0.0,
+        compute_max=eff.compute_max, memory_max=eff.memory_max,
+        price_per_hour=device.price.per_hour if device.price else 0.0)
+
+
+def _swap_space(pool: Pool, num_blocks: int) -> SwapSpace | None:
+    """Host swap space of one replica: `swap_space` GiB per device, at most its share of
+    the host memory; the copies use the accelerator's host link."""
+    dep, system = pool.deployment, pool.system
+    if dep.preemption_mode != "swap":
+        return None
+    per_device = dep.swap_space * 2**30
+    if system.host is not None:
+        host_bytes = system.host.main_memory.capacity * system.hosts_per_node / system.devices_per_node
+        per_device = min(per_device, host_bytes)
+    blocks = int(per_device // pool.plan.kv_bytes_per_block)
+    link = system.host_link
+    return SwapSpace(blocks, pool.plan.kv_bytes_per_block, link.bandwidth, link.latency)
+
+
+def _policy_blocks(setup: Setup, schedulers: list, transfer: KvTransfer | None) -> dict[str, Any]:
+    """summary.json blocks of the optional mechanisms that this run used."""
+    blocks: dict[str, Any] = {}
+    caches = [s.blocks.cache for s in schedulers if s.blocks.cache is not None]
+    if caches:
+        looked = sum(c.lookup_tokens for c in caches)
+        hit = sum(c.hit_tokens for c in caches)
+        blocks["prefix_cache"] = {"hit_rate": hit / looked if looked else 0.0, "hit_tokens": hit,
+                                  "lookup_tokens": looked, "evicted_blocks": sum(c.evicted for c in caches)}
+    swaps = [s.swap for s in schedulers if s.swap is not None]
+    if swaps:
+        blocks["swaps"] = {"count": sum(w.out_count for w in swaps), "bytes": sum(w.out_bytes + w.in_bytes for w in swaps),
+                           "swap_ins": sum(w.in_count for w in swaps), "time_s": sum(w.time_s for w in swaps),
+                           "recomputed_for_lack_of_space": sum(w.full for w in swaps)}
+    if transfer is not None:
+        blocks["kv_transfer"] = transfer.summary()
+        blocks["pools"] = {pool.role: {"hardware": pool.system.name, "tp": pool.deployment.tp,
+                                       "replicas": pool.deployment.replicas} for pool in setup.pools()}
+    return blocks
 
 
 def simulate(hardware: str | Path, trace: str | Path, *, model: str | None = None, scheduler: str | None = None,
              tp: int | None = None, pp: int | None = None, replicas: int | None = None,
              knobs: dict[str, Any] | None = None, out: str | Path | None = None, keep_frames: bool = True,
              progress: Callable[[int, int], None] | None = None, calibration: str | None = None,
-             uncertainty: bool = False) -> Result:
+             uncertainty: bool = False, slo: SloSpec | None = None, seed: int = 0) -> Result:
     """Simulate serving `trace` on `hardware`; returns the summary and per-request/iteration frames.
 
     With `out`, summary.json, requests.csv and iterations.csv are written there atomically.
     Raises InputError (one clear line) for any bad input, before simulating.
     """
     setup = prepare(hardware, model, scheduler, tp, pp, replicas, knobs, calibration)
-    return simulate_setup(setup, trace, out=out, keep_frames=keep_frames, progress=progress, uncertainty=uncertainty)
+    return simulate_setup(setup, trace, out=out, keep_frames=keep_frames, progress=progress, uncertainty=uncertainty,
+                          slo=slo, seed=seed)
 
 
 def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = None, keep_frames: bool = True,
-                   progress: Callable[[int, int], None] | None = None, uncertainty: bool = False) -> Result:
+                   progress: Callable[[int, int], None] | None = None, uncertainty: bool = False,
+                   slo: SloSpec | None = None, seed: int = 0) -> Result:
     """`simulate` for a prepared Setup: validate the trace, run, write outputs atomically.
 
     With `uncertainty`, two more runs scale every kernel time by (1 -/+ the calibration's
@@ -190,7 +367,7 @@ def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = 
     """
     index = TraceIndex.build(trace)
     if out is None:
-        result = run_setup(setup, index, None, keep_frames, progress)
+        result = run_setup(setup, index, None, keep_frames, progress, slo=slo, seed=seed)
         if uncertainty:
             result.summary["uncertainty"] = uncertainty_bands(setup, index)
         return result
@@ -202,7 +379,7 @@ def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = 
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; outputs get the user's usual mode
     try:
-        result = run_setup(setup, index, staging, keep_frames, progress)
+        result = run_setup(setup, index, staging, keep_frames, progress, slo=slo, seed=seed)
         if uncertainty:
             result.summary["uncertainty"] = uncertainty_bands(setup, index)
         write_json(staging / "summary.json", result.summary)

@@ -21,15 +21,33 @@ def _positive(text: str) -> int:
     return value
 
 
+SCHEDULER_HELP = "serving policy (default vllm)"
+
+
+class _RunHelp(argparse.HelpFormatter):
+    """`simulate run --help` lists the registered scheduling policies. They are imported only
+    when help is shown: importing every policy takes most of a second, which every other
+    command would otherwise pay at start-up."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help is SCHEDULER_HELP:
+            from .schedulers.base import REGISTRY, get_scheduler
+
+            get_scheduler("vllm")  # importing the policies registers them
+            return f"serving policy, one of: {', '.join(sorted(REGISTRY))} (default vllm)"
+        return action.help
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simulate", description="Simulate LLM serving on hardware described in YAML.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="replay a request trace on a deployment and report latency, throughput, cost")
+    run = sub.add_parser("run", help="replay a request trace on a deployment and report latency, throughput, cost",
+                         formatter_class=_RunHelp)
     run.add_argument("hardware", help="hardware YAML path or catalogue name (see `simulate specs list`)")
     run.add_argument("trace", help="trace: contract JSONL, Azure LLM inference CSV or Mooncake JSONL")
     run.add_argument("--model", help="catalogue name (workloads/models/) or path to a config.json")
-    run.add_argument("--scheduler", help="serving policy (default vllm)")
+    run.add_argument("--scheduler", help=SCHEDULER_HELP)
     run.add_argument("--tp", type=_positive, help="tensor-parallel degree")
     run.add_argument("--pp", type=_positive, help="pipeline-parallel degree")
     run.add_argument("--replicas", type=_positive, help="model replicas behind the router")
@@ -41,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(default: the profile the hardware spec names, if any)")
     run.add_argument("--uncertainty", action="store_true",
                      help="add low/high bands from the calibration's held-out error (two more runs)")
+    run.add_argument("--slo", nargs="+", action="extend", default=[], metavar="SPEC",
+                     help="SLO to judge every request by, e.g. ttft_p90=0.5 tpot_p90=0.05 (keys ttft, tpot, e2e "
+                          "with an optional _pNN required percentile; attainment=0.95 overrides it)")
+    run.add_argument("--timeline", metavar="FILE.json",
+                     help="also write the engine iterations as a Chrome/Perfetto trace (ui.perfetto.dev)")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no table")
 
     specs = sub.add_parser("specs", help="list, show or check hardware specs")
@@ -126,10 +149,42 @@ def _table(summary: dict, out_dir: Path | None) -> None:
                           band["tpot_s"]["mean"]["low"], band["tpot_s"]["mean"]["high"],
                           band["throughput"]["output_tokens_per_s"]["low"],
                           band["throughput"]["output_tokens_per_s"]["high"]))
+    for line in _extra_lines(summary):
+        console.print(line)
     if req["rejected"]:
         console.print(f"rejected: {req['rejected_reasons']}")
     if req.get("skipped_trace_rows"):
         console.print(f"skipped trace rows: {req['skipped_trace_rows']}")
+
+
+def _extra_lines(summary: dict) -> list[str]:
+    """One line for each optional summary block the run produced (SLO, prefix cache, KV
+    transfer, swaps)."""
+    lines = []
+    if "slo" in summary:
+        slo = summary["slo"]
+        targets = ", ".join(f"{key.removesuffix('_s').upper()} ≤ {_seconds(slo[key])}"
+                           for key in ("ttft_s", "tpot_s", "e2e_s") if slo.get(key) is not None)
+        attained = "n/a" if slo["attainment"] is None else f"{slo['attainment']:.1%}"
+        required = slo.get("required_attainment")
+        verdict = "" if required is None else f" vs {required:.1%} required ({'met' if slo['met'] else 'missed'})"
+        lines.append(f"SLO {targets}: attainment {attained}{verdict} over {slo['judged_requests']} requests · "
+                     f"goodput {slo['goodput_requests_per_s']:.2f} req/s")
+    if "prefix_cache" in summary:
+        cache = summary["prefix_cache"]
+        lines.append(f"prefix cache: hit rate {cache['hit_rate']:.1%} · {cache['hit_tokens']} prompt tokens reused")
+    if "kv_transfer" in summary:
+        kv = summary["kv_transfer"]
+        lines.append(f"KV transfer: {kv['bytes'] / 1e9:.2f} GB in {kv['time_s']:.3f} s")
+    if "swaps" in summary:
+        swaps = summary["swaps"]
+        lines.append(f"swaps: {swaps['count']} ({swaps['bytes'] / 1e9:.2f} GB)")
+    return lines
+
+
+def _seconds(target: float | str) -> str:
+    """An SLO target as shown: seconds, or the trace's own per-request targets."""
+    return target if isinstance(target, str) else f"{target:g} s"
 
 
 class _Progress:
@@ -163,8 +218,15 @@ class _Progress:
 def cmd_run(args: argparse.Namespace) -> int:
     from .api import check_out_dir, prepare, simulate_setup
     from .deployment import parse_set
+    from .metrics.slo import parse_slo
 
     knobs = parse_set(args.set)
+    slo = parse_slo(args.slo)
+    timeline = Path(args.timeline) if args.timeline else None
+    # the run's own --out directory is created by the run, so it is a valid place too
+    if timeline is not None and not timeline.parent.is_dir() and not (
+            args.out and timeline.parent.resolve() == Path(args.out).resolve()):
+        raise InputError(f"--timeline {timeline}: directory {timeline.parent} does not exist; create it first")
     setup = prepare(args.hardware, args.model, args.scheduler, args.tp, args.pp, args.replicas, knobs,
                     args.calibration)
     out = args.out or f"runs/{Path(setup.system.source_file).stem}-{Path(setup.deployment.model).stem}-" \
@@ -173,9 +235,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     try:
         result = simulate_setup(setup, args.trace, out=out, keep_frames=False, progress=progress,
-                                uncertainty=args.uncertainty)
+                                uncertainty=args.uncertainty, slo=slo, seed=args.seed)
     finally:
         progress.close()
+    if timeline is not None:
+        from .metrics.timeline import write_timeline
+
+        write_timeline(result.out_dir / "iterations.csv", timeline)
     if not args.quiet:
         _table(result.summary, result.out_dir)
     return 0

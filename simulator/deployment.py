@@ -25,7 +25,7 @@ class Deployment(BaseModel):
 
     model: str = "llama-3.1-8b"
     scheduler: str = "vllm"
-    router: Literal["round_robin", "least_outstanding"] = "round_robin"
+    router: Literal["round_robin", "least_outstanding", "power_of_two", "prefix_affinity"] = "round_robin"
     tp: int = Field(1, ge=1)
     pp: int = Field(1, ge=1)
     replicas: int = Field(1, ge=1)
@@ -41,6 +41,21 @@ class Deployment(BaseModel):
     max_model_len: int | None = Field(None, ge=1)
     enforce_eager: bool = False
     max_cudagraph_capture_size: int = Field(512, ge=0)
+    # prefix caching (vLLM's automatic prefix caching): reuse KV blocks by prompt-block hash
+    enable_prefix_caching: bool = False
+    # preemption when KV blocks run out: recompute (vLLM v1) or swap to host memory (vLLM v0)
+    preemption_mode: Literal["recompute", "swap"] = "recompute"
+    swap_space: float = Field(4.0, ge=0)  # GiB of host memory per device for swapped KV (vLLM's default 4)
+    # disaggregated prefill/decode (scheduler: disagg): each pool's replicas, TP and hardware
+    prefill_replicas: int = Field(1, ge=1)
+    decode_replicas: int = Field(1, ge=1)
+    prefill_tp: int | None = Field(None, ge=1)
+    decode_tp: int | None = Field(None, ge=1)
+    prefill_hardware: str | None = None  # catalogue name or path; default: the run's hardware
+    decode_hardware: str | None = None
+    kv_transfer_link: Literal["auto", "nvlink", "pcie", "network"] = "auto"
+    kv_transfer_bandwidth: str | None = None  # overrides the link's, with a unit ("25 GB/s")
+    kv_transfer_latency: str | None = None  # overrides the link's, with a unit ("10 us")
 
     @property
     def sharding(self) -> Sharding:

@@ -1,20 +1,25 @@
 """The paged KV-cache block manager of one replica (vLLM's PagedAttention accounting).
 
-Without prefix sharing every block belongs to exactly one sequence, so the manager only
-has to count: `allocate(n)` succeeds when n blocks are free. It also integrates occupancy
-over simulated time for the summary's mean and peak KV-cache utilisation.
+Blocks are counted, not tracked one by one: `used` is the number of distinct blocks that
+running sequences hold, and `allocate(n)` succeeds when n blocks are free. With prefix
+caching (`PrefixCache`), blocks no sequence uses any more stay cached until their memory
+is needed: they count as free, and an allocation evicts as many as it must. The manager
+also integrates occupancy over simulated time for the mean and peak KV-cache utilisation.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .prefix_cache import PrefixCache
+
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int):
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = False):
         if num_blocks < 1:
             raise ValueError("a replica needs at least one KV block")
         self.num_blocks = num_blocks
         self.block_size = block_size
+        self.cache = PrefixCache() if prefix_caching else None
         self.used = 0
         self.peak = 0
         self._area = 0.0  # integral of used blocks over time
@@ -37,6 +42,19 @@ class BlockManager:
         self.used = used
         if used > self.peak:
             self.peak = used
+        if self.cache is not None:
+            self._make_room()
+
+    def revive(self, n: int) -> None:
+        """n cached blocks are in use again (their memory was never given away)."""
+        self.used += n
+        self.peak = max(self.peak, self.used)
+
+    def _make_room(self) -> None:
+        """Evict cached blocks whose memory the blocks in use now need."""
+        over = self.used + len(self.cache.cached) - self.num_blocks
+        if over > 0:
+            self.cache.evict(over)
 
     def release(self, n: int) -> None:
         if n > self.used:

@@ -2,17 +2,14 @@
 
 The replica never computes times itself (the cost model does) and never decides what runs
 (its scheduler does); it only drives simulated time and reports to the recorder.
-Power while busy follows a linear utilisation model: idle + (tdp - idle) * activity, with
-activity = max(MFU / compute_max, MBU / memory_max) capped at 1, i.e. how close the
-iteration runs to the best the device achieves on its binding resource (POLCA reports
-inference power rising with utilisation from idle towards TDP).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import simpy
 
-from ..hardware.spec import DeviceSpec
 from ..metrics.recorder import Recorder
 from ..perf.cost_model import CostModel, IterationCost
 from ..schedulers.base import ScheduledBatch, Scheduler, SpanPlan
@@ -29,45 +26,42 @@ class Replica:
         self.horizon_s = horizon_s  # () -> time of the next arrival not yet submitted
         self.fast_forward = fast_forward  # run unchanged decode steps as one span (same results)
         self._wake: simpy.Event | None = None
-        self.device: DeviceSpec = cost.device
         self._min_step_s = cost.min_step_s
-        recorder.power_w = self.power_w  # the recorder derives energy from utilisation in bulk
+        self.busy_until = math.inf  # end of the step (or span) running now; inf when idle
 
     def submit(self, req) -> None:
         req.replica = self.index
         reason = self.scheduler.admit(req, self.env.now)
         if reason is not None:
             self.recorder.reject(req, reason)
-        elif self._wake is not None and not self._wake.triggered:
-            self._wake.succeed()
+        else:
+            self.wake()
 
-    def power_w(self, mfu: np.ndarray, mbu: np.ndarray) -> np.ndarray:
-        """Busy power per device of iterations with these utilisations."""
-        power = self.device.power
-        if power is None:
-            return mfu * 0.0
-        eff = self.device.efficiency
-        activity = np.minimum(1.0, np.maximum(mfu / eff.compute_max, mbu / eff.memory_max))
-        return power.idle + (power.tdp - power.idle) * activity
+    def wake(self) -> None:
+        """New work: an idle replica looks for a batch now."""
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
 
     def run(self):
         env, sched, rec = self.env, self.scheduler, self.recorder
         while True:
             batch = sched.next_batch(env.now)
             if batch is None:
-                if sched.has_work():
+                if sched.has_work() and not sched.waiting_on_transfers():
                     raise RuntimeError(f"replica {self.index}: work waiting but nothing schedulable at t={env.now}")
+                self.busy_until = math.inf
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
                 continue
             start = env.now
             cost = self.cost.iteration(batch.shape)
-            span = self._plan_span(batch, cost, start) if self.fast_forward else None
+            span = self._plan_span(batch, cost, start) if self.fast_forward and not batch.transfer_s else None
             if span is not None:
                 yield from self._run_span(batch, cost, start, *span)
             else:
-                yield env.timeout(cost.time_s)
+                self.busy_until = start + cost.time_s + batch.transfer_s
+                yield env.timeout(cost.time_s + batch.transfer_s)
                 rec.iteration(self.index, start, cost, batch)
                 rec.outcome(sched.on_batch_done(batch, env.now))
             self._report()
@@ -101,6 +95,7 @@ class Replica:
         """Run a planned span: its k steps end at `ends`; steps 1.. are `rest`'s decode steps."""
         sched, rec = self.scheduler, self.recorder
         sched.span_in_flight = (ends, plan)
+        self.busy_until = float(ends[0])  # only the first step can hand a prompt off
         yield self.env.timeout(float(ends[-1]) - start)
         sched.span_in_flight = None
         outcome = sched.apply_span(plan, ends)

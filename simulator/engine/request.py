@@ -28,7 +28,7 @@ class Request:
     """
 
     __slots__ = ("record", "num_tokens", "num_computed", "first_token_s", "first_scheduled_s",
-                 "last_token_s", "preemptions", "replica")
+                 "last_token_s", "preemptions", "replica", "prefix_keys", "held_keys", "swapped_blocks")
 
     def __init__(self, record: TraceRecord):
         self.record = record
@@ -39,6 +39,9 @@ class Request:
         self.last_token_s = math.nan
         self.preemptions = 0
         self.replica = -1
+        self.prefix_keys: list[tuple] | None = None  # named prompt blocks, with prefix caching
+        self.held_keys: list[tuple] = []  # of those, the ones this request holds a reference on
+        self.swapped_blocks = 0  # KV blocks in host memory while swapped out
 
     @property
     def remaining_work_tokens(self) -> int:
@@ -77,12 +80,13 @@ class RequestTable:
         for name in COLUMNS:
             setattr(self, name, np.resize(getattr(self, name), size))
 
-    def append(self, req: Request, blocks: int, scheduled: int) -> int:
+    def append(self, req: Request, blocks: int, scheduled: int, final_tokens: int | None = None) -> int:
+        """Add `req` as the last row; `final_tokens` stops it early (default: all its output)."""
         if self.n == len(self.num_tokens):
             self._grow()
         i, rec = self.n, req.record
         self.input_tokens[i] = rec.input_tokens
-        self.final_tokens[i] = rec.input_tokens + rec.output_tokens
+        self.final_tokens[i] = rec.input_tokens + rec.output_tokens if final_tokens is None else final_tokens
         self.num_tokens[i] = req.num_tokens
         self.num_computed[i] = req.num_computed
         self.blocks[i] = blocks

@@ -140,6 +140,7 @@ class System:
     source_file: str
     accelerator_file: str  # the accelerator spec's own file (relative paths in it resolve from there)
     standalone: bool = False  # a bare gpu/cpu spec: a box of as many such devices as needed
+    hosts_per_node: int = 1
 
     def sized_for(self, devices: int) -> System:
         """The system with room for `devices` accelerators (only a standalone spec grows)."""
@@ -205,4 +206,5 @@ def load_system(name_or_path: str | Path) -> System:
         deployment=dict(spec.deployment),
         source_file=str(path),
         accelerator_file=str(accel_path),
+        hosts_per_node=spec.node.host.count if spec.node.host is not None else 1,
     )

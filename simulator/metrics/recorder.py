@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from ..perf.cost_model import IterationCost
 from ..perf.kernel_times import SOURCES
 from ..schedulers.base import BatchOutcome, ScheduledBatch
 from .distribution import WeightedSamples
+from .slo import SloSpec, judge
 
 REQUEST_SCHEMA = pa.schema([
     ("id", pa.string()), ("arrival_s", pa.float64()), ("input_tokens", pa.int64()), ("output_tokens", pa.int64()),
@@ -34,7 +35,7 @@ REQUEST_SCHEMA = pa.schema([
 ITERATION_SCHEMA = pa.schema([
     ("replica", pa.int64()), ("stage", pa.string()), ("start_s", pa.float64()), ("duration_s", pa.float64()),
     ("prefill_tokens", pa.int64()), ("decode_tokens", pa.int64()), ("batch_size", pa.int64()),
-    ("kv_blocks_used", pa.int64()), ("mfu", pa.float64()), ("mbu", pa.float64()),
+    ("kv_blocks_used", pa.int64()), ("mfu", pa.float64()), ("mbu", pa.float64()), ("role", pa.string()),
 ])
 FLUSH_ROWS = 65536
 # What the recorder buffers per iteration, in this order (utilisation, power and energy are
@@ -97,16 +98,39 @@ class _CsvSink:
         return pa.concat_tables(self.tables or [self.schema.empty_table()]).to_pandas()
 
 
+@dataclass(frozen=True)
+class ReplicaHardware:
+    """What the recorder needs of a replica's devices to turn work into utilisation,
+    energy and cost (all per device, `devices` of them)."""
+
+    role: str  # "mixed", "prefill" or "decode"
+    devices: int
+    peak_flops: float
+    bandwidth: float  # main memory, bytes/s
+    idle_w: float = 0.0  # 0 and 0 when the spec gives no power
+    tdp_w: float = 0.0
+    compute_max: float = 1.0  # the device's best reachable fractions of peak and bandwidth
+    memory_max: float = 1.0
+    price_per_hour: float = 0.0
+
+
 class Recorder:
-    def __init__(self, out_dir: Path | None, keep_frames: bool, peak_flops: float, bandwidth: float,
-                 devices_per_replica: int):
+    """Power while busy follows a linear utilisation model: idle + (tdp - idle) * activity,
+    with activity = max(MFU / compute_max, MBU / memory_max) capped at 1, i.e. how close the
+    iteration runs to the best the device achieves on its binding resource (POLCA reports
+    inference power rising with utilisation from idle towards TDP)."""
+
+    def __init__(self, out_dir: Path | None, keep_frames: bool, replicas: list[ReplicaHardware],
+                 slo: SloSpec | None = None):
         self.requests = _CsvSink(out_dir / "requests.csv" if out_dir else None, REQUEST_SCHEMA, keep_frames)
         self.iterations = _CsvSink(out_dir / "iterations.csv" if out_dir else None, ITERATION_SCHEMA, keep_frames)
-        self.peak_flops, self.bandwidth, self.devices = peak_flops, bandwidth, devices_per_replica
-        # busy power per device from arrays of (MFU, MBU); the replicas set their device's model
-        self.power_w: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+        self.replicas = replicas
+        self._hw = {name: np.array([getattr(r, name) for r in replicas], dtype=float)
+                    for name in ("devices", "peak_flops", "bandwidth", "idle_w", "tdp_w", "compute_max", "memory_max")}
+        self._roles = np.array([r.role for r in replicas], dtype=object)
         self.ttft, self.tpot, self.e2e, self.queue = array("d"), array("d"), array("d"), array("d")
         self.tbt = WeightedSamples()
+        self.slo = slo
         self.slo_met = 0
         self.slo_judged = 0
         self.slo_targets: dict[str, set] = {"ttft_s": set(), "tpot_s": set()}  # distinct targets seen (capped)
@@ -120,6 +144,7 @@ class Recorder:
         self.flops = 0.0  # summed over devices
         self.bytes = 0.0
         self.busy_device_s = 0.0
+        self.busy_idle_j = 0.0  # idle power over busy device time (not idle energy, see idle_energy_j)
         self.active_energy_j = 0.0
         self.provenance_s = np.zeros(len(SOURCES))  # busy time by kernel_times.SOURCES
         self._steps: list[tuple] = []  # single iterations not yet recorded, as STEP_COLUMNS tuples
@@ -156,16 +181,28 @@ class Recorder:
             return
         replica, start, d, flops, nbytes, prefill, decode, size, kv, *sources = _step_columns(self._steps, self._spans)
         self._steps, self._spans, self._pending_steps = [], [], 0
-        mfu = flops / (d * self.peak_flops)
-        mbu = nbytes / (d * self.bandwidth)
-        dev = self.devices
-        self.flops += float(np.add.reduce(flops)) * dev
-        self.bytes += float(np.add.reduce(nbytes)) * dev
-        self.busy_device_s += float(np.add.reduce(d)) * dev
-        self.active_energy_j += float(np.add.reduce(self.power_w(mfu, mbu) * d)) * dev
+        hw = {name: col[replica] for name, col in self._hw.items()} if len(self.replicas) > 1 else self._hw
+        mfu = flops / (d * hw["peak_flops"])
+        mbu = nbytes / (d * hw["bandwidth"])
+        dev = hw["devices"]
+        activity = np.minimum(1.0, np.maximum(mfu / hw["compute_max"], mbu / hw["memory_max"]))
+        power_w = hw["idle_w"] + (hw["tdp_w"] - hw["idle_w"]) * activity
+        self.flops += float(np.add.reduce(flops * dev))
+        self.bytes += float(np.add.reduce(nbytes * dev))
+        self.busy_device_s += float(np.add.reduce(d * dev))
+        self.busy_idle_j += float(np.add.reduce(d * dev * hw["idle_w"]))
+        self.active_energy_j += float(np.add.reduce(power_w * d * dev))
         self.provenance_s += [float(np.add.reduce(col)) for col in sources]
-        stage = np.full(len(d), "mixed", dtype=object)
-        self.iterations.write([replica, stage, start, d, prefill, decode, size, kv, mfu, mbu])
+        stage = np.full(len(d), "all", dtype=object)  # every pipeline stage of the replica
+        self.iterations.write([replica, stage, start, d, prefill, decode, size, kv, mfu, mbu, self._roles[replica]])
+
+    def capacity(self, name: str) -> float:
+        """A per-device quantity summed over every device of every replica."""
+        return float(np.add.reduce(self._hw["devices"] * np.array([getattr(r, name) for r in self.replicas])))
+
+    def idle_energy_j(self, makespan_s: float) -> float:
+        """Idle power of every device over the time it was not busy."""
+        return self.capacity("idle_w") * makespan_s - self.busy_idle_j
 
     def outcome(self, outcome: BatchOutcome) -> None:
         for values, counts in outcome.gaps:
@@ -219,25 +256,30 @@ class Recorder:
         self.output_tokens += int(np.add.reduce(out, where=completed))
         if completed.any():
             self.last_finish_s = max(self.last_finish_s, float(np.maximum.reduce(finish[completed])))
-        self._judge_slo(records, completed, ttft, tpot)
+        self._judge_slo(records, completed, ttft, tpot, e2e)
         self.requests.write([
             [r.id for r in records], arrival, inp, out, first, finish, ttft, tpot, e2e, queue,
             np.array([r.preemptions for r in done], dtype=np.int64), np.array([r.replica for r in done], dtype=np.int64),
             status, reason,
         ])
 
-    def _judge_slo(self, records, completed: np.ndarray, ttft: np.ndarray, tpot: np.ndarray) -> None:
-        """A request with an SLO is judged; it meets it if it completed within its targets."""
-        judged = [i for i, rec in enumerate(records) if rec.slo_ttft_s is not None or rec.slo_tpot_s is not None]
-        for i in judged:
-            rec = records[i]
-            self.slo_judged += 1
-            self._note_targets(rec)
-            if completed[i]:
-                t1, t2 = float(ttft[i]), float(tpot[i])
-                ok = (rec.slo_ttft_s is None or t1 <= rec.slo_ttft_s) and (
-                    rec.slo_tpot_s is None or t2 != t2 or t2 <= rec.slo_tpot_s)  # t2 != t2: one-token output
-                self.slo_met += ok
+    def _judge_slo(self, records, completed: np.ndarray, ttft: np.ndarray, tpot: np.ndarray,
+                   e2e: np.ndarray) -> None:
+        """With `--slo` every request is judged; without, those the trace gives targets.
+        A request meets its SLO if it completed within its targets (see metrics/slo.py)."""
+        own = [i for i, rec in enumerate(records) if rec.slo_ttft_s is not None or rec.slo_tpot_s is not None]
+        for i in own:
+            self._note_targets(records[i])
+        idx = np.arange(len(records)) if self.slo is not None else np.array(own, dtype=np.int64)
+        if not idx.size:
+            return
+        nan = float("nan")
+        own_ttft = np.array([nan if records[i].slo_ttft_s is None else records[i].slo_ttft_s for i in idx.tolist()])
+        own_tpot = np.array([nan if records[i].slo_tpot_s is None else records[i].slo_tpot_s for i in idx.tolist()])
+        finished_e2e = np.where(completed[idx], e2e[idx], nan)  # a rejected request never meets it
+        met = judge(ttft[idx], tpot[idx], finished_e2e, self.slo, own_ttft, own_tpot)
+        self.slo_judged += len(idx)
+        self.slo_met += int(np.count_nonzero(met))
 
     def _note_targets(self, rec) -> None:
         for key, value in (("ttft_s", rec.slo_ttft_s), ("tpot_s", rec.slo_tpot_s)):

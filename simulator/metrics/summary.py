@@ -14,6 +14,7 @@ import numpy as np
 
 from .distribution import summarize
 from .recorder import Recorder
+from .slo import slo_block
 
 SCHEMA = "simulator.summary/1"
 
@@ -47,12 +48,12 @@ def _arr(a) -> np.ndarray:
 
 
 def build_summary(*, rec: Recorder, total: int, hardware: str, model: str, scheduler: str,
-                  parallelism: dict[str, int], devices: int, idle_w: float, price_per_hour: float,
-                  kv_peak: float, kv_mean: float, preemptions: int, skipped: dict[str, int],
-                  wall_s: float, events: int, calibration: str | None = None) -> dict[str, Any]:
+                  parallelism: dict[str, int], kv_peak: float, kv_mean: float, preemptions: int,
+                  skipped: dict[str, int], wall_s: float, events: int, calibration: str | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`extra` blocks (prefix_cache, swaps, kv_transfer, pools) go after the standard ones."""
     makespan = rec.last_finish_s
     span = makespan if makespan > 0 else 1.0
-    idle_device_s = max(0.0, makespan * devices - rec.busy_device_s)
     summary: dict[str, Any] = {
         "schema": SCHEMA,
         "hardware": hardware,
@@ -74,23 +75,21 @@ def build_summary(*, rec: Recorder, total: int, hardware: str, model: str, sched
         },
         "makespan_s": makespan,
         "utilization": {
-            "mfu": rec.flops / (span * rec.peak_flops * devices),
-            "mbu": rec.bytes / (span * rec.bandwidth * devices),
+            "mfu": rec.flops / (span * rec.capacity("peak_flops")),
+            "mbu": rec.bytes / (span * rec.capacity("bandwidth")),
             "kv_cache_peak": kv_peak,
             "kv_cache_mean": kv_mean,
         },
         "preemptions": preemptions,
-        "energy_j": rec.active_energy_j + idle_w * idle_device_s,
-        "cost_usd": price_per_hour * devices * makespan / 3600.0,
+        "energy_j": rec.active_energy_j + max(0.0, rec.idle_energy_j(makespan)),
+        "cost_usd": rec.capacity("price_per_hour") * makespan / 3600.0,
         "sim": {"wall_s": wall_s, "iterations": rec.iteration_count, "events": events},
         "provenance": provenance(rec.provenance_s, calibration),
     }
-    if rec.slo_judged:
-        summary["slo"] = {
-            "ttft_s": rec.slo_target("ttft_s"),
-            "tpot_s": rec.slo_target("tpot_s"),
-            "attainment": rec.slo_met / rec.slo_judged,
-            "goodput_requests_per_s": rec.slo_met / span,
-            "judged_requests": rec.slo_judged,
-        }
+    if rec.slo_judged or rec.slo is not None:
+        targets = {key: rec.slo_target(key) for key in ("ttft_s", "tpot_s") if rec.slo_targets[key]}
+        if rec.slo is not None:  # the trace's own targets only show when they differ from --slo's
+            targets = {key: "per-request" for key, value in targets.items() if value != getattr(rec.slo, key)}
+        summary["slo"] = slo_block(rec.slo_met, rec.slo_judged, makespan, rec.slo, targets)
+    summary.update(extra or {})
     return summary

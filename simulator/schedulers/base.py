@@ -19,6 +19,7 @@ import numpy as np
 
 from ..deployment import Deployment
 from ..engine.kv_cache import BlockManager
+from ..engine.prefix_cache import block_keys
 from ..engine.request import Request, RequestTable
 from ..errors import InputError
 from ..models.config import ModelConfig
@@ -72,6 +73,7 @@ class ScheduledBatch:
     kv_blocks_used: int
     completing: list[int]
     partial: list[int]
+    transfer_s: float = 0.0  # host-link copies (swap out/in) on the step's critical path
 
     @property
     def batch_size(self) -> int:
@@ -88,16 +90,20 @@ class BatchOutcome:
 
 class Scheduler:
     name = "base"
+    role = "mixed"  # what its replica runs: prefill and decode ("mixed"), or one of them
+    prompt_only = False  # a request leaves after its prompt and first token (prefill pools)
 
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         self.dep = dep
         self.block_size = dep.block_size
-        self.blocks = BlockManager(plan.num_blocks, dep.block_size)
+        self.blocks = BlockManager(plan.num_blocks, dep.block_size, dep.enable_prefix_caching)
         self.running = RequestTable(capacity=min(dep.max_num_seqs, 1024))
         self.waiting: deque[Request] = deque()
         self.waiting_work_tokens = 0
         self.max_model_len = min(dep.max_model_len or model.max_position_embeddings, plan.kv_tokens)
         self.preemptions = 0
+        self.swap: SwapSpace | None = None  # set by the engine when preemption_mode is swap
+        self.swapped: deque[Request] = deque()  # preempted to host memory, FCFS
         self.span_in_flight: tuple[np.ndarray, SpanPlan] | None = None  # (step ends, the span's plan)
 
     # -- admission -------------------------------------------------------------------
@@ -124,7 +130,15 @@ class Scheduler:
 
     # -- state the engine and routers read --------------------------------------------
     def has_work(self) -> bool:
-        return bool(self.waiting) or self.running.n > 0
+        return bool(self.waiting) or bool(self.swapped) or self.running.n > 0
+
+    def prefix_hit_tokens(self, record) -> int:
+        """Prompt tokens of `record` whose KV this replica holds (in use or cached)."""
+        cache = self.blocks.cache
+        if cache is None or not record.prefix_hashes:
+            return 0
+        keys = block_keys(record.prefix_hashes, record.prefix_block_tokens, record.input_tokens, self.block_size)
+        return cache.matching(keys, (record.input_tokens - 1) // self.block_size) * self.block_size
 
     def outstanding_work_tokens(self, now_s: float) -> int:
         """Tokens still to compute on this replica (prompts and outputs, waiting and running).
@@ -143,10 +157,14 @@ class Scheduler:
     def next_batch(self, now_s: float) -> ScheduledBatch | None:
         raise NotImplementedError
 
+    def waiting_on_transfers(self) -> bool:
+        """Whether KV copies in flight will free or bring work (so idling with work is fine)."""
+        return False
+
     def may_start_waiting(self) -> bool:
         """Whether a waiting request could join the running set at the next step; while
         none can, the running sequences decode on unchanged and may run as one span."""
-        return bool(self.waiting)
+        return bool(self.waiting) or bool(self.swapped)
 
     # -- shared mechanics -------------------------------------------------------------
     def _try_start(self, budget: int, now_s: float, whole: bool = False, watermark: int = 0,
@@ -158,29 +176,98 @@ class Scheduler:
         (policies that reserve a request's whole length, like Orca and static batching).
         """
         req = self.waiting[0]
-        remaining = req.num_tokens - req.num_computed
+        cache = self.blocks.cache
+        hits = revived = 0
+        if cache is not None and req.num_computed == 0 and req.record.prefix_hashes:
+            keys = self._prefix_keys(req)
+            # at least the prompt's last token is computed, to sample the first output token
+            hits = cache.matching(keys, (req.record.input_tokens - 1) // self.block_size)
+            revived = sum(key in cache.cached for key in keys[:hits])
+        computed = req.num_computed + hits * self.block_size
+        remaining = req.num_tokens - computed
         if remaining > budget and whole:
             return 0
         take = min(remaining, budget)
-        need = self.blocks.blocks_for(max(req.num_computed + take, reserve_tokens))
-        if not self.blocks.can_allocate(need, watermark):
+        total = self.blocks.blocks_for(max(computed + take, reserve_tokens))
+        if not self.blocks.can_allocate(total - hits + revived, watermark):
             return 0
         self._pop_waiting()
-        self.blocks.allocate(need)
-        if math.isnan(req.first_scheduled_s):
+        first_start = math.isnan(req.first_scheduled_s)
+        if cache is not None and req.record.prefix_hashes:
+            if hits:
+                req.held_keys = req.prefix_keys[:hits]
+                cache.acquire(req.held_keys)
+                self.blocks.revive(revived)
+                req.num_computed = computed
+            if first_start:
+                cache.lookup_tokens += req.record.input_tokens
+                cache.hit_tokens += hits * self.block_size
+        self.blocks.allocate(total - hits)
+        if first_start:
             req.first_scheduled_s = now_s
-        self.running.append(req, blocks=need, scheduled=take)
+        self.running.append(req, total, take, self._stop_at(req))
         return take
 
+    def _stop_at(self, req: Request) -> int | None:
+        """Tokens at which `req` leaves this replica: None for all of its output."""
+        return req.record.input_tokens + 1 if self.prompt_only else None
+
+    def _prefix_keys(self, req: Request) -> list[tuple]:
+        if req.prefix_keys is None:
+            rec = req.record
+            req.prefix_keys = block_keys(rec.prefix_hashes, rec.prefix_block_tokens, rec.input_tokens, self.block_size)
+        return req.prefix_keys
+
+    def _register_prefixes(self, completing: list[int]) -> None:
+        """Name the prompt blocks of requests that just finished their prompt, for reuse."""
+        cache, requests = self.blocks.cache, self.running.requests
+        for i in completing:
+            req = requests[i]
+            if req.prefix_keys:
+                req.held_keys = req.held_keys + cache.register(req.prefix_keys[len(req.held_keys):])
+
+    def _release(self, req: Request, blocks: int) -> None:
+        """Give back a request's `blocks`: private ones are freed, named ones drop a reference."""
+        if req.held_keys:
+            shared = len(req.held_keys)
+            blocks = blocks - shared + self.blocks.cache.release(req.held_keys)
+            req.held_keys = []
+        self.blocks.release(blocks)
+
     def _preempt_last(self, now_s: float) -> None:
-        """Recompute-mode preemption of the lowest-priority running request (vLLM's policy)."""
+        """Preempt the lowest-priority running request (vLLM's policy): swap its KV blocks
+        out to host memory when swapping is on and host swap space is left, else free them
+        and recompute it later from the front of the queue."""
         blocks = int(self.running.blocks[self.running.n - 1])
         req = self.running.pop_last()
-        self.blocks.release(blocks)
-        req.num_computed = 0
         req.preemptions += 1
         self.preemptions += 1
+        if self.swap is not None and self.swap.swap_out(blocks):
+            self._release(req, blocks)  # the GPU copy is gone either way; the host holds it
+            req.swapped_blocks = blocks
+            self.swapped.append(req)
+            self.waiting_work_tokens += req.remaining_work_tokens
+            return
+        self._release(req, blocks)
+        req.num_computed = 0
         self._push_waiting(req, front=True)
+
+    def _swap_in(self, budget: int, now_s: float) -> int:
+        """Bring swapped requests back (FCFS) while their blocks fit; returns budget used."""
+        t, used = self.running, 0
+        while self.swapped and t.n < self.dep.max_num_seqs and used < budget:
+            req = self.swapped[0]
+            take = min(req.num_tokens - req.num_computed, budget - used)
+            need = max(req.swapped_blocks, self.blocks.blocks_for(req.num_computed + take))
+            if not self.blocks.can_allocate(need):
+                break
+            self.swapped.popleft()
+            self.waiting_work_tokens -= req.remaining_work_tokens
+            self.swap.swap_in(req.swapped_blocks)
+            self.blocks.allocate(need)
+            t.append(req, need, take, self._stop_at(req))
+            used += take
+        return used
 
     def _make_batch(self, rows: slice) -> ScheduledBatch:
         """Aggregate the scheduled rows into the cost model's BatchShape.
@@ -212,7 +299,8 @@ class Scheduler:
                 (completing if ctx + c == total else partial).append(i)
         nd = size - len(idx)
         shape = BatchShape(prefill_tokens, float(prefill_context), pairs, nd, float(decode_context), size - len(partial))
-        return ScheduledBatch(rows, shape, prefill_tokens, nd, self.blocks.used, completing, partial)
+        transfer_s = self.swap.take_transfer_s() if self.swap is not None else 0.0
+        return ScheduledBatch(rows, shape, prefill_tokens, nd, self.blocks.used, completing, partial, transfer_s)
 
     def on_batch_done(self, batch: ScheduledBatch, now_s: float) -> BatchOutcome:
         """Apply a step: every row computes its scheduled tokens and all but `partial` sample one."""
@@ -220,6 +308,8 @@ class Scheduler:
         self.blocks.tick(now_s)
         t.num_computed[rows] += t.scheduled[rows]
         t.scheduled[rows] = 0
+        if self.blocks.cache is not None:
+            self._register_prefixes(batch.completing)
         first = self._first_tokens(batch.completing, now_s)
         last = t.last_token_s
         kept = [last.item(i) for i in partial]  # partial rows sample nothing: no gap, no new time
@@ -249,7 +339,11 @@ class Scheduler:
         gone = done.nonzero()[0]
         if not gone.size:
             return None
-        self.blocks.release(sum(map(t.blocks.item, gone.tolist())))
+        if self.blocks.cache is None:
+            self.blocks.release(sum(map(t.blocks.item, gone.tolist())))
+        else:
+            for i in gone.tolist():
+                self._release(t.requests[i], t.blocks.item(i))
         return t.take(gone, (~done).nonzero()[0])
 
     # -- spans: a step, then decode steps of the same sequences until they finish --------
@@ -305,6 +399,8 @@ class Scheduler:
         starts = np.concatenate(([self.blocks.since_s], ends_s[:-1]))
         self.blocks.advance(plan.used[:k], ends_s - starts, float(ends_s[-1]), int(plan.held[k - 1]))
         first_end = float(ends_s[0])
+        if self.blocks.cache is not None:
+            self._register_prefixes(plan.batch.completing)
         first = self._first_tokens(plan.batch.completing, first_end)  # every row samples at step 0
         # gaps: at step 0 since each row's last token, then one step long for each active row
         span_gaps = [gaps(first_end, t.last_token_s[:n], n - first), (ends_s[1:] - ends_s[:-1], plan.active[1:k])]
@@ -319,8 +415,32 @@ class Scheduler:
         np.subtract(t.num_tokens[:n], 1, out=comp)  # each row sampled at its last step
         t.scheduled[:n] = 0
         np.maximum(t.blocks[:n], (comp + (self.block_size - 1)) // self.block_size, out=t.blocks[:n])
+        if self.blocks.cache is not None and plan.min_remaining <= k:
+            self._release_span_finishers(plan, k)
         finished = self._take_finished() if plan.min_remaining <= k else None
         return BatchOutcome(finished, span_gaps)
+
+    def _release_span_finishers(self, plan: SpanPlan, k: int) -> None:
+        """With prefix caching, give back the blocks of the sequences that finished in the
+        first k steps of a span exactly as single steps would have: in order of finishing
+        (their named blocks join the LRU tail in that order), evicting at the end as many
+        cached blocks as the span's steps needed room for (eviction takes the LRU head, so
+        evicting late picks the same blocks as evicting step by step)."""
+        t, n, cache = self.running, self.running.n, self.blocks.cache
+        gone = (plan.remaining[:n] <= k).nonzero()[0]
+        after = plan.remaining[gone]  # a finisher's blocks are free from this step on
+        order = np.argsort(after, kind="stable")
+        cached = [len(cache.cached)]
+        for i in gone[order].tolist():
+            self._release(t.requests[i], t.blocks.item(i))
+            t.blocks[i] = 0  # released: _take_finished frees nothing more for this row
+            cached.append(len(cache.cached))
+        if k > 1:
+            steps = np.arange(1, k)
+            cached_at = np.array(cached)[after[order].searchsorted(steps, side="right")]
+            over = int(np.maximum.reduce(plan.used[1:k] + cached_at)) - self.blocks.num_blocks
+            if over > 0:
+                cache.evict(over)
 
 
 @dataclass(slots=True)
@@ -356,3 +476,46 @@ def gaps(now_s: float, last_token_s: np.ndarray, count: int) -> tuple:
     if lo == np.fmax.reduce(last_token_s):
         return (float(now_s - lo),), (count,)
     return np.unique(now_s - last_token_s[~np.isnan(last_token_s)], return_counts=True)
+
+
+class SwapSpace:
+    """Host memory for swapped-out KV blocks of one replica, and the host link that copies them.
+
+    Capacity is `swap_space` GiB per device (vLLM's knob), no more than the host memory's
+    share per device. Copies block the step that makes them (vLLM v0 issues them on the
+    compute stream before the step's kernels): each direction with bytes costs the link's
+    latency plus bytes / bandwidth, added to that step's duration.
+    """
+
+    def __init__(self, capacity_blocks: int, bytes_per_block: float, bandwidth: float, latency_s: float):
+        self.capacity_blocks, self.bytes_per_block = capacity_blocks, bytes_per_block
+        self.bandwidth, self.latency_s = bandwidth, latency_s
+        self.used_blocks = 0
+        self.out_count = self.in_count = 0
+        self.out_bytes = self.in_bytes = 0.0
+        self.time_s = 0.0
+        self.full = 0  # preemptions that found no swap space and recomputed instead
+        self._pending = [0.0, 0.0]  # bytes out, bytes in, not yet charged to a step
+
+    def swap_out(self, blocks: int) -> bool:
+        if self.used_blocks + blocks > self.capacity_blocks:
+            self.full += 1
+            return False
+        self.used_blocks += blocks
+        self.out_count += 1
+        self.out_bytes += blocks * self.bytes_per_block
+        self._pending[0] += blocks * self.bytes_per_block
+        return True
+
+    def swap_in(self, blocks: int) -> None:
+        self.used_blocks -= blocks
+        self.in_count += 1
+        self.in_bytes += blocks * self.bytes_per_block
+        self._pending[1] += blocks * self.bytes_per_block
+
+    def take_transfer_s(self) -> float:
+        """Copy time the next step carries: the copies made since the last step."""
+        seconds = sum(self.latency_s + b / self.bandwidth for b in self._pending if b)
+        self._pending = [0.0, 0.0]
+        self.time_s += seconds
+        return seconds

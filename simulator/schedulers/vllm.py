@@ -10,8 +10,10 @@ Two modes, as in the real engine:
   within the budget, `max_num_seqs` and the KV blocks above a 1 % watermark), the step is
   a prefill-only batch of them; otherwise it decodes every running request.
 When a running request needs a KV block and none is free, the lowest-priority running
-request (the most recently admitted) is preempted: its blocks are freed and it goes back to
-the front of the queue to recompute its prompt and generated tokens later.
+request (the most recently admitted) is preempted. With `preemption_mode=recompute` (the
+default, vLLM v1's only mode) its blocks are freed and it goes back to the front of the
+queue to recompute its prompt and generated tokens later; with `swap` (vLLM v0) its blocks
+are copied to host memory and copied back, ahead of any new request, when blocks free up.
 """
 from __future__ import annotations
 
@@ -56,14 +58,17 @@ class VLLMScheduler(Scheduler):
 
     def next_batch(self, now_s: float) -> ScheduledBatch | None:
         self.blocks.tick(now_s)
-        if not self.chunked:
+        if not self.chunked and not self.swapped:
             start = self.running.n
             self._admit_waiting(self.budget, now_s, whole=True)
             if self.running.n > start:
                 return self._make_batch(slice(start, self.running.n))
         scheduled, budget_left, preempted = self._schedule_running(now_s)
-        if self.chunked and not preempted and scheduled == self.running.n:
-            self._admit_waiting(budget_left, now_s, whole=False)
+        if not preempted and scheduled == self.running.n:
+            if self.swapped:  # swapped requests resume before any new one starts
+                self._swap_in(budget_left, now_s)
+            elif self.chunked:
+                self._admit_waiting(budget_left, now_s, whole=False)
             scheduled = self.running.n
         if scheduled == 0:
             return None

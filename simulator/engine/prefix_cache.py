@@ -1,0 +1,93 @@
+"""Prefix caching: KV blocks shared by requests whose prompts start the same (vLLM's
+automatic prefix caching, SGLang's radix cache at block granularity).
+
+A trace says which prompts share a prefix through `prefix_hashes`: one hash per
+`prefix_block_tokens` tokens (Mooncake's 512), each hash standing for its block *and*
+everything before it (equal hashes mean equal prefixes). The engine's KV blocks are
+smaller (16 tokens), so engine block j of a prompt is named by the hash of the trace block
+holding its last token plus j: `(hash, j)`. Only engine blocks that lie wholly inside the
+hashed part of the prompt have a name; the rest are always private.
+
+A named block is either in use (reference count > 0: running requests read it) or cached
+(count 0: kept in memory, reclaimable). Cached blocks are evicted least recently used
+first; a finished request gives its blocks back last-block-first, so a chain's tail is
+evicted before its head (the head is what most future requests share).
+Accounting with the BlockManager: its `used` counts distinct blocks in use; cached blocks
+count as free for admission and are evicted when a new allocation needs their memory.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+def block_keys(hashes: tuple[int, ...], hash_block_tokens: int, input_tokens: int, block_size: int) -> list[tuple]:
+    """Names of the prompt's engine blocks that a trace hash covers, from the first block."""
+    hashed_tokens = min(len(hashes) * hash_block_tokens, input_tokens)
+    return [(hashes[((j + 1) * block_size - 1) // hash_block_tokens], j) for j in range(hashed_tokens // block_size)]
+
+
+class PrefixCache:
+    """Reference counts of named KV blocks in use, and the LRU set of cached (unused) ones."""
+
+    def __init__(self) -> None:
+        self.refs: dict[tuple, int] = {}
+        self.cached: OrderedDict[tuple, None] = OrderedDict()
+        self.hit_tokens = 0  # prompt tokens served from the cache on a request's first start
+        self.lookup_tokens = 0  # prompt tokens of those first starts
+        self.evicted = 0
+
+    def matching(self, keys: list[tuple], limit: int) -> int:
+        """How many of the first `limit` keys are present (in use or cached), from the first."""
+        refs, cached = self.refs, self.cached
+        k = 0
+        for key in keys[:limit]:
+            if key not in refs and key not in cached:
+                break
+            k += 1
+        return k
+
+    def acquire(self, keys: list[tuple]) -> int:
+        """Take a reference on each (present) key; returns how many were cached, i.e. how
+        many blocks move from reclaimable to in use."""
+        refs, cached = self.refs, self.cached
+        revived = 0
+        for key in keys:
+            if key in refs:
+                refs[key] += 1
+            else:
+                del cached[key]
+                refs[key] = 1
+                revived += 1
+        return revived
+
+    def register(self, keys: list[tuple]) -> list[tuple]:
+        """Name a request's freshly computed blocks; returns the keys it now holds. A block
+        another request named meanwhile stays private to this one (computed twice)."""
+        refs, cached = self.refs, self.cached
+        held = []
+        for key in keys:
+            if key not in refs and key not in cached:
+                refs[key] = 1
+                held.append(key)
+        return held
+
+    def release(self, held: list[tuple]) -> int:
+        """Drop a request's references, last block first; returns how many blocks became
+        cached (no longer in use)."""
+        refs, cached = self.refs, self.cached
+        freed = 0
+        for key in reversed(held):
+            count = refs[key] - 1
+            if count:
+                refs[key] = count
+            else:
+                del refs[key]
+                cached[key] = None
+                freed += 1
+        return freed
+
+    def evict(self, n: int) -> None:
+        """Forget the n least recently used cached blocks (their memory is reused)."""
+        for _ in range(n):
+            self.cached.popitem(last=False)
+        self.evicted += n
