@@ -359,7 +359,7 @@ def simulate(hardware: str | Path, trace: str | Path, *, model: str | None = Non
 
 def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = None, keep_frames: bool = True,
                    progress: Callable[[int, int], None] | None = None, uncertainty: bool = False,
-                   slo: SloSpec | None = None, seed: int = 0) -> Result:
+                   slo: SloSpec | None = None, seed: int = 0, extra_outputs: tuple[str, ...] = ()) -> Result:
     """`simulate` for a prepared Setup: validate the trace, run, write outputs atomically.
 
     With `uncertainty`, two more runs scale every kernel time by (1 -/+ the calibration's
@@ -372,7 +372,7 @@ def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = 
             result.summary["uncertainty"] = uncertainty_bands(setup, index)
         return result
     final = Path(out)
-    check_out_dir(final)
+    check_out_dir(final, OUTPUT_FILES + extra_outputs)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     umask = os.umask(0)
@@ -411,12 +411,24 @@ def uncertainty_bands(setup: Setup, index: TraceIndex) -> dict[str, Any]:
                              "the profile's largest held-out p90 error, all kernels together"}
     runs = []
     for scale in (1.0 - band, 1.0 + band):
-        cost = CostModel(setup.system, setup.model, setup.deployment, setup.calibration, kernel_scale=scale)
-        runs.append(run_setup(replace(setup, cost=cost), index, None, keep_frames=False).summary)
+        runs.append(run_setup(_scaled(setup, scale), index, None, keep_frames=False).summary)
     for block, key in BAND_METRICS:
         values = sorted(r[block][key] for r in runs)
         bands.setdefault(block, {})[key] = {"low": values[0], "high": values[1]}
     return bands
+
+
+def _scaled(setup: Setup, scale: float) -> Setup:
+    """`setup` with every pool's kernel times scaled by `scale`."""
+    def cost(pool: Pool) -> CostModel:
+        return CostModel(pool.system, setup.model, pool.deployment, pool.calibration, kernel_scale=scale)
+
+    if setup.disagg is None:
+        return replace(setup, cost=cost(setup.pools()[0]))
+    split = setup.disagg
+    prefill = replace(split.prefill, cost=cost(split.prefill))
+    return replace(setup, cost=prefill.cost, disagg=replace(split, prefill=prefill,
+                                                            decode=replace(split.decode, cost=cost(split.decode))))
 
 
 OUTPUT_FILES = ("summary.json", "requests.csv", "iterations.csv")

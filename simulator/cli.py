@@ -216,7 +216,7 @@ class _Progress:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .api import check_out_dir, prepare, simulate_setup
+    from .api import OUTPUT_FILES, check_out_dir, prepare, simulate_setup
     from .deployment import parse_set
     from .metrics.slo import parse_slo
 
@@ -231,11 +231,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                     args.calibration)
     out = args.out or f"runs/{Path(setup.system.source_file).stem}-{Path(setup.deployment.model).stem}-" \
                       f"{time.strftime('%Y%m%d-%H%M%S')}"
-    check_out_dir(Path(out))
+    # a timeline written into the run's directory belongs to the run (a re-run replaces it)
+    extra = (timeline.name,) if timeline is not None and timeline.parent.resolve() == Path(out).resolve() else ()
+    check_out_dir(Path(out), OUTPUT_FILES + extra)
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     try:
         result = simulate_setup(setup, args.trace, out=out, keep_frames=False, progress=progress,
-                                uncertainty=args.uncertainty, slo=slo, seed=args.seed)
+                                uncertainty=args.uncertainty, slo=slo, seed=args.seed, extra_outputs=extra)
     finally:
         progress.close()
     if timeline is not None:

@@ -242,7 +242,8 @@ class Recorder:
         finish = np.array([r.last_token_s for r in done])
         ttft = first - arrival
         e2e = finish - arrival
-        queue = np.array([r.first_scheduled_s for r in done]) - arrival
+        # SimPy reaches an arrival as now + (arrival - now), which can round one ulp below it
+        queue = np.maximum(np.array([r.first_scheduled_s for r in done]) - arrival, 0.0)
         tpot = np.where(out > 1, (finish - first) / np.maximum(out - 1, 1), np.nan)
         status, reason = ["completed"] * k, [""] * k
         completed = np.ones(k, dtype=bool)
@@ -305,7 +306,9 @@ def _reason_key(reason: str) -> str:
     if "max_model_len" in reason:
         return "exceeds max_model_len"
     if "whole-prompt step" in reason:
-        return "exceeds one whole-prompt step (chunked prefill off)"
+        return "exceeds one whole-prompt step"
+    if "admission watermark" in reason:
+        return "exceeds the KV blocks above the admission watermark"
     return reason
 
 
