@@ -7,7 +7,8 @@
 Every policy replays the Azure conversation trace at its real arrival times onto one
 H100-SXM replica of Llama-3.1-8B (the shipped calibration profile, as a user run) with the
 policy's default knobs; only the outputs are not written. The policies: static, orca, vLLM
-v1 (chunked prefill), vLLM v0 (`enable_chunked_prefill=false`), sarathi and splitfuse, and
+v1 (chunked prefill), vLLM v0 (`enable_chunked_prefill=false`), sarathi, splitfuse and
+disagg (one prefill and one decode replica, so two GPUs), and
 as a control vLLM v1 with sarathi's 512-token budget (a smaller budget means more steps that
 hold a prompt chunk, and those run one at a time, never in spans). A short warm-up run
 first pays for what a process loads once (imports, the calibration profile), so that no
@@ -43,6 +44,7 @@ POLICIES = (  # (label, scheduler, knobs)
     ("vllm v0", "vllm", {"enable_chunked_prefill": False}),
     ("sarathi", "sarathi", {}),
     ("splitfuse", "splitfuse", {}),
+    ("disagg", "disagg", {}),  # one prefill and one decode replica, KV over NVLink
     # control: vLLM with Sarathi's 512-token budget schedules as many steps as sarathi
     ("vllm 512", "vllm", {"max_num_batched_tokens": 512}),
 )
