@@ -107,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="input lengths: fixed:N | uniform:LO:HI | lognormal:MEAN:SIGMA | empirical:TRACE")
     gen.add_argument("--output", dest="output_lengths", default="fixed:128", help="output lengths, same forms")
     gen.add_argument("--seed", type=int, default=0)
+
+    plan = sub.add_parser("plan", help="capacity planning: the cheapest deployment that meets an SLO at a target load")
+    plan.add_argument("plan", metavar="PLAN.yaml", help="plan file (format: simulator/planning/plan_file.py)")
+    plan.add_argument("--out", help="output directory (default: the plan file's directory); re-running with the "
+                                    "same one resumes from its cache/")
+    plan.add_argument("--executor", choices=("local", "ray"), default="local",
+                      help="local worker processes (default) or a Ray cluster (pip install 'simulator[cluster]')")
+    plan.add_argument("--workers", type=_positive, help="worker processes (default: one per CPU); with ray and no "
+                                                        "--ray-address, the CPUs of the local Ray")
+    plan.add_argument("--ray-address", help="address of a running Ray cluster (ray.init's address, e.g. auto)")
+    plan.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     return parser
 
 
@@ -349,10 +360,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .planning.console import PointProgress, print_outcome
+    from .planning.run_plan import run_plan
+
+    progress = PointProgress(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        outcome = run_plan(args.plan, args.out, args.executor, args.workers, args.ray_address, progress)
+    finally:
+        progress.close()
+    if not args.quiet:
+        print_outcome(outcome)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "specs": cmd_specs, "models": cmd_models, "trace": cmd_trace,
-               "calibrate": cmd_calibrate, "validate": cmd_validate}[args.command]
+               "calibrate": cmd_calibrate, "validate": cmd_validate, "plan": cmd_plan}[args.command]
     try:
         return handler(args)
     except InputError as exc:

@@ -1,0 +1,109 @@
+"""From one replica's capacity to the service a candidate needs, and the ranking.
+
+A candidate that sustains `max_rate` req/s per replica within the SLO needs
+ceil(target_rate / max_rate) replicas; its devices and hourly cost follow from the
+replica's devices and their price. Cost per million output tokens is that hourly cost over
+the output tokens the service produces in an hour at the target rate (the workload's mean
+output length times the target rate). Energy per output token is the simulated energy of
+one replica at its capacity over the tokens it produced, idle power included.
+
+Objectives (lower is better except goodput per dollar):
+- min_cost: cost per hour of the whole service;
+- min_devices: devices of the whole service;
+- max_goodput_per_dollar: goodput per dollar of one replica. Goodput is DistServe's (Zhong
+  et al., OSDI 2024): the highest request rate served within the SLO attainment goal,
+  i.e. the replica's capacity; per dollar, max_rate x 3600 / the replica's hourly cost.
+  It rates the hardware itself, without the rounding up to whole replicas. (A point's
+  own goodput_req_s, SLO-meeting completions over its makespan, is lower on a short
+  trace, whose makespan includes draining the last requests.)
+Ties go to the lower cost per hour, then the higher capacity, then the plan's order. The
+margin is how much better the recommended candidate is than the runner-up, in the
+objective's metric and relative to the runner-up's value.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..metrics.slo import SloSpec
+from .candidates import Candidate
+from .search import CapacitySearch
+
+# objective -> (metric, +1 when lower is better / -1 when higher is)
+OBJECTIVE_METRICS = {"min_cost": ("cost_per_hour", 1), "min_devices": ("devices_needed", 1),
+                     "max_goodput_per_dollar": ("goodput_requests_per_dollar", -1)}
+
+
+@dataclass
+class Sizing:
+    """One candidate's outcome: its capacity per replica and what serving the target takes."""
+
+    candidate: Candidate
+    reason: str = ""
+    max_rate: float | None = None
+    replicas: int | None = None
+    devices: int | None = None
+    cost_per_hour: float | None = None
+    cost_per_million_output_tokens: float | None = None
+    energy_per_output_token_j: float | None = None
+    goodput_requests_per_dollar: float | None = None
+    rank: int | None = None
+    recommended: bool = False
+
+    @property
+    def feasible(self) -> bool:
+        return self.max_rate is not None
+
+    def metric(self, name: str) -> float | None:
+        return {"cost_per_hour": self.cost_per_hour, "devices_needed": self.devices,
+                "goodput_requests_per_dollar": self.goodput_requests_per_dollar}[name]
+
+
+def size(candidate: Candidate, search: CapacitySearch | None, points: dict[float, dict[str, Any]],
+         target_rate: float, mean_output_tokens: float, slo: SloSpec) -> Sizing:
+    """Size a candidate from its finished search and its points' metrics by rate."""
+    if search is None:  # no deployment could be prepared
+        return Sizing(candidate, reason=candidate.reason)
+    if search.max_rate is None:
+        return Sizing(candidate, reason=_miss_reason(search.low, points[search.low], slo))
+    max_rate, best = search.max_rate, points[search.max_rate]
+    replica_cost = candidate.cost_per_replica_hour
+    replicas = math.ceil(target_rate / max_rate - 1e-9)
+    cost_per_hour = replicas * replica_cost
+    tokens_per_hour = target_rate * mean_output_tokens * 3600
+    produced = best["output_tokens_per_s"] * best["makespan_s"]
+    reason = (f"capacity is at least {max_rate:g} req/s (rates.max); raise rates.max to measure it"
+              if search.capped else "")
+    return Sizing(candidate, reason, max_rate, replicas, replicas * candidate.devices_per_replica, cost_per_hour,
+                  cost_per_hour / tokens_per_hour * 1e6, best["energy_j"] / produced if produced else None,
+                  max_rate * 3600 / replica_cost if replica_cost else None)
+
+
+def _miss_reason(rate: float, point: dict[str, Any], slo: SloSpec) -> str:
+    """Why a candidate misses the SLO even at the lowest rate searched."""
+    observed = [f"{name}_p90 {point[f'{name}_p90_s']:.4g} s vs {target:g} s"
+                for name, target in (("ttft", slo.ttft_s), ("tpot", slo.tpot_s), ("e2e", slo.e2e_s))
+                if target is not None]
+    attained = "n/a" if point["attainment"] is None else f"{point['attainment']:.1%}"
+    return (f"misses SLO even at {rate:g} req/s: attainment {attained} < {slo.attainment:.0%} required "
+            f"({', '.join(observed)})")
+
+
+def rank(sizings: list[Sizing], objective: str) -> dict[str, Any]:
+    """Rank the feasible candidates (setting rank and recommended) and return the margin:
+    {"runner_up", "metric", "value", "relative"}, value and relative None without a runner-up."""
+    metric, sign = OBJECTIVE_METRICS[objective]
+    ranked = sorted((s for s in sizings if s.feasible and s.metric(metric) is not None),  # stable: plan order
+                    key=lambda s: (sign * s.metric(metric), s.cost_per_hour, -s.max_rate))
+    for position, sizing in enumerate(ranked, start=1):
+        sizing.rank = position
+    margin: dict[str, Any] = {"runner_up": None, "metric": metric, "value": None, "relative": None}
+    if ranked:
+        ranked[0].recommended = True
+    if len(ranked) > 1:
+        best, runner_up = ranked[0].metric(metric), ranked[1].metric(metric)
+        value = abs(runner_up - best)
+        margin.update(runner_up=ranked[1].candidate.name, value=value,
+                      relative=value / abs(runner_up) if runner_up else None)
+    return margin
