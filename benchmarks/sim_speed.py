@@ -1,7 +1,9 @@
 """Simulator speed and scale: requests simulated per wall-second, iterations per second, peak memory.
 
-    python benchmarks/sim_speed.py            # the Azure conversation trace + 1,000,000 synthetic requests
-    python benchmarks/sim_speed.py --quick    # the Azure trace + 100,000 synthetic requests
+    python benchmarks/sim_speed.py                     # the Azure conversation trace + 1,000,000 synthetic requests
+    python benchmarks/sim_speed.py --quick             # the Azure trace + 100,000 synthetic requests
+    python benchmarks/sim_speed.py --azure-only        # the Azure trace alone (quick checks while iterating)
+    python benchmarks/sim_speed.py --calibration none  # the same with roofline kernel times
 
 Both replays run Llama-3.1-8B on one H100-SXM replica with the vLLM policy and write the
 usual outputs (requests.csv and iterations.csv included) to a temporary directory, as a user
@@ -25,7 +27,8 @@ CHILD = """
 import json, resource, sys, time
 from simulator.api import simulate
 t0 = time.perf_counter()
-r = simulate("h100-sxm", sys.argv[1], model="llama-3.1-8b", out=sys.argv[2], keep_frames=False)
+r = simulate("h100-sxm", sys.argv[1], model="llama-3.1-8b", out=sys.argv[2], keep_frames=False,
+             calibration=sys.argv[3] or None)
 wall = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 s = r.summary
@@ -34,10 +37,10 @@ print(json.dumps({"wall_s": wall, "requests": s["requests"]["total"], "iteration
 """
 
 
-def run_case(name: str, trace: Path, workdir: Path) -> dict:
+def run_case(name: str, trace: Path, workdir: Path, calibration: str) -> dict:
     out = workdir / f"out-{name}"
-    res = subprocess.run([sys.executable, "-c", CHILD, str(trace), str(out)], capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run([sys.executable, "-c", CHILD, str(trace), str(out), calibration], capture_output=True,
+                         text=True, check=False)
     if res.returncode != 0:
         raise SystemExit(f"{name}: simulation failed:\n{res.stderr[-2000:]}")
     data = json.loads(res.stdout.strip().splitlines()[-1])
@@ -57,13 +60,18 @@ def synthetic(n: int, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100k synthetic requests instead of 1M")
+    parser.add_argument("--azure-only", action="store_true", help="run the Azure trace only")
+    parser.add_argument("--calibration", default="",
+                        help="calibration profile, or `none` for roofline kernel times (default: the spec's profile)")
     args = parser.parse_args()
     n = 100_000 if args.quick else 1_000_000
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        trace = work / "synthetic.jsonl"
-        synthetic(n, trace)
-        rows = [run_case("azure-conv (19,366 requests)", AZURE, work), run_case(f"synthetic ({n:,} requests)", trace, work)]
+        rows = [run_case("azure-conv (19,366 requests)", AZURE, work, args.calibration)]
+        if not args.azure_only:
+            trace = work / "synthetic.jsonl"
+            synthetic(n, trace)
+            rows.append(run_case(f"synthetic ({n:,} requests)", trace, work, args.calibration))
     print(f"{'case':32} {'wall s':>8} {'req/s':>9} {'iter/s':>9} {'iterations':>11} {'peak RSS':>9}")
     for r in rows:
         print(f"{r['case']:32} {r['wall_s']:8.1f} {r['requests'] / r['wall_s']:9.0f} "

@@ -11,13 +11,16 @@ Plus `scheduler_per_iteration` of host time that the engine does not overlap.
 Pipeline stages run one after another for a batch (no micro-batch overlap is modelled), with
 a point-to-point send of the activations between stages.
 
-Token-parallel operators depend only on the token count, so their cost is memoised by it;
-attention is recomputed per batch from the batch's aggregated context sizes.
+Everything but attention depends only on the token count and the sequences sampled, so it is
+memoised by them (`_fixed`); attention is costed per batch from its aggregated context sizes.
+One iteration is summed in plain Python floats, as numpy's per-call overhead would dominate
+on a few numbers; a span of decode steps in numpy arrays, with the fixed part of each step
+looked up by its batch size (`_decode_columns`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,14 +33,23 @@ from .calibration import Calibration
 from .collectives import allgather_time_s, allreduce_time_s, p2p_time_s
 from .kernel_times import HOST, ROOFLINE, SOURCES, kernel_times
 
+COLLECTIVES = ("allreduce", "allgather")
+_SOURCE_IDS = np.arange(len(SOURCES))[:, None]
 
-@dataclass(frozen=True, slots=True)
-class BatchShape:
+# Rows of the decode table (`CostModel._decode_columns`), one column per batch size: the fixed
+# part's time, FLOPs and bytes; the kernel overheads (`_kernel_overheads`); the decode-attention
+# bytes that grow with the batch size rather than the context; the fixed part's sources.
+_TIME, _FLOPS, _BYTES, _GAP, _LAUNCH, _BATCH_BYTES = range(6)
+_SOURCE_ROWS = slice(6, 6 + len(SOURCES))
+
+
+class BatchShape(NamedTuple):
     """What the cost model needs to know about a mixed batch, aggregated.
 
     prefill_tokens: new prompt tokens over all chunks; prefill_context: KV tokens the chunks
     attend to (cached context + the chunk itself); prefill_pairs: causal query-key pairs;
     decode_context: KV tokens read by all decodes; sampled: sequences producing a token.
+    A NamedTuple: schedulers build one per step, and it is cheaper than a frozen dataclass.
     """
 
     prefill_tokens: int = 0
@@ -52,8 +64,7 @@ class BatchShape:
         return self.prefill_tokens + self.num_decodes
 
 
-@dataclass(frozen=True, slots=True)
-class IterationCost:
+class IterationCost(NamedTuple):
     """Cost of one iteration (floats) or of a span of iterations (numpy arrays).
 
     sources_s splits time_s by where it came from (kernel_times.SOURCES): shape (4,) for one
@@ -67,12 +78,13 @@ class IterationCost:
     sources_s: np.ndarray
 
 
-@dataclass(frozen=True, slots=True)
-class _Part:
-    time_s: float | np.ndarray
-    flops: float | np.ndarray
-    bytes: float | np.ndarray
-    sources_s: np.ndarray
+class _Part(NamedTuple):
+    """Time, FLOPs and bytes of some of an iteration's operators; sources_s as a list of floats."""
+
+    time_s: float
+    flops: float
+    bytes: float
+    sources_s: list[float]
 
 
 class CostModel:
@@ -90,6 +102,10 @@ class CostModel:
         self.pp_link = self._link_for(dep.tp * dep.pp)
         self._dense = lru_cache(maxsize=65536)(self._dense_part)
         self._head = lru_cache(maxsize=65536)(self._head_part)
+        self._fixed = lru_cache(maxsize=65536)(self._fixed_part)
+        # decode attention per KV token read; what grows with the batch size is in the decode table
+        self._decode_per_token = attention_decode_op(model, 0, 1.0, self.shard, self.prec)
+        self._decode_table = np.empty((_SOURCE_ROWS.stop, 0))
 
     def _link_for(self, devices: int) -> Link | None:
         """The slowest link a group of `devices` consecutive devices must cross."""
@@ -104,55 +120,52 @@ class CostModel:
             raise ValueError(f"{self.system.name}: no link for {what}; add links: or network: to the spec")
         return link
 
-    def op_time_s(self, op: Operator, graphed: bool | np.ndarray) -> tuple[float | np.ndarray, np.ndarray]:
-        """Time of all `op.count` executions of one operator, overheads included, and that
-        time split by source (kernel_times.SOURCES)."""
-        if op.kind in ("allreduce", "allgather"):
-            return self._collective_s(op)
+    def _kernel_overheads(self, graphed: bool) -> tuple[float, float]:
+        """(gap, launch) such that a kernel of GPU time t costs max(t + gap, launch): replayed
+        from a CUDA graph it costs t + graph_kernel_gap, launched eagerly max(t, kernel_launch).
+        One formula for both lets a span mix graphed and eager steps without branching."""
+        over = self.device.overheads
+        return (over.graph_kernel_gap, 0.0) if graphed else (0.0, over.kernel_launch)
+
+    def op_time_s(self, op: Operator, graphed: bool) -> tuple[float, float, int]:
+        """Time of all `op.count` executions of one operator, overheads included; the part of
+        it the kernels (or the collective) take themselves, and the source of that part
+        (kernel_times.SOURCES). The rest is host overhead."""
+        if op.kind in COLLECTIVES:
+            one, source = self._collective_s(op)
+            return op.count * one, op.count * one, source
         gpu, source = self.kernels.gpu_time_s(op)
         if self.kernel_scale != 1.0:
-            gpu = gpu * self.kernel_scale
-        over = self.device.overheads
-        if isinstance(graphed, np.ndarray):  # a span: some steps replay a CUDA graph, others not
-            one = np.where(graphed, gpu + over.graph_kernel_gap, np.maximum(gpu, over.kernel_launch))
-        elif graphed:
-            one = gpu + over.graph_kernel_gap
-        else:
-            one = np.maximum(gpu, over.kernel_launch) if isinstance(gpu, np.ndarray) else max(gpu, over.kernel_launch)
-        total = op.count * one
-        sources = np.zeros((len(SOURCES),) + np.shape(total))
-        if np.ndim(source):
-            for s in range(len(SOURCES)):
-                sources[s] = np.where(source == s, op.count * gpu, 0.0)
-        else:
-            sources[source] = op.count * gpu
-        sources[HOST] += total - op.count * gpu
-        return total, sources
+            gpu *= self.kernel_scale
+        gap, launch = self._kernel_overheads(graphed)
+        return op.count * max(gpu + gap, launch), op.count * gpu, source
 
-    def _collective_s(self, op: Operator) -> tuple[float, np.ndarray]:
+    def _collective_s(self, op: Operator) -> tuple[float, int]:
+        """One execution of a collective and its source: measured by the profile if it covers
+        it, else the alpha-beta model over the tensor-parallel link."""
         world = self.dep.tp
         measured = (self.kernels.calibration is not None
                     and self.kernels.collective_time_s(op.kind, op.bytes, world))
         if measured:
             one, source = measured
-            one *= self.kernel_scale
-        else:
-            link = self._require_link(self.tp_link, f"tensor-parallel {op.kind}")
-            model = allreduce_time_s if op.kind == "allreduce" else allgather_time_s
-            one = model(op.bytes, world, link, self.device.efficiency.network_efficiency) * self.kernel_scale
-            source = ROOFLINE
-        sources = np.zeros(len(SOURCES))
-        sources[source] = op.count * one
-        return op.count * one, sources
+            return one * self.kernel_scale, source
+        link = self._require_link(self.tp_link, f"tensor-parallel {op.kind}")
+        model = allreduce_time_s if op.kind == "allreduce" else allgather_time_s
+        return model(op.bytes, world, link, self.device.efficiency.network_efficiency) * self.kernel_scale, ROOFLINE
 
     def _sum(self, ops: list[Operator], graphed: bool) -> _Part:
-        times = [self.op_time_s(op, graphed) for op in ops]
-        return _Part(
-            sum(t for t, _ in times),
-            sum(op.flops * op.count for op in ops),
-            sum(op.bytes * op.count for op in ops if op.kind not in ("allreduce", "allgather")),
-            sum((s for _, s in times), np.zeros(len(SOURCES))),
-        )
+        """Totals of some scalar operators of one iteration, split by source."""
+        time_s = flops = nbytes = 0.0
+        sources = [0.0] * len(SOURCES)
+        for op in ops:
+            total, device, source = self.op_time_s(op, graphed)
+            time_s += total
+            sources[source] += device
+            sources[HOST] += total - device
+            flops += op.flops * op.count
+            if op.kind not in COLLECTIVES:
+                nbytes += op.bytes * op.count
+        return _Part(time_s, flops, nbytes, sources)
 
     def _graphed(self, tokens: int) -> bool:
         return not self.dep.enforce_eager and tokens <= self.dep.max_cudagraph_capture_size
@@ -163,14 +176,28 @@ class CostModel:
     def _head_part(self, sampled: int, graphed: bool) -> _Part:
         return self._sum(head_ops(self.model, sampled, self.shard, self.prec), graphed)
 
-    def _attention_part(self, batch: BatchShape) -> _Part:
+    def _fixed_part(self, tokens: int, sampled: int) -> _Part:
+        """Everything of an iteration but attention, per device: stages run their share of the
+        token-parallel layers in turn and send to the next, embeddings and the head run once,
+        and the host adds its per-iteration time."""
+        pp = self.dep.pp
+        dense, head = self._dense(tokens), self._head(sampled, self._graphed(tokens))
+        send, host = self.pipeline_send_s(tokens), self.device.overheads.scheduler_per_iteration
+        sources = [pp * d + h for d, h in zip(dense.sources_s, head.sources_s)]
+        sources[ROOFLINE] += send
+        sources[HOST] += host
+        return _Part(pp * dense.time_s + head.time_s + send + host, dense.flops + head.flops / pp,
+                     dense.bytes + head.bytes / pp, sources)
+
+    def _attention_part(self, batch: BatchShape, graphed: bool) -> _Part:
+        """Attention of one stage: its layers' prefill and decode attention calls."""
         ops: list[Operator] = []
         if batch.prefill_tokens:
             ops.append(attention_prefill_op(self.model, batch.prefill_tokens, batch.prefill_context,
                                             batch.prefill_pairs, self.shard, self.prec))
         if batch.num_decodes:
             ops.append(attention_decode_op(self.model, batch.num_decodes, batch.decode_context, self.shard, self.prec))
-        return self._sum(ops, self._graphed(batch.tokens))
+        return self._sum(ops, graphed)
 
     def pipeline_send_s(self, tokens: int) -> float:
         if self.dep.pp <= 1:
@@ -179,58 +206,59 @@ class CostModel:
         nbytes = tokens * self.model.hidden_size * DTYPE_BYTES[self.prec.activations]
         return (self.dep.pp - 1) * p2p_time_s(nbytes, link, self.device.efficiency.network_efficiency)
 
-    def _combine(self, tokens: int, dense: _Part, attn: _Part, head: _Part) -> IterationCost:
-        """Stages run their share of layers in turn; embeddings and the head run once."""
-        pp = self.dep.pp
-        send = self.pipeline_send_s(tokens)
-        host = self.device.overheads.scheduler_per_iteration
-        time_s = pp * (dense.time_s + attn.time_s) + head.time_s + send + host
-        flops = dense.flops + attn.flops + head.flops / pp
-        nbytes = dense.bytes + attn.bytes + head.bytes / pp
-        sources = pp * (dense.sources_s + attn.sources_s) + head.sources_s
-        sources[ROOFLINE] += send
-        sources[HOST] += host
-        return IterationCost(time_s, flops, nbytes, self.prec.gemm_compute, sources)
-
     def iteration(self, batch: BatchShape) -> IterationCost:
         """Wall time of one iteration of `batch`, and per-device FLOPs and bytes."""
-        tokens = batch.tokens
-        return self._combine(tokens, self._dense(tokens), self._attention_part(batch), self._head(batch.sampled, self._graphed(tokens)))
+        tokens, pp = batch.tokens, self.dep.pp
+        fixed = self._fixed(tokens, batch.sampled)
+        attn = self._attention_part(batch, self._graphed(tokens))
+        sources = [f + pp * a for f, a in zip(fixed.sources_s, attn.sources_s)]
+        return IterationCost(fixed.time_s + pp * attn.time_s, fixed.flops + attn.flops, fixed.bytes + attn.bytes,
+                             self.prec.gemm_compute, np.array(sources))
 
     def decode_span(self, num_decodes: np.ndarray, context: np.ndarray) -> IterationCost:
         """Many decode-only iterations at once: step j decodes num_decodes[j] sequences that
-        read context[j] KV tokens in all. Each step costs exactly what `iteration` gives for
-        that batch (the same operators, evaluated on arrays). num_decodes is non-increasing
-        (sequences only leave a span), so its runs of equal sizes are few."""
-        if num_decodes[0] == num_decodes[-1]:  # one batch size throughout
-            fixed = np.array([self._fixed_decode(int(num_decodes[0]))])
+        read context[j] KV tokens in all. Each step costs what `iteration` gives for that
+        batch, up to float rounding: the same formulas on arrays. The decode-attention
+        operator's FLOPs and bytes are linear in the context and the batch size, and whole
+        numbers, so they are split exactly into a part per KV token and one per batch size.
+        num_decodes is non-increasing (sequences only leave a span), so its first entry is
+        its largest."""
+        columns = self._decode_columns(int(num_decodes[0]))[:, num_decodes]
+        unit = self._decode_per_token
+        op = Operator(unit.name, unit.kind, context * unit.flops, context * unit.bytes + columns[_BATCH_BYTES],
+                      unit.dtype, unit.count, m=num_decodes)
+        gpu, source = self.kernels.gpu_time_s(op)
+        if self.kernel_scale != 1.0:
+            gpu = gpu * self.kernel_scale
+        runs = self.dep.pp * op.count  # attention calls per step: its layers in every stage
+        total = np.maximum(gpu + columns[_GAP], columns[_LAUNCH]) * runs
+        device = gpu * runs
+        sources = columns[_SOURCE_ROWS]  # a view of the fresh array the gather made: safe to update
+        sources[HOST] += total - device
+        if isinstance(source, np.ndarray):  # calibrated: each step's nearest table point
+            sources += (_SOURCE_IDS == source) * device
         else:
-            edges = (num_decodes[1:] != num_decodes[:-1]).nonzero()[0] + 1
-            starts = np.concatenate(([0], edges))
-            lengths = np.diff(np.concatenate((starts, [len(num_decodes)])))
-            fixed = np.repeat(np.array([self._fixed_decode(int(n)) for n in num_decodes[starts]]), lengths, axis=0)
-        op = attention_decode_op(self.model, num_decodes, context, self.shard, self.prec)
-        graphed = fixed[:, 6] > 0
-        attn_time, attn_src = self.op_time_s(op, graphed)
-        attn = _Part(attn_time, op.flops * op.count, op.bytes * op.count, attn_src)
-        zero = np.zeros((len(SOURCES), len(num_decodes)))
-        # dense and head sources are folded into `dense` (pp * dense + head) so _combine adds them once
-        return self._combine(
-            num_decodes,
-            _Part(fixed[:, 0], fixed[:, 1], fixed[:, 2], fixed[:, 7:].T / self.dep.pp),
-            attn,
-            _Part(fixed[:, 3], fixed[:, 4], fixed[:, 5], zero),
-        )
+            sources[source] += device
+        return IterationCost(columns[_TIME] + total, columns[_FLOPS] + op.flops * op.count,
+                             columns[_BYTES] + op.bytes * op.count, self.prec.gemm_compute, sources)
 
-    @lru_cache(maxsize=4096)  # noqa: B019 (one CostModel per run; the cache dies with it)
-    def _fixed_decode(self, n: int) -> tuple[float, ...]:
-        """Token-parallel and head costs of a decode step of n sequences, whether it is graphed,
-        and the sources of the dense and head times (pp * dense + head, as _combine adds them)."""
-        graphed = self._graphed(n)
-        dense, head = self._dense(n), self._head(n, graphed)
-        by_source = self.dep.pp * dense.sources_s + head.sources_s
-        return (dense.time_s, dense.flops, dense.bytes, head.time_s, head.flops, head.bytes, float(graphed),
-                *by_source)
+    def _decode_columns(self, most: int) -> np.ndarray:
+        """The decode table: column n describes a decode step of n sequences (`_decode_column`),
+        for n = 0..most at least, so that a span gathers all its steps' columns at once. It
+        grows by doubling as larger batches come, up to the largest batch the deployment
+        schedules (each new column costs a dense part); column 0 (no decodes) is never gathered."""
+        if most >= self._decode_table.shape[1]:
+            grown = min(2 * self._decode_table.shape[1], self.dep.max_num_seqs + 1)
+            sizes = range(1, max(most + 1, grown))
+            self._decode_table = np.array([[np.nan] * _SOURCE_ROWS.stop] + [self._decode_column(n) for n in sizes]).T
+        return self._decode_table
+
+    def _decode_column(self, n: int) -> list[float]:
+        """The decode table's column for a decode step of n sequences (rows: see _TIME...)."""
+        fixed = self._fixed(n, n)
+        batch_bytes = attention_decode_op(self.model, n, 0.0, self.shard, self.prec).bytes
+        return [fixed.time_s, fixed.flops, fixed.bytes, *self._kernel_overheads(self._graphed(n)), batch_bytes,
+                *fixed.sources_s]
 
     @property
     def min_step_s(self) -> float:

@@ -11,7 +11,9 @@ With a profile (`perf/calibration.py`):
 - Attention depends on every batch's context, so at set-up the profile is evaluated on a
   log-spaced grid of this deployment's attention shapes (its heads, KV heads and head size
   after tensor parallelism) and each iteration interpolates that table bilinearly in log
-  space: cheap enough for every step, and exact at the grid points.
+  space: cheap enough for every step, and exact at the grid points. A decode step's batch
+  size is an integer, so the decode table is also kept interpolated along its batch axis at
+  every batch size (`_DecodeRows`): a step then interpolates along context only.
 Ops or dtypes the profile does not cover stay on the roofline. The source of a calibrated
 prediction is "calibrated-interpolation" inside the measured shape ranges and
 "calibrated-fit" outside them (the profile's extrapolating model).
@@ -42,8 +44,21 @@ _CONTEXT_LOG2 = np.arange(4, 21)
 _CHUNK_LOG2 = np.arange(0, 16)
 _BATCH_AXIS, _CONTEXT_AXIS, _CHUNK_AXIS = (a.astype(float) for a in (_BATCH_LOG2, _CONTEXT_LOG2, _CHUNK_LOG2))
 _CACHED_AXIS = np.concatenate(([-1.0], _CONTEXT_AXIS))  # -1 stands for "no cached context"
-_BATCH_LIST, _CONTEXT_LIST, _CHUNK_LIST, _CACHED_LIST = (
-    a.tolist() for a in (_BATCH_AXIS, _CONTEXT_AXIS, _CHUNK_AXIS, _CACHED_AXIS))
+_CHUNK_LIST, _CACHED_LIST = _CHUNK_AXIS.tolist(), _CACHED_AXIS.tolist()
+
+# The decode rows (`_DecodeRows`) are looked up by half cell: the context axis split at its
+# grid points and at the midpoints between them, each half cell closed on the left, plus one
+# beyond each end. Within a half cell, the cell that interpolates (an edge cell outside the
+# axis) and the nearest grid point are both fixed, so one lookup finds them.
+_CONTEXT_WIDTH = np.diff(_CONTEXT_AXIS)
+_HALF_EDGES = np.sort(np.concatenate((_CONTEXT_AXIS, _CONTEXT_AXIS[:-1] + _CONTEXT_WIDTH / 2)))
+_HALF_INSIDE = np.concatenate(([_HALF_EDGES[0] - 0.5], (_HALF_EDGES[:-1] + _HALF_EDGES[1:]) / 2,
+                               [_HALF_EDGES[-1] + 0.5]))  # a point inside each half cell
+_HALF_CELL = np.clip(np.searchsorted(_CONTEXT_AXIS, _HALF_INSIDE) - 1, 0, len(_CONTEXT_AXIS) - 2)
+_HALF_NEAREST = np.where((_HALF_INSIDE - _CONTEXT_AXIS[_HALF_CELL]) / _CONTEXT_WIDTH[_HALF_CELL] < 0.5,
+                         _HALF_CELL, _HALF_CELL + 1)
+_HALF_START = _CONTEXT_AXIS[_HALF_CELL]  # where the half cell's interpolating cell starts
+_HALF_EDGES_LIST, _HALF_START_LIST = _HALF_EDGES.tolist(), _HALF_START.tolist()
 
 
 class _Table:
@@ -52,6 +67,29 @@ class _Table:
     def __init__(self, log_t: np.ndarray, sources: np.ndarray):
         self.log_t, self.sources = log_t, sources
         self.log_list, self.source_list = log_t.tolist(), sources.tolist()
+
+
+class _DecodeRows:
+    """The decode table interpolated along its batch axis at batch sizes 0..sizes-1 (0 as 1).
+
+    The bilinear interpolation of the table at (n, context) is a linear one along row n, so
+    row n holds, for every half cell of the context axis, log(time) where its interpolating
+    cell starts, the slope per unit of log2(context), and the source of the nearest grid
+    point. Flat arrays, so that the steps of a span find theirs with one gather each; the
+    lists serve single steps.
+    """
+
+    def __init__(self, table: _Table, sizes: int):
+        x = np.log2(np.maximum(np.arange(sizes), 1.0))
+        i = np.clip(np.searchsorted(_BATCH_AXIS, x) - 1, 0, len(_BATCH_AXIS) - 2)
+        fx = ((x - _BATCH_AXIS[i]) / (_BATCH_AXIS[i + 1] - _BATCH_AXIS[i]))[:, None]
+        log_t = (1 - fx) * table.log_t[i] + fx * table.log_t[i + 1]
+        slope = np.diff(log_t, axis=1) / _CONTEXT_WIDTH
+        nearest = table.sources[np.where(fx[:, 0] < 0.5, i, i + 1)]
+        self.sizes, self.width = sizes, len(_HALF_CELL)
+        self.log_t, self.slope = log_t[:, _HALF_CELL].ravel(), slope[:, _HALF_CELL].ravel()
+        self.sources = nearest[:, _HALF_NEAREST].ravel()
+        self.log_list, self.slope_list, self.source_list = (a.tolist() for a in (self.log_t, self.slope, self.sources))
 
 
 class KernelTimes:
@@ -77,6 +115,8 @@ class CalibratedKernelTimes(KernelTimes):
         self._memo: dict[tuple, tuple[float, int]] = {}
         self._gemm_tables: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._decode = self._decode_table() if calibration.covers("attn_decode", self.dtype) else None
+        self._decode_rows = _DecodeRows(self._decode, 0) if self._decode is not None else None  # see _rows
+        self._max_batch = dep.max_num_seqs
         self._prefill = self._prefill_table() if calibration.covers("attn_prefill", self.dtype) else None
 
     # -- profile queries ---------------------------------------------------------------
@@ -148,18 +188,29 @@ class CalibratedKernelTimes(KernelTimes):
             self._memo[key] = (float(times[0]), int(sources[0]))
         return self._memo[key]
 
+    def _rows(self, batch: int) -> _DecodeRows:
+        """The decode rows, grown to cover batch size `batch`: by doubling, up to the largest
+        batch the deployment schedules, so that a few rebuilds cover a run."""
+        if batch >= self._decode_rows.sizes:
+            grown = min(2 * self._decode_rows.sizes, self._max_batch + 1)
+            self._decode_rows = _DecodeRows(self._decode, max(batch + 1, grown))
+        return self._decode_rows
+
     def _attention_decode_s(self, op: Operator):
-        """Decode attention of `op.m` sequences reading `context` KV tokens in all."""
-        table = self._decode
+        """Decode attention of `op.m` (at least one) sequences reading `context` KV tokens in all:
+        row op.m of the decode rows at log2 of the mean context."""
         per_token = 4.0 * self.heads["head_dim"] * self.heads["heads"]  # FLOPs per KV token read
-        if np.ndim(op.m) == 0:
-            batch = max(float(op.m), 1.0)
-            mean_ctx = max(op.flops / per_token / batch, 1.0)
-            return _bilinear_scalar(table.log_list, table.source_list, math.log2(batch), _BATCH_LIST,
-                                    math.log2(mean_ctx), _CONTEXT_LIST)
-        batch = np.maximum(np.asarray(op.m, dtype=float), 1.0)
-        mean_ctx = np.maximum(np.asarray(op.flops, dtype=float) / per_token / batch, 1.0)
-        return _bilinear(table.log_t, table.sources, np.log2(batch), _BATCH_AXIS, np.log2(mean_ctx), _CONTEXT_AXIS)
+        if isinstance(op.m, np.ndarray):  # the steps of a span
+            rows = self._rows(int(op.m.max()))
+            y = np.log2(np.maximum(op.flops / per_token / op.m, 1.0))
+            h = _HALF_EDGES.searchsorted(y, side="right")
+            cell = op.m * rows.width + h
+            return np.exp(rows.log_t[cell] + (y - _HALF_START[h]) * rows.slope[cell]), rows.sources[cell]
+        rows = self._rows(op.m)
+        y = math.log2(max(op.flops / per_token / op.m, 1.0))
+        h = bisect.bisect_right(_HALF_EDGES_LIST, y)
+        cell = op.m * rows.width + h
+        return math.exp(rows.log_list[cell] + (y - _HALF_START_LIST[h]) * rows.slope_list[cell]), rows.source_list[cell]
 
     def _attention_prefill_s(self, op: Operator):
         """Prefill attention of a batch's chunks as one sequence with the same FLOPs and chunk."""
@@ -173,22 +224,11 @@ class CalibratedKernelTimes(KernelTimes):
                                 _CACHED_LIST)
 
 
-def _bilinear(log_t: np.ndarray, sources: np.ndarray, x, xs: np.ndarray, y, ys: np.ndarray):
-    """exp of the bilinear interpolation of log_t over (xs, ys) at (x, y); the source of the
-    nearest grid point. Points outside the axes extrapolate linearly from the edge cells."""
-    i = np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2)
-    j = np.clip(np.searchsorted(ys, y) - 1, 0, len(ys) - 2)
-    fx = (x - xs[i]) / (xs[i + 1] - xs[i])
-    fy = (y - ys[j]) / (ys[j + 1] - ys[j])
-    value = ((1 - fx) * (1 - fy) * log_t[i, j] + fx * (1 - fy) * log_t[i + 1, j]
-             + (1 - fx) * fy * log_t[i, j + 1] + fx * fy * log_t[i + 1, j + 1])
-    nearest = sources[np.where(fx < 0.5, i, i + 1), np.where(fy < 0.5, j, j + 1)]
-    return np.exp(value), nearest
-
-
 def _bilinear_scalar(log_t: list, sources: list, x: float, xs: list, y: float, ys: list) -> tuple[float, int]:
-    """`_bilinear` for one point on nested lists: it runs once per simulated iteration, where
-    numpy's per-call overhead would dominate."""
+    """exp of the bilinear interpolation of log_t over (xs, ys) at (x, y), and the source of the
+    nearest grid point; points outside the axes extrapolate linearly from the edge cells. On
+    nested lists: it runs once per simulated iteration, where numpy's per-call overhead would
+    dominate."""
     i = min(max(bisect.bisect_left(xs, x) - 1, 0), len(xs) - 2)
     j = min(max(bisect.bisect_left(ys, y) - 1, 0), len(ys) - 2)
     fx = (x - xs[i]) / (xs[i + 1] - xs[i])
