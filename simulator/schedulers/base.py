@@ -339,12 +339,17 @@ class Scheduler:
         gone = done.nonzero()[0]
         if not gone.size:
             return None
+        self._give_back(gone)
+        return t.take(gone, (~done).nonzero()[0])
+
+    def _give_back(self, gone: np.ndarray) -> None:
+        """Free the KV blocks of the finished rows `gone`."""
+        t = self.running
         if self.blocks.cache is None:
             self.blocks.release(sum(map(t.blocks.item, gone.tolist())))
         else:
             for i in gone.tolist():
                 self._release(t.requests[i], t.blocks.item(i))
-        return t.take(gone, (~done).nonzero()[0])
 
     # -- spans: a step, then decode steps of the same sequences until they finish --------
     def plan_span(self, batch: ScheduledBatch, max_steps: int) -> SpanPlan | None:

@@ -34,23 +34,23 @@ class PrefillScheduler(VLLMScheduler):
     # called with (scheduler, request, KV blocks it holds) when a prompt is done
     handoff: Callable[[PrefillScheduler, Request, int], None]
 
-    def _take_finished(self) -> list[Request] | None:
-        t, n = self.running, self.running.n
-        done = t.num_tokens[:n] >= t.final_tokens[:n]
-        gone = done.nonzero()[0]
-        if gone.size:
-            blocks = [t.blocks.item(i) for i in gone.tolist()]
-            for req, held in zip(t.take(gone, (~done).nonzero()[0]), blocks):
-                self.sending += 1
-                self.handoff(self, req, held)
-        return None  # nothing is finished here: the decode pool completes requests
-
     def __init__(self, *args):
         super().__init__(*args)
         self.sending = 0  # requests whose KV blocks wait for, or are in, a transfer
+        self._held: list[int] = []  # blocks of the rows _take_finished is handing off
 
     def waiting_on_transfers(self) -> bool:
         return self.sending > 0
+
+    def _give_back(self, gone) -> None:
+        """Keep the finished rows' blocks until the decode side has read them."""
+        self._held = [self.running.blocks.item(i) for i in gone.tolist()]
+
+    def _take_finished(self) -> list[Request] | None:
+        for req, held in zip(super()._take_finished() or (), self._held):
+            self.sending += 1
+            self.handoff(self, req, held)
+        return None  # nothing is finished here: the decode pool completes requests
 
     def release_sent(self, req: Request, blocks: int, now_s: float) -> None:
         """The decode side has read the request's KV: free its blocks here."""
