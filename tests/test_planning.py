@@ -30,10 +30,13 @@ TOLERANCE = 0.05
 ONE_AT_A_TIME = "calibration: none, knobs: {max_num_seqs: 1}"
 
 
-def _search(threshold: float, low: float = 0.01, high: float = 100.0) -> CapacitySearch:
-    """Run a search against 'meets the SLO iff rate <= threshold'."""
-    search = CapacitySearch(low, high, TOLERANCE)
+def _search(threshold: float, low: float = 0.01, high: float = 100.0, points_per_round: int = 1) -> CapacitySearch:
+    """Run a search against 'meets the SLO iff rate <= threshold'; its number of bisection
+    rounds (after bracketing) in `.bisections`."""
+    search = CapacitySearch(low, high, TOLERANCE, points_per_round)
+    search.bisections = 0
     while rates := search.propose():
+        search.bisections += None not in search.bracket
         for rate in rates:
             search.observe(rate, rate <= threshold)
     return search
@@ -46,6 +49,21 @@ def test_search_brackets_then_bisects_to_the_tolerance(threshold):
     assert passed <= threshold < failed <= passed * (1 + TOLERANCE)
     assert not search.capped and not search.infeasible
     assert len(search.outcomes) <= 14  # 3 + 2 x 2 bracketing + about 6 bisections
+
+
+@pytest.mark.parametrize("threshold", [0.0137, 0.9, 3.3, 41.0, 99.0])
+@pytest.mark.parametrize("points_per_round", [2, 3, 7])
+def test_more_points_per_round_take_fewer_rounds_to_the_same_precision(threshold, points_per_round):
+    one, many = _search(threshold), _search(threshold, points_per_round=points_per_round)
+    passed, failed = many.bracket
+    assert passed <= threshold < failed <= passed * (1 + TOLERANCE)
+    # Bracketing is the same for both; then the interval shrinks (k + 1)-fold per round
+    # instead of 2-fold: log(k + 1) / log 2 times fewer rounds, give or take rounding up.
+    assert one.bisections >= 3
+    assert many.bisections <= math.ceil(one.bisections * math.log(2) / math.log(points_per_round + 1)) + 1
+    assert many.bisections < one.bisections
+    bracketing_points = len(one.outcomes) - one.bisections
+    assert len(many.outcomes) <= bracketing_points + many.bisections * points_per_round
 
 
 def test_search_ends_at_the_range_ends():

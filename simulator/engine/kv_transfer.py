@@ -18,6 +18,7 @@ may run unchanged decode steps as one span (`horizon_s`).
 from __future__ import annotations
 
 import functools
+import heapq
 from collections import deque
 from dataclasses import dataclass
 
@@ -45,7 +46,8 @@ class KvTransfer:
         self.recorder, self.arrivals_horizon_s = recorder, arrivals_horizon_s
         self.pending: deque = deque()  # (prefill replica index, request, its blocks, since) waiting for room
         self.link_free_s = [0.0] * len(prefill)
-        self.in_flight: list[list[float]] = [[] for _ in decode]  # landing times per decode replica
+        # Landing times of the copies started (a heap; those before now have landed).
+        self.landings: list[float] = []
         self.count = 0
         self.bytes = 0.0
         self.time_s = 0.0  # summed transfer durations
@@ -83,7 +85,7 @@ class KvTransfer:
             start = max(now_s, self.link_free_s[source])
             end = start + self.link.latency_s + nbytes / self.bandwidth
             self.link_free_s[source] = end
-            self.in_flight[target].append(end)
+            heapq.heappush(self.landings, end)
             self.count += 1
             self.bytes += nbytes
             self.time_s += end - start
@@ -91,7 +93,6 @@ class KvTransfer:
 
     def _land(self, end_s: float, source: int, req, blocks: int, target: int, reserved: int):
         yield self.env.timeout(end_s - self.env.now)
-        self.in_flight[target].remove(end_s)
         self.prefill[source].scheduler.release_sent(req, blocks, end_s)
         self.prefill[source].wake()
         req.first_token_s = req.last_token_s = end_s
@@ -104,11 +105,15 @@ class KvTransfer:
         pulls waiting requests at every step boundary (so none may wait for a span to end),
         a new request waits only after a prefill step's end (at the earliest the end of a
         step now running, or of one that starts at the next arrival or when a landing copy
-        frees prefill blocks), and its own copies land when they land."""
+        frees prefill blocks), and copies land when they land (one landing now may not
+        have been processed yet, so it still counts)."""
         if self.pending:
             return self.env.now
-        landings = [end for ends in self.in_flight for end in ends]
-        return min([r.busy_until for r in self.prefill] + [self.arrivals_horizon_s(), *landings])
+        landings = self.landings
+        while landings and landings[0] < self.env.now:
+            heapq.heappop(landings)
+        return min(min(r.busy_until for r in self.prefill), self.arrivals_horizon_s(),
+                   landings[0] if landings else float("inf"))
 
     def summary(self) -> dict:
         return {"link": self.link.name, "bandwidth_bytes_per_s": self.bandwidth, "latency_s": self.link.latency_s,

@@ -70,6 +70,7 @@ import base64
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -413,27 +414,27 @@ def _memcpy_predict(f, q, dev) -> np.ndarray:
     return out
 
 
+def _family(op: str, dtype: str) -> tuple[Callable, Callable]:
+    """The op family's (fit, predict) functions, bound to the op (and a compute op's dtype):
+    fit(features, log_t, dev) -> params and predict(features, params, dev) -> microseconds."""
+    if op in COMPUTE_OPS:
+        return partial(_fit_compute, op, dtype), partial(_compute_predict, op, dtype)
+    if op in COLLECTIVE_OPS:
+        return partial(_fit_collective, op), partial(_collective_predict, op)
+    if op == "memcpy":
+        return _fit_memcpy, _memcpy_predict
+    raise ValueError(f"unknown op {op}")
+
+
 def _fit_predict(op: str, dtype: str, f: dict[str, np.ndarray], q: dict[str, float],
                  dev: dict[str, float]) -> np.ndarray:
     """The fit's time in microseconds."""
-    if op in COMPUTE_OPS:
-        return _compute_predict(op, dtype, f, q, dev)
-    if op in COLLECTIVE_OPS:
-        return _collective_predict(op, f, q, dev)
-    if op == "memcpy":
-        return _memcpy_predict(f, q, dev)
-    raise ValueError(f"unknown op {op}")
+    return _family(op, dtype)[1](f, q, dev)
 
 
 def _fit_params(op: str, dtype: str, f: dict[str, np.ndarray], log_t: np.ndarray,
                 dev: dict[str, float]) -> dict[str, float]:
-    if op in COMPUTE_OPS:
-        return _fit_compute(op, dtype, f, log_t, dev)
-    if op in COLLECTIVE_OPS:
-        return _fit_collective(op, f, log_t, dev)
-    if op == "memcpy":
-        return _fit_memcpy(f, log_t, dev)
-    raise ValueError(f"unknown op {op}")
+    return _family(op, dtype)[0](f, log_t, dev)
 
 
 # ---------------------------------------------------------------------------------------

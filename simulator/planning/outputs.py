@@ -62,7 +62,8 @@ def write_outputs(out_dir: Path, plan: Plan, workload: Workload, points: list[Po
         "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s, "e2e_s": slo.e2e_s, "attainment": slo.attainment},
         "workload": {"description": workload.description, "requests": len(workload.records),
                      "trace_rate_req_s": workload.trace_rate},
-        "tolerance": plan.spec.tolerance, "recommended": recommended, "margin": margin,
+        "tolerance": plan.spec.tolerance,
+        "points_per_round": plan.spec.points_per_round, "recommended": recommended, "margin": margin,
     }
     write_atomic(out_dir / "plan.json", json.dumps(summary, indent=2) + "\n")
 

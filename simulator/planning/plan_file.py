@@ -15,6 +15,7 @@ slo: {ttft_p90: 2.0, tpot_p90: 0.1}        # the keys of --slo (see metrics/slo.
 target_rate: 20                             # req/s the whole service must sustain
 rates: {min: 0.05, max: 50}                 # where one replica's capacity is searched
 tolerance: 0.05                             # relative precision of that capacity
+points_per_round: 1                         # rates per bisection round (more: fewer rounds)
 objective: min_cost                         # or max_goodput_per_dollar, min_devices
 candidates:
   - {name: h100-tp4, hardware: dgx-h100, tp: 4}
@@ -211,6 +212,7 @@ class PlanSpec(_Strict):
     target_rate: PositiveFloat
     rates: RateRange = RateRange()
     tolerance: float = Field(0.05, ge=0.001, le=1.0)
+    points_per_round: int = Field(1, ge=1, le=64)
     objective: Literal["min_cost", "max_goodput_per_dollar", "min_devices"] = "min_cost"
     candidates: list[CandidateSpec] = []
     sweep: SweepSpec | None = None

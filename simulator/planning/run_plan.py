@@ -73,7 +73,8 @@ def run_plan(plan_file: str | Path, out: str | Path | None = None, executor: str
     workload = load_workload(plan)
     candidates = resolve_candidates(plan)
     low, high = plan.rate_range
-    searches = {c.name: CapacitySearch(low, high, plan.spec.tolerance) for c in candidates if c.feasible}
+    searches = {c.name: CapacitySearch(low, high, plan.spec.tolerance, plan.spec.points_per_round)
+                for c in candidates if c.feasible}
     runner = _Runner(searches, workload, plan.slo, PointCache(out_dir / "cache"), progress,
                      lambda: make_executor(executor, workload, workers, ray_address))
     points = runner.run([c for c in candidates if c.feasible])

@@ -8,13 +8,18 @@ rounds; the rates of one round are independent and may be simulated side by side
    [low, high] (x/2, x, 2x); while every rate tried so far passes (or fails), the next
    round tries 4x and 16x the highest pass (or 1/4 and 1/16 of the lowest failure),
    clipped to the range;
-2. bisect: one rate per round, the geometric mean of the highest pass below the lowest
-   failure and that failure, until they are within the relative tolerance.
+2. bisect: the interval between the highest pass below the lowest failure and that
+   failure is cut geometrically, until they are within the relative tolerance. With
+   `points_per_round` k = 1 (the default) a round tries the geometric mean: plain
+   bisection, the fewest points. A larger k tries k rates that split the interval into k + 1
+   equal log-parts (no more than it takes to reach the tolerance), so each round narrows it
+   (k + 1)-fold: more points in all, but fewer rounds one after another, which is what
+   bounds the wall time when there are more workers than candidates.
 
 It ends with the highest passing rate (`max_rate`), `capped` when even `high` passes (the
 capacity is at least that), or `infeasible` when even `low` fails. Proposals depend only on
-earlier outcomes, never on timing or the number of workers, so every executor runs the same
-points. Rates are rounded to 6 significant digits, which keeps them readable and their cache
+earlier outcomes and the plan, never on timing or the number of workers, so every executor
+runs the same points. Rates are rounded to 6 significant digits, which keeps them readable and their cache
 keys stable.
 """
 from __future__ import annotations
@@ -29,8 +34,9 @@ def _round(rate: float) -> float:
 
 
 class CapacitySearch:
-    def __init__(self, low: float, high: float, tolerance: float):
+    def __init__(self, low: float, high: float, tolerance: float, points_per_round: int = 1):
         self.low, self.high, self.tolerance = _round(low), _round(high), tolerance
+        self.points_per_round = points_per_round
         self.outcomes: dict[float, bool] = {}  # rate -> met the SLO
 
     def observe(self, rate: float, met: bool) -> None:
@@ -55,7 +61,10 @@ class CapacitySearch:
             return [] if passed >= self.high else self._new([passed * EXPAND, passed * EXPAND**2])
         if fail / passed <= 1 + self.tolerance:
             return []
-        return self._new([math.sqrt(passed * fail)])
+        if self.points_per_round == 1:
+            return self._new([math.sqrt(passed * fail)])
+        parts = min(self.points_per_round + 1, math.ceil(self._steps(fail / passed)))
+        return self._new([passed * (fail / passed) ** (i / parts) for i in range(1, parts)])
 
     def _new(self, rates: list[float]) -> list[float]:
         clipped = (_round(min(max(r, self.low), self.high)) for r in rates)
@@ -82,6 +91,14 @@ class CapacitySearch:
             return 0 if self.capped or self.infeasible else 2 + self._bisections(EXPAND**2)
         return self._bisections(fail / passed)
 
+    def _steps(self, ratio: float) -> float:
+        """How many tolerance-wide steps the interval of `ratio` spans."""
+        return math.log(ratio) / math.log(1 + self.tolerance)
+
     def _bisections(self, ratio: float) -> int:
-        steps = math.log(ratio) / math.log(1 + self.tolerance)
-        return max(0, math.ceil(math.log2(steps))) if steps > 1 else 0
+        """Points to narrow an interval of `ratio` to the tolerance."""
+        steps = self._steps(ratio)
+        if steps <= 1:
+            return 0
+        rounds = math.ceil(math.log(steps) / math.log(self.points_per_round + 1))
+        return rounds * self.points_per_round

@@ -49,10 +49,11 @@ SARATHI_WATERMARK = 0.01
 
 @register("sarathi")
 class SarathiScheduler(VLLMScheduler):
+    always_chunked = True
+    chunked_budget_tokens = SARATHI_CHUNK_TOKENS
+
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         super().__init__(dep, plan, model)
-        self.chunked = True
-        self.budget = dep.max_num_batched_tokens or SARATHI_CHUNK_TOKENS
         self.watermark = int(SARATHI_WATERMARK * plan.num_blocks)  # rounded down, as Sarathi-Serve does
 
     def rejection_reason(self, req: Request) -> str | None:

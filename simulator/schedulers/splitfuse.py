@@ -37,9 +37,6 @@ always split.
 """
 from __future__ import annotations
 
-from ..deployment import Deployment
-from ..models.config import ModelConfig
-from ..perf.memory_plan import MemoryPlan
 from .base import register
 from .vllm import VLLMScheduler
 
@@ -49,11 +46,8 @@ FASTGEN_FORWARD_TOKENS = 768
 
 @register("splitfuse")
 class SplitFuseScheduler(VLLMScheduler):
-    def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
-        super().__init__(dep, plan, model)
-        self.chunked = True
-        self.watermark = 0
-        self.budget = dep.max_num_batched_tokens or FASTGEN_FORWARD_TOKENS
+    always_chunked = True  # chunked, so no admission watermark either
+    chunked_budget_tokens = FASTGEN_FORWARD_TOKENS
 
     def _try_start(self, budget: int, now_s: float, whole: bool = False, watermark: int = 0,
                    reserve_tokens: int = 0) -> int:
