@@ -46,8 +46,7 @@ class KvTransfer:
         self.recorder, self.arrivals_horizon_s = recorder, arrivals_horizon_s
         self.pending: deque = deque()  # (prefill replica index, request, its blocks, since) waiting for room
         self.link_free_s = [0.0] * len(prefill)
-        # Landing times of the copies started (a heap; those before now have landed).
-        self.landings: list[float] = []
+        self.landings: list[float] = []  # heap of the landing times of copies in flight
         self.count = 0
         self.bytes = 0.0
         self.time_s = 0.0  # summed transfer durations
@@ -93,6 +92,8 @@ class KvTransfer:
 
     def _land(self, end_s: float, source: int, req, blocks: int, target: int, reserved: int):
         yield self.env.timeout(end_s - self.env.now)
+        # Copies land in time order, so the earliest landing left is this one's (or an equal one's).
+        heapq.heappop(self.landings)
         self.prefill[source].scheduler.release_sent(req, blocks, end_s)
         self.prefill[source].wake()
         req.first_token_s = req.last_token_s = end_s
@@ -105,15 +106,11 @@ class KvTransfer:
         pulls waiting requests at every step boundary (so none may wait for a span to end),
         a new request waits only after a prefill step's end (at the earliest the end of a
         step now running, or of one that starts at the next arrival or when a landing copy
-        frees prefill blocks), and copies land when they land (one landing now may not
-        have been processed yet, so it still counts)."""
+        frees prefill blocks), and copies land when they land."""
         if self.pending:
             return self.env.now
-        landings = self.landings
-        while landings and landings[0] < self.env.now:
-            heapq.heappop(landings)
         return min(min(r.busy_until for r in self.prefill), self.arrivals_horizon_s(),
-                   landings[0] if landings else float("inf"))
+                   self.landings[0] if self.landings else float("inf"))
 
     def summary(self) -> dict:
         return {"link": self.link.name, "bandwidth_bytes_per_s": self.bandwidth, "latency_s": self.link.latency_s,
