@@ -206,6 +206,7 @@ GOOD = {"workload": "{trace: trace.jsonl}", "model": "llama-3.1-8b", "slo": "{tt
     ({"workload": "{trace: missing.jsonl}"}, "workload.trace: missing.jsonl: no such file"),
     ({"workload": "{generate: {requests: 10, input: 'fixed:0'}}"}, "workload.generate.input: \"fixed:0\" has N 0"),
     ({"rates": "{min: 5, max: 1}"}, "rates: min (5.0) must be below max (1.0)"),
+    ({"points_per_round": "0"}, "points_per_round: Input should be greater than or equal to 1"),
     ({"sweep": "{hardware: [l4], tp: [1, 2], name: '{gpu}'}"}, "sweep.name: template '{gpu}' names an unknown"),
     ({"colour": "red"}, "colour: unknown field"),
 ])
