@@ -20,6 +20,7 @@ import simpy
 
 from .deployment import Deployment, build_deployment
 from .engine.kv_transfer import KvTransfer, TransferLink
+from .engine.pipeline import Pipeline
 from .engine.replica import Replica
 from .engine.request import Request
 from .engine.router import ROUTERS
@@ -150,6 +151,10 @@ def _pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, ca
     longest = dep.max_model_len or model_cfg.max_position_embeddings
     batched = dep.max_num_batched_tokens or (2048 if dep.enable_chunked_prefill else max(longest, 2048))
     plan = plan_memory(system.accelerator, model_cfg, dep, batched)
+    if dep.pp > 1 and dep.pipeline_overlap and plan.num_blocks < dep.pp:
+        raise InputError(f"{where}pp={dep.pp}: {plan.num_blocks} KV block(s) per device cannot be split among "
+                         f"{dep.pp} virtual engines; lower max_num_batched_tokens, raise gpu_memory_utilization "
+                         "or set pipeline_overlap=false")
     calib = resolve_calibration(system, calibration)
     return Pool(role, system, dep, plan, CostModel(system, model_cfg, dep, calib), calib)
 
@@ -240,7 +245,7 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     dep = setup.deployment
     pools = setup.pools()
     policy = get_scheduler(dep.scheduler)
-    hardware = [_replica_hardware(pool) for pool in pools for _ in range(pool.deployment.replicas)]
+    hardware = [_replica_hardware(pool) for pool in pools for _ in range(pool.deployment.replicas * _engines(pool))]
     recorder = Recorder(out_dir, keep_frames, hardware, slo)
     env = simpy.Environment()
 
@@ -252,12 +257,16 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     by_role: dict[str, list[Replica]] = {}
     for pool in pools:
         cls = policy.decode_class if pool.role == "decode" else policy
+        engines = _engines(pool)
+        plan = replace(pool.plan, num_blocks=pool.plan.num_blocks // engines)  # vLLM v0 splits the blocks
         for _ in range(pool.deployment.replicas):
-            sched = cls(pool.deployment, pool.plan, setup.model)
-            sched.swap = _swap_space(pool, sched.blocks.num_blocks)
-            index = sum(len(r) for r in by_role.values())
-            by_role.setdefault(pool.role, []).append(
-                Replica(env, index, sched, pool.cost, recorder, arrivals.horizon_s, report, fast_forward))
+            pipeline = Pipeline(pool.deployment.pp) if engines > 1 else None
+            for _ in range(engines):
+                sched = cls(pool.deployment, plan, setup.model)
+                sched.swap = _swap_space(pool, engines)
+                index = sum(len(r) for r in by_role.values())
+                by_role.setdefault(pool.role, []).append(Replica(
+                    env, index, sched, pool.cost, recorder, arrivals.horizon_s, report, fast_forward, pipeline))
     replicas = [r for group in by_role.values() for r in group]
     transfer = None
     if setup.disagg is not None:
@@ -296,19 +305,27 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     return Result(summary, *frames, out_dir)
 
 
+def _engines(pool: Pool) -> int:
+    """Virtual engines per replica: pp with `pipeline_overlap` (engine/pipeline.py), else 1."""
+    dep = pool.deployment
+    return dep.pp if dep.pp > 1 and dep.pipeline_overlap else 1
+
+
 def _replica_hardware(pool: Pool) -> ReplicaHardware:
+    """A replica's devices, or a virtual engine's share of them (one stage group)."""
     device, dep = pool.system.accelerator, pool.deployment
     power, eff = device.power, device.efficiency
     return ReplicaHardware(
-        role=pool.role, devices=dep.devices_per_replica, peak_flops=device.peak_flops(pool.cost.prec.gemm_compute),
+        role=pool.role, devices=dep.devices_per_replica // _engines(pool), peak_flops=device.peak_flops(pool.cost.prec.gemm_compute),
         bandwidth=device.main_memory.bandwidth, idle_w=power.idle if power else 0.0, tdp_w=power.tdp if power else 0.0,
         compute_max=eff.compute_max, memory_max=eff.memory_max,
         price_per_hour=device.price.per_hour if device.price else 0.0)
 
 
-def _swap_space(pool: Pool, num_blocks: int) -> SwapSpace | None:
-    """Host swap space of one replica: `swap_space` GiB per device, at most its share of
-    the host memory; the copies use the accelerator's host link."""
+def _swap_space(pool: Pool, engines: int) -> SwapSpace | None:
+    """Host swap space of one replica (shared evenly by its `engines` virtual engines):
+    `swap_space` GiB per device, at most its share of the host memory; the copies use the
+    accelerator's host link."""
     dep, system = pool.deployment, pool.system
     if dep.preemption_mode != "swap":
         return None
@@ -316,7 +333,7 @@ def _swap_space(pool: Pool, num_blocks: int) -> SwapSpace | None:
     if system.host is not None:
         host_bytes = system.host.main_memory.capacity * system.hosts_per_node / system.devices_per_node
         per_device = min(per_device, host_bytes)
-    blocks = int(per_device // pool.plan.kv_bytes_per_block)
+    blocks = int(per_device // pool.plan.kv_bytes_per_block) // engines
     link = system.host_link
     return SwapSpace(blocks, pool.plan.kv_bytes_per_block, link.bandwidth, link.latency)
 

@@ -28,6 +28,9 @@ class Deployment(BaseModel):
     router: Literal["round_robin", "least_outstanding", "power_of_two", "prefix_affinity"] = "round_robin"
     tp: int = Field(1, ge=1)
     pp: int = Field(1, ge=1)
+    # pp > 1: pp virtual engines keep micro-batches in every stage (engine/pipeline.py);
+    # false runs each batch through all the stages before the next one starts
+    pipeline_overlap: bool = True
     replicas: int = Field(1, ge=1)
     weight_dtype: StorageDtype = "bf16"
     kv_cache_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4", "int2"] = "bf16"

@@ -11,6 +11,8 @@ hold for any input:
 - KV blocks never exceed the memory plan's capacity and every block is returned at the end;
 - causality: first token after arrival, queueing before the first token, e2e >= ttft,
   non-negative TBT/TPOT; iterations of one replica never overlap;
+- pipeline parallelism (pp 2, with or without micro-batches in flight): every invariant
+  holds per virtual engine, each with its share of the KV blocks;
 - accounting: throughput x makespan is the completed tokens; the TBT distribution has one
   gap per output token after the first and its gaps add up to each request's decode time;
 - determinism (summary except `sim.wall_s`), and fast_forward=True (decode spans) gives the
@@ -67,6 +69,8 @@ knobs = st.fixed_dictionaries({
     "replicas": st.integers(1, 3),
     "router": st.sampled_from(["round_robin", "least_outstanding"]),
     "max_model_len": st.one_of(st.none(), st.none(), st.none(), st.integers(64, 6000)),
+    "pp": st.sampled_from([1, 1, 2]),
+    "pipeline_overlap": st.booleans(),
 })
 
 # Memory pressure: a KV cache of ~2,400-4,000 tokens per replica and a burst of at least 12
@@ -145,6 +149,11 @@ def simulate(setup: api.Setup, index: TraceIndex, fast_forward: bool):
 def check_invariants(requests: list[dict], setup: api.Setup, result: api.Result, schedulers: list) -> None:
     dep, plan = setup.deployment, setup.plan
     n = len(requests)
+    # A replica is pp virtual engines with micro-batches in flight (engine/pipeline.py), each
+    # with 1/pp of the KV blocks: the invariants below hold per engine.
+    engines_per_replica = dep.pp if dep.pp > 1 and dep.pipeline_overlap else 1
+    engines = dep.replicas * engines_per_replica
+    num_blocks = plan.num_blocks // engines_per_replica
     summary, frame, its = result.summary, result.requests, result.iterations
 
     # Conservation of requests.
@@ -167,16 +176,16 @@ def check_invariants(requests: list[dict], setup: api.Setup, result: api.Result,
         src = by_id[row.id]
         assert row.input_tokens == src["input_tokens"] and row.output_tokens == src["output_tokens"]
         assert row.arrival_s == src["arrival_s"]
-        assert 0 <= row.replica < dep.replicas
+        assert 0 <= row.replica < engines
 
     # Rejections are exactly the requests that can never be served.
-    max_len = min(dep.max_model_len or setup.model.max_position_embeddings, plan.kv_tokens)
+    max_len = min(dep.max_model_len or setup.model.max_position_embeddings, num_blocks * plan.block_size)
     too_long = done["input_tokens"] + done["output_tokens"] > max_len
     assert not too_long.any(), "a request longer than max_model_len completed"
     # Without chunked prefill a sequence must fit one whole-prompt step (it is recomputed whole
     # after a preemption): within the token budget and the KV blocks above vLLM v0's watermark.
     whole_step = min(dep.max_num_batched_tokens or 10**9,
-                     (plan.num_blocks - math.ceil(0.01 * plan.num_blocks)) * plan.block_size)
+                     (num_blocks - math.ceil(0.01 * num_blocks)) * plan.block_size)
     if not dep.enable_chunked_prefill:
         assert (done["input_tokens"] + done["output_tokens"] <= whole_step).all()
     for row in rejected.itertuples():
@@ -190,7 +199,7 @@ def check_invariants(requests: list[dict], setup: api.Setup, result: api.Result,
     if dep.router == "round_robin":
         order = sorted(range(n), key=lambda i: requests[i]["arrival_s"])
         replica_of = dict(zip(frame["id"], frame["replica"]))
-        assert [replica_of[f"r{i}"] for i in order] == [k % dep.replicas for k in range(n)]
+        assert [replica_of[f"r{i}"] for i in order] == [k % engines for k in range(n)]
 
     # Causality per request.
     arrival, first, finish = done["arrival_s"], done["first_token_s"], done["finish_s"]
@@ -233,7 +242,7 @@ def check_invariants(requests: list[dict], setup: api.Setup, result: api.Result,
     assert summary["sim"]["iterations"] == len(its)
     if len(done):
         assert len(its) > 0
-    assert (its["kv_blocks_used"] <= plan.num_blocks).all()
+    assert (its["kv_blocks_used"] <= num_blocks).all()
     assert (its["kv_blocks_used"] >= 0).all()
     assert (its["duration_s"] > 0).all()
     assert (its["batch_size"] >= 1).all() and (its["batch_size"] <= dep.max_num_seqs).all()
@@ -244,7 +253,7 @@ def check_invariants(requests: list[dict], setup: api.Setup, result: api.Result,
         assert ((its["prefill_tokens"] == 0) | (its["decode_tokens"] == 0)).all()
     assert int(its["prefill_tokens"].sum()) >= int(done["input_tokens"].sum())
     for replica, rows in its.groupby("replica"):
-        assert 0 <= replica < dep.replicas
+        assert 0 <= replica < engines
         rows = rows.sort_values("start_s", kind="stable")
         start, dur = rows["start_s"].to_numpy(), rows["duration_s"].to_numpy()
         ends = start + dur
@@ -260,31 +269,31 @@ def check_invariants(requests: list[dict], setup: api.Setup, result: api.Result,
     if makespan > 0:
         busy = float(its["duration_s"].sum())
         for key in ("mfu", "mbu"):
-            expected = float((its[key] * its["duration_s"]).sum()) / (makespan * dep.replicas)
+            expected = float((its[key] * its["duration_s"]).sum()) / (makespan * engines)
             assert math.isclose(util[key], expected, rel_tol=1e-9, abs_tol=1e-15), key
         device = setup.system.accelerator
         if device.power is not None:
             idle, tdp = device.power.idle, device.power.tdp
             floor = idle * devices * makespan
-            ceiling = floor + (tdp - idle) * busy * dep.devices_per_replica
+            ceiling = floor + (tdp - idle) * busy * (dep.devices_per_replica // engines_per_replica)
             assert floor * (1 - 1e-9) <= summary["energy_j"] <= ceiling * (1 + 1e-9)
         if device.price is not None:
             assert math.isclose(summary["cost_usd"], device.price.per_hour * devices * makespan / 3600, rel_tol=1e-12)
 
     # Final state of every replica's scheduler: nothing left, every KV block returned.
-    assert len(schedulers) == dep.replicas, "the get_scheduler hook (captured_schedulers) saw no scheduler"
+    assert len(schedulers) == engines, "the get_scheduler hook (captured_schedulers) saw no scheduler"
     peaks = []
     for s in schedulers:
-        assert s.blocks.num_blocks == plan.num_blocks
+        assert s.blocks.num_blocks == num_blocks
         assert s.blocks.used == 0, "KV blocks leaked"
-        assert 0 <= s.blocks.peak <= plan.num_blocks
+        assert 0 <= s.blocks.peak <= num_blocks
         assert s.running.n == 0 and not s.waiting and s.waiting_work_tokens == 0
         assert s.outstanding_work_tokens(0.0) == 0
         peaks.append(s.blocks.peak)
     for replica, s in enumerate(schedulers):
         rows = its[its["replica"] == replica]
         assert s.blocks.peak == (int(rows["kv_blocks_used"].max()) if len(rows) else 0)
-    assert math.isclose(summary["utilization"]["kv_cache_peak"], max(peaks) / plan.num_blocks, rel_tol=REL)
+    assert math.isclose(summary["utilization"]["kv_cache_peak"], max(peaks) / num_blocks, rel_tol=REL)
     assert 0 <= summary["utilization"]["kv_cache_mean"] <= summary["utilization"]["kv_cache_peak"] + 1e-12
 
 
@@ -294,6 +303,7 @@ def describe(result: api.Result) -> None:
     event(f"preemptions: {'yes' if s['preemptions'] else 'no'}")
     event(f"rejections: {'yes' if s['requests']['rejected'] else 'no'}")
     event(f"completed: {'none' if not s['requests']['completed'] else 'some'}")
+    event(f"pp: {s['parallelism']['pp']}")
 
 
 def assert_close(a, b, path: str = "summary") -> None:

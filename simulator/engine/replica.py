@@ -13,6 +13,7 @@ import simpy
 from ..metrics.recorder import Recorder
 from ..perf.cost_model import CostModel, IterationCost
 from ..schedulers.base import ScheduledBatch, Scheduler, SpanPlan
+from .pipeline import Pipeline
 
 # Longest span planned at once (steps); a longer quiet stretch is simply several spans.
 MAX_SPAN_STEPS = 4096
@@ -20,11 +21,17 @@ MAX_SPAN_STEPS = 4096
 
 class Replica:
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, cost: CostModel,
-                 recorder: Recorder, horizon_s, on_progress=None, fast_forward: bool = True):
+                 recorder: Recorder, horizon_s, on_progress=None, fast_forward: bool = True,
+                 pipeline: Pipeline | None = None):
+        """`pipeline`: the stages this replica shares as one of a pipeline-parallel replica's
+        virtual engines (engine/pipeline.py); its steps then wait for the stages."""
         self.env, self.index, self.scheduler, self.cost, self.recorder = env, index, scheduler, cost, recorder
         self.on_progress = on_progress
         self.horizon_s = horizon_s  # () -> time of the next arrival not yet submitted
         self.fast_forward = fast_forward  # run unchanged decode steps as one span (same results)
+        self.pipeline = pipeline
+        if pipeline is not None:
+            pipeline.engines.append(self)
         self._wake: simpy.Event | None = None
         self._min_step_s = cost.min_step_s
         self.busy_until = math.inf  # end of the step (or span) running now; inf when idle
@@ -56,13 +63,19 @@ class Replica:
                 continue
             start = env.now
             cost = self.cost.iteration(batch.shape)
-            span = self._plan_span(batch, cost, start) if self.fast_forward and not batch.transfer_s else None
+            # A virtual engine's steps have fixed times only while it is alone in its pipeline.
+            may_span = self.fast_forward and not batch.transfer_s and (
+                self.pipeline is None or self.pipeline.alone(self))
+            span = self._plan_span(batch, cost, start) if may_span else None
             if span is not None:
                 yield from self._run_span(batch, cost, start, *span)
             else:
-                self.busy_until = start + cost.time_s + batch.transfer_s
-                yield env.timeout(cost.time_s + batch.transfer_s)
-                rec.iteration(self.index, start, cost, batch)
+                step_s = cost.time_s + batch.transfer_s
+                if self.pipeline is not None:
+                    step_s = self.pipeline.run(start, step_s) - start
+                self.busy_until = start + step_s
+                yield env.timeout(step_s)
+                rec.iteration(self.index, start, self._recorded(cost), batch)
                 rec.outcome(sched.on_batch_done(batch, env.now))
             self._report()
 
@@ -95,14 +108,24 @@ class Replica:
         """Run a planned span: its k steps end at `ends`; steps 1.. are `rest`'s decode steps."""
         sched, rec = self.scheduler, self.recorder
         sched.span_in_flight = (ends, plan)
+        if self.pipeline is not None:  # what a sibling scheduled during the last step waits for
+            self.pipeline.occupy(float(ends[-2]), float(ends[-1] - ends[-2]))
         self.busy_until = float(ends[0])  # only the first step can hand a prompt off
         yield self.env.timeout(float(ends[-1]) - start)
         sched.span_in_flight = None
         outcome = sched.apply_span(plan, ends)
         k = len(ends)
-        rec.iteration(self.index, start, first, batch)
-        rec.decode_steps(self.index, ends[:-1], rest, plan.active[1:k], plan.used[1:k])
+        rec.iteration(self.index, start, self._recorded(first), batch)
+        rec.decode_steps(self.index, ends[:-1], self._recorded(rest), plan.active[1:k], plan.used[1:k])
         rec.outcome(outcome)
+
+    def _recorded(self, cost: IterationCost) -> IterationCost:
+        """The cost as recorded: a virtual engine counts as one stage group's devices busy
+        for its whole step, so its rows carry every stage's work (per device)."""
+        if self.pipeline is None:
+            return cost
+        stages = self.pipeline.stages
+        return cost._replace(flops=cost.flops * stages, bytes=cost.bytes * stages)
 
     def _report(self) -> None:
         if self.on_progress is not None and self.recorder.iteration_count % 64 == 0:

@@ -8,8 +8,9 @@ The iteration's operators come from `models.operators`; each costs its roofline 
 - CUDA-graph replay (vLLM captures batches up to `max_cudagraph_capture_size` tokens):
   GPU time + graph_kernel_gap per kernel.
 Plus `scheduler_per_iteration` of host time that the engine does not overlap.
-Pipeline stages run one after another for a batch (no micro-batch overlap is modelled), with
-a point-to-point send of the activations between stages.
+Pipeline stages run one after another for a batch, with a point-to-point send of the
+activations between stages: this is one micro-batch's time through the whole pipeline. How
+the micro-batches of a replica's virtual engines overlap is the engine's (engine/pipeline.py).
 
 Everything but attention depends only on the token count and the sequences sampled, so it is
 memoised by them (`_fixed`); attention is costed per batch from its aggregated context sizes.

@@ -28,8 +28,10 @@ Modelling choices, and why:
   2048-token forward pass (with the default `enable_chunked_prefill`) unless
   `max_num_batched_tokens` is set, while an unbounded Orca iteration can be larger: set it
   to model the activation memory of large prefill batches.
-- Pipeline-parallel micro-batching of Orca's distributed engine is not modelled (the engine
-  runs one batch at a time for every policy).
+- Orca's distributed engine keeps up to pp batches in flight in a pp-stage pipeline, drawn
+  from one request pool. Here, as for every policy, a pp-stage replica is pp virtual engines
+  (engine/pipeline.py): the same overlap of the stages, with the requests and the KV blocks
+  split among the engines.
 
 Knobs and defaults: `max_num_seqs` (256) is Orca's maximum batch size;
 `max_num_batched_tokens` (unset: no prompt-token limit but the KV capacity); `block_size`
