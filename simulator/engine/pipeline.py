@@ -7,7 +7,10 @@ keep the stages busy with micro-batches instead: vLLM (v0) gives a pipeline-para
 pp "virtual engines", each with its own scheduler, its own running batch and 1/pp of the KV
 blocks, and has up to pp of their batches in flight, one per stage (Orca's distributed
 engine pipelines its iterations the same way). Here each virtual engine is a `Replica`
-(numbered consecutively) and they share one `Pipeline`.
+(numbered consecutively) and they share one `Pipeline`. vLLM v1 instead keeps up to pp
+batches in flight from one scheduler and one KV pool: the same overlap of the stages, but
+requests are not tied to an engine at arrival and the KV blocks are not split, so under
+memory pressure v1 preempts less than this model does.
 
 Timing (the "balanced stages" model): the cost model gives a micro-batch's time through
 all stages, sends included, t; each stage takes t / pp of it. A micro-batch enters the
