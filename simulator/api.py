@@ -316,7 +316,8 @@ def _replica_hardware(pool: Pool) -> ReplicaHardware:
     device, dep = pool.system.accelerator, pool.deployment
     power, eff = device.power, device.efficiency
     return ReplicaHardware(
-        role=pool.role, devices=dep.devices_per_replica // _engines(pool), peak_flops=device.peak_flops(pool.cost.prec.gemm_compute),
+        role=pool.role, devices=dep.devices_per_replica // _engines(pool),
+        peak_flops=device.peak_flops(pool.cost.prec.gemm_compute),
         bandwidth=device.main_memory.bandwidth, idle_w=power.idle if power else 0.0, tdp_w=power.tdp if power else 0.0,
         compute_max=eff.compute_max, memory_max=eff.memory_max,
         price_per_hour=device.price.per_hour if device.price else 0.0)
