@@ -36,11 +36,13 @@ class Pipeline:
         self.engines: list = []  # the virtual engines (Replicas) sharing the stages
 
     def alone(self, engine) -> bool:
-        """Every other engine is idle. An idle engine gets work only from an arrival or a
-        KV copy landing, which `engine`'s span horizon already stops at; until then
-        `engine`'s steps find the stages free and take their own time, so a span of them
-        is exact (then `occupy` records its last step)."""
-        return all(other is engine or other.busy_until == math.inf for other in self.engines)
+        """Every other engine is idle with nothing to do (one woken by a request that
+        arrived now has not run yet, but has work). Such an engine gets work only from a
+        later arrival or a KV copy landing, which `engine`'s span horizon already stops
+        at; until then `engine`'s steps find the stages free and take their own time, so a
+        span of them is exact (then `occupy` records its last step)."""
+        return all(other is engine or (other.busy_until == math.inf and not other.scheduler.has_work())
+                   for other in self.engines)
 
     def occupy(self, start_s: float, time_s: float) -> None:
         """A micro-batch alone in the pipeline from `start_s`: the stages as it leaves them."""
