@@ -390,7 +390,10 @@ class Scheduler:
         held = self.blocks.used + new_per_step.cumsum()  # before releases
         used = held
         if lo < steps:
-            freed = np.bincount(remaining, weights=t.blocks[:n] + grows, minlength=steps)[:steps]
+            gone = t.blocks[:n] + grows
+            if self.blocks.cache is not None:
+                gone = gone - self._still_shared(remaining, steps)
+            freed = np.bincount(remaining, weights=gone, minlength=steps)[:steps]
             used = held - freed.cumsum().astype(np.int64)
         if np.maximum.reduce(used) > self.blocks.num_blocks:
             steps = int((used > self.blocks.num_blocks).nonzero()[0][0])
@@ -420,17 +423,32 @@ class Scheduler:
         np.subtract(t.num_tokens[:n], 1, out=comp)  # each row sampled at its last step
         t.scheduled[:n] = 0
         np.maximum(t.blocks[:n], (comp + (self.block_size - 1)) // self.block_size, out=t.blocks[:n])
-        if self.blocks.cache is not None and plan.min_remaining <= k:
-            self._release_span_finishers(plan, k)
+        if self.blocks.cache is not None:
+            self._span_prefix_cache(plan, k)
         finished = self._take_finished() if plan.min_remaining <= k else None
         return BatchOutcome(finished, span_gaps)
 
-    def _release_span_finishers(self, plan: SpanPlan, k: int) -> None:
-        """With prefix caching, give back the blocks of the sequences that finished in the
-        first k steps of a span exactly as single steps would have: in order of finishing
-        (their named blocks join the LRU tail in that order), evicting at the end as many
-        cached blocks as the span's steps needed room for (eviction takes the LRU head, so
-        evicting late picks the same blocks as evicting step by step)."""
+    def _still_shared(self, remaining: np.ndarray, steps: int) -> np.ndarray:
+        """Per running row: how many of its named blocks other sequences still use when it
+        finishes within `steps` steps; they stay in use (only a reference is dropped).
+        Finishers release in the order `_span_prefix_cache` gives their blocks back."""
+        t, n, refs = self.running, self.running.n, self.blocks.cache.refs
+        kept = np.zeros(n, dtype=np.int64)
+        gone = (remaining[:n] < steps).nonzero()[0]
+        dropped: dict[tuple, int] = {}
+        for i in gone[np.argsort(remaining[gone], kind="stable")].tolist():
+            for key in t.requests[i].held_keys:
+                dropped[key] = dropped.get(key, 0) + 1
+                kept[i] += refs[key] > dropped[key]
+        return kept
+
+    def _span_prefix_cache(self, plan: SpanPlan, k: int) -> None:
+        """The prefix cache after the first k steps of a span, exactly as single steps would
+        leave it: the blocks of the sequences that finished are given back in order of
+        finishing (their named blocks join the LRU tail in that order), and as many cached
+        blocks are evicted as the span's steps needed room for, finishers or not (the new
+        blocks of growing sequences need it too; eviction takes the LRU head, so evicting
+        late picks the same blocks as evicting step by step)."""
         t, n, cache = self.running, self.running.n, self.blocks.cache
         gone = (plan.remaining[:n] <= k).nonzero()[0]
         after = plan.remaining[gone]  # a finisher's blocks are free from this step on
