@@ -292,7 +292,8 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     summary = build_summary(
         rec=recorder, total=trace.count, hardware=setup.system.name, model=setup.model.name,
         scheduler=dep.scheduler,
-        parallelism={"tp": first.tp, "pp": first.pp, "ep": 1, "replicas": sum(p.deployment.replicas for p in pools)},
+        parallelism={"tp": first.tp, "pp": first.pp, "ep": 1, "replicas": sum(p.deployment.replicas for p in pools),
+                     "engines_per_replica": _engines(pools[0])},
         kv_peak=max(b.peak / b.num_blocks for b in blocks),
         kv_mean=sum(b.mean_utilization(makespan) for b in blocks) / len(blocks),
         preemptions=sum(s.preemptions for s in schedulers),

@@ -129,7 +129,8 @@ def _table(summary: dict, out_dir: Path | None) -> None:
     req = summary["requests"]
     title = (f"{summary['model']} on {summary['hardware']} · {summary['scheduler']} · "
              f"tp={summary['parallelism']['tp']} pp={summary['parallelism']['pp']} "
-             f"replicas={summary['parallelism']['replicas']}")
+             + ("(overlapped) " if summary['parallelism'].get('engines_per_replica', 1) > 1 else "")
+             + f"replicas={summary['parallelism']['replicas']}")
     table = Table(title=title, title_justify="left")
     table.add_column("latency (s)")
     for col in ("mean", "p50", "p90", "p99", "max"):
