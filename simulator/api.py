@@ -146,11 +146,9 @@ def _pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, ca
     if dep.preemption_mode == "swap" and system.host_link is None:
         raise InputError(f"{system.source_file}: {where}preemption_mode=swap needs a host link (pcie or nvlink_c2c) "
                          f"on {system.accelerator.name}; add one or use preemption_mode=recompute")
-    # vLLM profiles activations with a forward pass of max_num_batched_tokens tokens, whose
-    # default without chunked prefill is room for the longest prompt
     longest = dep.max_model_len or model_cfg.max_position_embeddings
-    batched = dep.max_num_batched_tokens or (2048 if dep.enable_chunked_prefill else max(longest, 2048))
-    plan = plan_memory(system.accelerator, model_cfg, dep, batched)
+    forward = get_scheduler(dep.scheduler).forward_tokens(dep, longest)
+    plan = plan_memory(system.accelerator, model_cfg, dep, forward)
     if dep.pp > 1 and dep.pipeline_overlap and plan.num_blocks < dep.pp:
         raise InputError(f"{where}pp={dep.pp}: {plan.num_blocks} KV block(s) per device cannot be split among "
                          f"{dep.pp} virtual engines; lower max_num_batched_tokens, raise gpu_memory_utilization "

@@ -272,6 +272,21 @@ cases = st.one_of(st.tuples(policy_knobs, traces), st.tuples(policy_knobs, press
                   st.tuples(policy_knobs, pressure_traces))
 
 
+@pytest.mark.parametrize("policy, forward", [("vllm", 2048), ("sarathi", SARATHI_CHUNK_TOKENS),
+                                             ("splitfuse", FASTGEN_FORWARD_TOKENS)])
+def test_the_memory_plan_reserves_activations_for_the_policys_own_forward_pass(policy, forward):
+    # Llama-3.1-8B, bf16: live activations per token at the MLP are 2 x 4096 (hidden, twice)
+    # + 3 x 14336 (gate and up, then the activation output) values of 2 bytes, plus fp32
+    # logits over the 128,256-token vocabulary for up to max_num_seqs (256) sequences.
+    plan = prepare("h100-sxm", "llama-3.1-8b", scheduler=policy, calibration="none").plan
+    expected = forward * (2 * 4096 + 3 * 14336) * 2 + min(forward, 256) * 128256 * 4
+    assert plan.activation_bytes == pytest.approx(expected, rel=1e-12)
+    # What a smaller forward pass does not reserve goes to the KV cache.
+    vllm = prepare("h100-sxm", "llama-3.1-8b", calibration="none").plan
+    assert (plan.num_blocks - vllm.num_blocks) * plan.kv_bytes_per_block == pytest.approx(
+        vllm.activation_bytes - plan.activation_bytes, abs=plan.kv_bytes_per_block)
+
+
 def forward_budget(dep) -> int | None:
     """The token budget a policy works to (None: unlimited)."""
     defaults = {"sarathi": SARATHI_CHUNK_TOKENS, "splitfuse": FASTGEN_FORWARD_TOKENS}

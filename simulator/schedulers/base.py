@@ -92,6 +92,22 @@ class Scheduler:
     name = "base"
     role = "mixed"  # what its replica runs: prefill and decode ("mixed"), or one of them
     prompt_only = False  # a request leaves after its prompt and first token (prefill pools)
+    # Policies that chunk every prompt (`enable_chunked_prefill` ignored) set `always_chunked`
+    # and their own default token budget.
+    always_chunked = False
+    chunked_budget_tokens = 2048  # vLLM's default with chunked prefill
+
+    @classmethod
+    def forward_tokens(cls, dep: Deployment, max_model_len: int) -> int:
+        """The most tokens one forward pass holds, the token budget: `max_num_batched_tokens`,
+        else the policy's chunk budget when it chunks prompts, else (vLLM's default without
+        chunked prefill) room for the longest prompt. The memory plan reserves activations
+        for a forward pass this large, as vLLM's profiling run does."""
+        if dep.max_num_batched_tokens is not None:
+            return dep.max_num_batched_tokens
+        if cls.always_chunked or dep.enable_chunked_prefill:
+            return cls.chunked_budget_tokens
+        return max(max_model_len, 2048)
 
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         self.dep = dep

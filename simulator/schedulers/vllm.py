@@ -33,18 +33,10 @@ V0_WATERMARK = 0.01
 
 @register("vllm")
 class VLLMScheduler(Scheduler):
-    # Policies built on this step that chunk every prompt (`enable_chunked_prefill` ignored)
-    # set `always_chunked` and their own default token budget.
-    always_chunked = False
-    chunked_budget_tokens = 2048  # vLLM's default with chunked prefill
-
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         super().__init__(dep, plan, model)
         self.chunked = self.always_chunked or dep.enable_chunked_prefill
-        if dep.max_num_batched_tokens is not None:
-            self.budget = dep.max_num_batched_tokens
-        else:  # without chunking, vLLM's default budget has room for the longest prompt
-            self.budget = self.chunked_budget_tokens if self.chunked else max(self.max_model_len, 2048)
+        self.budget = self.forward_tokens(dep, self.max_model_len)
         self.max_seqs = dep.max_num_seqs
         self.watermark = 0 if self.chunked else math.ceil(V0_WATERMARK * plan.num_blocks)
 
