@@ -57,6 +57,12 @@ class Pool:
     def devices(self) -> int:
         return self.deployment.devices_per_replica * self.deployment.replicas
 
+    @property
+    def engines(self) -> int:
+        """Virtual engines per replica: pp with `pipeline_overlap` (engine/pipeline.py), else 1."""
+        dep = self.deployment
+        return dep.pp if dep.pp > 1 and dep.pipeline_overlap else 1
+
 
 @dataclass
 class Disaggregation:
@@ -149,12 +155,13 @@ def _pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, ca
     longest = dep.max_model_len or model_cfg.max_position_embeddings
     forward = get_scheduler(dep.scheduler).forward_tokens(dep, longest)
     plan = plan_memory(system.accelerator, model_cfg, dep, forward)
-    if dep.pp > 1 and dep.pipeline_overlap and plan.num_blocks < dep.pp:
-        raise InputError(f"{where}pp={dep.pp}: {plan.num_blocks} KV block(s) per device cannot be split among "
-                         f"{dep.pp} virtual engines; lower max_num_batched_tokens, raise gpu_memory_utilization "
-                         "or set pipeline_overlap=false")
     calib = resolve_calibration(system, calibration)
-    return Pool(role, system, dep, plan, CostModel(system, model_cfg, dep, calib), calib)
+    pool = Pool(role, system, dep, plan, CostModel(system, model_cfg, dep, calib), calib)
+    if plan.num_blocks < pool.engines:
+        raise InputError(f"{where}pp={dep.pp}: {plan.num_blocks} KV block(s) per device cannot be split among "
+                         f"{pool.engines} virtual engines; lower max_num_batched_tokens, raise "
+                         "gpu_memory_utilization or set pipeline_overlap=false")
+    return pool
 
 
 def transfer_link(dep: Deployment, prefill: System, decode: System, one_node: bool) -> TransferLink:
@@ -243,7 +250,7 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     dep = setup.deployment
     pools = setup.pools()
     policy = get_scheduler(dep.scheduler)
-    hardware = [_replica_hardware(pool) for pool in pools for _ in range(pool.deployment.replicas * _engines(pool))]
+    hardware = [_replica_hardware(pool) for pool in pools for _ in range(pool.deployment.replicas * pool.engines)]
     recorder = Recorder(out_dir, keep_frames, hardware, slo)
     env = simpy.Environment()
 
@@ -255,13 +262,12 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     by_role: dict[str, list[Replica]] = {}
     for pool in pools:
         cls = policy.decode_class if pool.role == "decode" else policy
-        engines = _engines(pool)
-        plan = replace(pool.plan, num_blocks=pool.plan.num_blocks // engines)  # vLLM v0 splits the blocks
+        plan = replace(pool.plan, num_blocks=pool.plan.num_blocks // pool.engines)  # vLLM v0 splits the blocks
         for _ in range(pool.deployment.replicas):
-            pipeline = Pipeline(pool.deployment.pp) if engines > 1 else None
-            for _ in range(engines):
+            pipeline = Pipeline(pool.deployment.pp) if pool.engines > 1 else None
+            for _ in range(pool.engines):
                 sched = cls(pool.deployment, plan, setup.model)
-                sched.swap = _swap_space(pool, engines)
+                sched.swap = _swap_space(pool)
                 index = sum(len(r) for r in by_role.values())
                 by_role.setdefault(pool.role, []).append(Replica(
                     env, index, sched, pool.cost, recorder, arrivals.horizon_s, report, fast_forward, pipeline))
@@ -291,7 +297,7 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
         rec=recorder, total=trace.count, hardware=setup.system.name, model=setup.model.name,
         scheduler=dep.scheduler,
         parallelism={"tp": first.tp, "pp": first.pp, "ep": 1, "replicas": sum(p.deployment.replicas for p in pools),
-                     "engines_per_replica": _engines(pools[0])},
+                     "engines_per_replica": pools[0].engines},
         kv_peak=max(b.peak / b.num_blocks for b in blocks),
         kv_mean=sum(b.mean_utilization(makespan) for b in blocks) / len(blocks),
         preemptions=sum(s.preemptions for s in schedulers),
@@ -304,26 +310,20 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     return Result(summary, *frames, out_dir)
 
 
-def _engines(pool: Pool) -> int:
-    """Virtual engines per replica: pp with `pipeline_overlap` (engine/pipeline.py), else 1."""
-    dep = pool.deployment
-    return dep.pp if dep.pp > 1 and dep.pipeline_overlap else 1
-
-
 def _replica_hardware(pool: Pool) -> ReplicaHardware:
     """A replica's devices, or a virtual engine's share of them (one stage group)."""
     device, dep = pool.system.accelerator, pool.deployment
     power, eff = device.power, device.efficiency
     return ReplicaHardware(
-        role=pool.role, devices=dep.devices_per_replica // _engines(pool),
+        role=pool.role, devices=dep.devices_per_replica // pool.engines,
         peak_flops=device.peak_flops(pool.cost.prec.gemm_compute),
         bandwidth=device.main_memory.bandwidth, idle_w=power.idle if power else 0.0, tdp_w=power.tdp if power else 0.0,
         compute_max=eff.compute_max, memory_max=eff.memory_max,
         price_per_hour=device.price.per_hour if device.price else 0.0)
 
 
-def _swap_space(pool: Pool, engines: int) -> SwapSpace | None:
-    """Host swap space of one replica (shared evenly by its `engines` virtual engines):
+def _swap_space(pool: Pool) -> SwapSpace | None:
+    """Host swap space of one virtual engine (a replica's, split evenly among its engines):
     `swap_space` GiB per device, at most its share of the host memory; the copies use the
     accelerator's host link."""
     dep, system = pool.deployment, pool.system
@@ -333,7 +333,7 @@ def _swap_space(pool: Pool, engines: int) -> SwapSpace | None:
     if system.host is not None:
         host_bytes = system.host.main_memory.capacity * system.hosts_per_node / system.devices_per_node
         per_device = min(per_device, host_bytes)
-    blocks = int(per_device // pool.plan.kv_bytes_per_block) // engines
+    blocks = int(per_device // pool.plan.kv_bytes_per_block) // pool.engines
     link = system.host_link
     return SwapSpace(blocks, pool.plan.kv_bytes_per_block, link.bandwidth, link.latency)
 

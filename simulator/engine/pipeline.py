@@ -40,14 +40,9 @@ class Pipeline:
         arrived now has not run yet, but has work). Such an engine gets work only from a
         later arrival or a KV copy landing, which `engine`'s span horizon already stops
         at; until then `engine`'s steps find the stages free and take their own time, so a
-        span of them is exact (then `occupy` records its last step)."""
+        span of them is exact (its last step is then `run` to leave the stages as it does)."""
         return all(other is engine or (other.busy_until == math.inf and not other.scheduler.has_work())
                    for other in self.engines)
-
-    def occupy(self, start_s: float, time_s: float) -> None:
-        """A micro-batch alone in the pipeline from `start_s`: the stages as it leaves them."""
-        stage_s = time_s / self.stages
-        self.free_s = [start_s + (k + 1) * stage_s for k in range(self.stages)]
 
     def run(self, start_s: float, time_s: float) -> float:
         """A micro-batch scheduled at `start_s` that takes `time_s` through all the stages

@@ -109,7 +109,7 @@ class Replica:
         sched, rec = self.scheduler, self.recorder
         sched.span_in_flight = (ends, plan)
         if self.pipeline is not None:  # what a sibling scheduled during the last step waits for
-            self.pipeline.occupy(float(ends[-2]), float(ends[-1] - ends[-2]))
+            self.pipeline.run(float(ends[-2]), float(ends[-1] - ends[-2]))
         self.busy_until = float(ends[0])  # only the first step can hand a prompt off
         yield self.env.timeout(float(ends[-1]) - start)
         sched.span_in_flight = None
