@@ -10,17 +10,17 @@ rounds; the rates of one round are independent and may be simulated side by side
    clipped to the range;
 2. bisect: the interval between the highest pass below the lowest failure and that
    failure is cut geometrically, until they are within the relative tolerance. With
-   `points_per_round` k = 1 (the default) a round tries the geometric mean: plain
-   bisection, the fewest points. A larger k tries k rates that split the interval into k + 1
-   equal log-parts (no more than it takes to reach the tolerance), so each round narrows it
-   (k + 1)-fold: more points in all, but fewer rounds one after another, which is what
-   bounds the wall time when there are more workers than candidates.
+   `points_per_round` k a round tries k rates that split the interval into k + 1 equal
+   log-parts (no more than it takes to reach the tolerance), so each round narrows it
+   (k + 1)-fold. k = 1 (the default) is plain bisection at the geometric mean, the fewest
+   points; a larger k takes more points in all but fewer rounds one after another, which is
+   what bounds the wall time when there are more workers than candidates.
 
 It ends with the highest passing rate (`max_rate`), `capped` when even `high` passes (the
 capacity is at least that), or `infeasible` when even `low` fails. Proposals depend only on
 earlier outcomes and the plan, never on timing or the number of workers, so every executor
-runs the same points. Rates are rounded to 6 significant digits, which keeps them readable and their cache
-keys stable.
+runs the same points. Rates are rounded to 6 significant digits, which keeps them readable
+and their cache keys stable.
 """
 from __future__ import annotations
 
@@ -61,8 +61,6 @@ class CapacitySearch:
             return [] if passed >= self.high else self._new([passed * EXPAND, passed * EXPAND**2])
         if fail / passed <= 1 + self.tolerance:
             return []
-        if self.points_per_round == 1:
-            return self._new([math.sqrt(passed * fail)])
         parts = min(self.points_per_round + 1, math.ceil(self._steps(fail / passed)))
         return self._new([passed * (fail / passed) ** (i / parts) for i in range(1, parts)])
 
