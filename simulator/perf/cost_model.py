@@ -32,7 +32,7 @@ from ..models.config import DTYPE_BYTES, ModelConfig
 from ..models.operators import Operator, attention_decode_op, attention_prefill_op, dense_ops, head_ops
 from .calibration import Calibration
 from .collectives import allgather_time_s, allreduce_time_s, p2p_time_s
-from .kernel_times import HOST, ROOFLINE, SOURCES, kernel_times
+from .kernel_times import HOST, ROOFLINE, SOURCES, grown_size, kernel_times
 
 COLLECTIVES = ("allreduce", "allgather")
 _SOURCE_IDS = np.arange(len(SOURCES))[:, None]
@@ -249,8 +249,7 @@ class CostModel:
         grows by doubling as larger batches come, up to the largest batch the deployment
         schedules (each new column costs a dense part); column 0 (no decodes) is never gathered."""
         if most >= self._decode_table.shape[1]:
-            grown = min(2 * self._decode_table.shape[1], self.dep.max_num_seqs + 1)
-            sizes = range(1, max(most + 1, grown))
+            sizes = range(1, grown_size(self._decode_table.shape[1], most, self.dep.max_num_seqs))
             self._decode_table = np.array([[np.nan] * _SOURCE_ROWS.stop] + [self._decode_column(n) for n in sizes]).T
         return self._decode_table
 

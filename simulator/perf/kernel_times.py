@@ -69,6 +69,12 @@ class _Table:
         self.log_list, self.source_list = log_t.tolist(), sources.tolist()
 
 
+def grown_size(size: int, needed: int, most: int) -> int:
+    """A table's new size for index `needed`: doubled, up to `most` + 1 (the largest batch the
+    deployment schedules), so that a few rebuilds cover a run, and at least `needed` + 1."""
+    return max(needed + 1, min(2 * size, most + 1))
+
+
 class _DecodeRows:
     """The decode table interpolated along its batch axis at batch sizes 0..sizes-1 (0 as 1).
 
@@ -192,8 +198,7 @@ class CalibratedKernelTimes(KernelTimes):
         """The decode rows, grown to cover batch size `batch`: by doubling, up to the largest
         batch the deployment schedules, so that a few rebuilds cover a run."""
         if batch >= self._decode_rows.sizes:
-            grown = min(2 * self._decode_rows.sizes, self._max_batch + 1)
-            self._decode_rows = _DecodeRows(self._decode, max(batch + 1, grown))
+            self._decode_rows = _DecodeRows(self._decode, grown_size(self._decode_rows.sizes, batch, self._max_batch))
         return self._decode_rows
 
     def _attention_decode_s(self, op: Operator):
