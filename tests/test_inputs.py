@@ -155,6 +155,22 @@ CASES = {
         "t.jsonl", json.dumps({"arrival_s": "soon", "input_tokens": 5, "output_tokens": 3}) + "\n",
         "t.jsonl:1", "arrival_s"),
     "trace_empty": _trace_case("empty.jsonl", "", "empty"),
+    # numbers JSON allows (Python's json reads NaN and Infinity) that are no token count
+    "trace_nan_input": _trace_case(
+        "t.jsonl", '{"arrival_s": 0, "input_tokens": NaN, "output_tokens": 3}\n', "t.jsonl:1", "input_tokens"),
+    "trace_inf_output": _trace_case(
+        "t.jsonl", '{"arrival_s": 0, "input_tokens": 5, "output_tokens": Infinity}\n', "t.jsonl:1", "output_tokens"),
+    "trace_huge_float_input": _trace_case(
+        "t.jsonl", '{"arrival_s": 0, "input_tokens": 1e308, "output_tokens": 3}\n', "t.jsonl:1", "input_tokens",
+        "<= 2147483647"),
+    "trace_huge_int_output": _trace_case(
+        "t.jsonl", json.dumps({"arrival_s": 0, "input_tokens": 5, "output_tokens": 2**70}) + "\n", "t.jsonl:1",
+        "output_tokens", "<= 2147483647"),
+    "trace_nan_arrival": _trace_case(
+        "t.jsonl", '{"arrival_s": NaN, "input_tokens": 5, "output_tokens": 3}\n', "t.jsonl:1", "arrival_s"),
+    "azure_huge_count": _trace_case(
+        "azure.csv", f"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,12,{2**70}\n",
+        "azure.csv:2", "GeneratedTokens"),
     "trace_missing_file": _missing_trace,
     "azure_non_integer": _trace_case(
         "azure.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,12.5,44\n",

@@ -33,6 +33,8 @@ from typing import IO
 
 from simulator.errors import InputError
 
+from .trace import MAX_TOKENS
+
 FORMATS = ("jsonl", "azure", "mooncake")
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MOONCAKE_BLOCK_TOKENS = 512
@@ -62,6 +64,9 @@ def _token_count(value: object, where: str, field: str) -> int:
         raise InputError(f'{where}: {field}: "{shown}" is not an integer (expected a token count >= 1)')
     if count < 0:
         raise InputError(f"{where}: {field}: {count} is negative (expected a token count >= 1)")
+    if count > MAX_TOKENS:
+        raise InputError(f"{where}: {field}: {count} is larger than any context window "
+                         f"(expected a token count <= {MAX_TOKENS})")
     return count
 
 

@@ -25,6 +25,10 @@ import numpy as np
 
 from ..errors import InputError
 
+# The largest token count a trace may give: far beyond any model's context window, and within
+# the 64-bit integer columns the trace index keeps.
+MAX_TOKENS = 2**31 - 1
+
 FIELDS = ("arrival_s", "input_tokens", "output_tokens", "id", "prefix_hashes", "prefix_block_tokens",
           "slo_ttft_s", "slo_tpot_s")
 
@@ -47,10 +51,14 @@ def _int(rec: dict[str, Any], key: str, where: str, minimum: int) -> int:
     value = rec.get(key)
     if value is None:
         raise InputError(f"{where}: {key}: required field is missing")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and (not math.isfinite(value) or value != int(value)))):
         raise InputError(f"{where}: {key}: {value!r} is not an integer (expected a token count >= {minimum})")
     if value < minimum:
         raise InputError(f"{where}: {key}: {value!r} must be >= {minimum}")
+    if value > MAX_TOKENS:
+        raise InputError(f"{where}: {key}: {value!r} is larger than any context window "
+                         f"(expected a token count <= {MAX_TOKENS})")
     return int(value)
 
 
@@ -79,7 +87,7 @@ def to_record(rec: Any, path: str | Path, line: int) -> TraceRecord:
     if type(rec) is dict and rec.keys() <= _PLAIN_KEYS:
         arrival, inp, out, rid = rec.get("arrival_s"), rec.get("input_tokens"), rec.get("output_tokens"), rec.get("id", line)
         if ((type(arrival) is float or type(arrival) is int) and 0 <= arrival < math.inf
-                and type(inp) is int and inp >= 1 and type(out) is int and out >= 1
+                and type(inp) is int and 1 <= inp <= MAX_TOKENS and type(out) is int and 1 <= out <= MAX_TOKENS
                 and (type(rid) is str or type(rid) is int)):
             return TraceRecord(str(rid), float(arrival), inp, out)
     return _checked_record(rec, f"{path}:{line}", line)
