@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import simpy
 
 from .deployment import Deployment, build_deployment
+from .engine.frontend import OUTPUT_S, ApiServer
 from .engine.kv_transfer import KvTransfer, TransferLink
 from .engine.pipeline import Pipeline
 from .engine.replica import Replica
@@ -31,9 +32,9 @@ from .metrics.recorder import Recorder, ReplicaHardware
 from .metrics.slo import SloSpec
 from .metrics.summary import build_summary
 from .models.config import ModelConfig, load_model
-from .perf.calibration import Calibration, resolve_calibration
 from .perf.cost_model import CostModel
 from .perf.memory_plan import MemoryPlan, kv_bytes_per_block, plan_memory
+from .perf.profile_use import AppliedProfile, resolve_calibration
 from .schedulers.base import SwapSpace, get_scheduler
 from .workloads.trace import TraceIndex
 
@@ -51,7 +52,7 @@ class Pool:
     deployment: Deployment  # this pool's tp, pp and replicas
     plan: MemoryPlan
     cost: CostModel
-    calibration: Calibration | None = None
+    calibration: AppliedProfile | None = None
 
     @property
     def devices(self) -> int:
@@ -85,7 +86,7 @@ class Setup:
     deployment: Deployment
     plan: MemoryPlan
     cost: CostModel
-    calibration: Calibration | None = None
+    calibration: AppliedProfile | None = None
     disagg: Disaggregation | None = None
 
     def pools(self) -> list[Pool]:
@@ -108,12 +109,12 @@ def prepare(hardware: str | Path, model: str | None = None, scheduler: str | Non
     flags = {"model": model, "scheduler": scheduler, "tp": tp, "pp": pp, "replicas": replicas}
     dep = build_deployment(system.deployment, flags, knobs or {})
     model_cfg = load_model(dep.model)
-    get_scheduler(dep.scheduler)
+    dep = get_scheduler(dep.scheduler).resolve(dep)
     if dep.router not in ROUTERS:
         raise InputError(f"router: {dep.router!r} unknown (known: {', '.join(ROUTERS)})")
     if dep.scheduler != "disagg":
         pool = _pool("mixed", system, dep, model_cfg, calibration)
-        return Setup(system, model_cfg, dep, pool.plan, pool.cost, pool.calibration)
+        return Setup(system, model_cfg, pool.deployment, pool.plan, pool.cost, pool.calibration)
     pools = []
     for role, other_hw, pool_tp, count in (("prefill", dep.prefill_hardware, dep.prefill_tp, dep.prefill_replicas),
                                            ("decode", dep.decode_hardware, dep.decode_tp, dep.decode_replicas)):
@@ -152,12 +153,17 @@ def _pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, ca
     if dep.preemption_mode == "swap" and system.host_link is None:
         raise InputError(f"{system.source_file}: {where}preemption_mode=swap needs a host link (pcie or nvlink_c2c) "
                          f"on {system.accelerator.name}; add one or use preemption_mode=recompute")
-    longest = dep.max_model_len or model_cfg.max_position_embeddings
+    context = model_cfg.max_position_embeddings
+    longest = context if dep.max_model_len in (None, -1) else dep.max_model_len
     forward = get_scheduler(dep.scheduler).forward_tokens(dep, longest)
     plan = plan_memory(system.accelerator, model_cfg, dep, forward)
+    if dep.max_model_len == -1:  # vLLM's auto-fit: the longest request the KV cache holds
+        dep = dep.model_copy(update={"max_model_len": min(context, plan.usable_blocks * plan.block_size)})
     calib = resolve_calibration(system, calibration)
-    pool = Pool(role, system, dep, plan, CostModel(system, model_cfg, dep, calib), calib)
-    if plan.num_blocks < pool.engines:
+    cost = CostModel(system, model_cfg, dep, calib, host_overlapped=get_scheduler(dep.scheduler).host_overlapped(dep),
+                     budget_tokens=forward)
+    pool = Pool(role, system, dep, plan, cost, calib)
+    if plan.num_blocks // pool.engines < 2:  # each engine needs a block besides vLLM's null block
         raise InputError(f"{where}pp={dep.pp}: {plan.num_blocks} KV block(s) per device cannot be split among "
                          f"{pool.engines} virtual engines; lower max_num_batched_tokens, raise "
                          "gpu_memory_utilization or set pipeline_overlap=false")
@@ -213,14 +219,17 @@ class Result:
 
 
 class Arrivals:
-    """The SimPy process that feeds the trace to the router, one arrival at a time.
+    """The SimPy process that feeds the trace to the router, one arrival at a time, each when
+    it reaches the engine: at its arrival, or after the API server's front-end leg
+    (engine/frontend.py) when the deployment models it.
 
-    `next_s` is the arrival time of the next request not yet submitted (inf at the end):
+    `next_s` is when the next request not yet submitted reaches the engine (inf at the end):
     replicas may run ahead with unchanged decode batches until then.
     """
 
-    def __init__(self, records):
+    def __init__(self, records, frontend: ApiServer | None = None):
         self.records = records
+        self.frontend = frontend
         self.next_s = 0.0
 
     def horizon_s(self) -> float:
@@ -228,9 +237,13 @@ class Arrivals:
 
     def process(self, env: simpy.Environment, replicas: list[Replica], route: Callable):
         schedulers = [r.scheduler for r in replicas]
+        frontend = self.frontend
         for record in self.records:
-            self.next_s = record.arrival_s
-            delay = record.arrival_s - env.now
+            at = record.arrival_s
+            if frontend is not None:
+                at = max(frontend.engine_arrival_s(at, record.input_tokens), self.next_s)
+            self.next_s = at
+            delay = at - env.now
             if delay > 0:
                 yield env.timeout(delay)
             replicas[route(schedulers, record, env.now)].submit(Request(record))
@@ -251,14 +264,14 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     pools = setup.pools()
     policy = get_scheduler(dep.scheduler)
     hardware = [_replica_hardware(pool) for pool in pools for _ in range(pool.deployment.replicas * pool.engines)]
-    recorder = Recorder(out_dir, keep_frames, hardware, slo)
+    recorder = Recorder(out_dir, keep_frames, hardware, slo, output_delay_s=OUTPUT_S if dep.api_server else 0.0)
     env = simpy.Environment()
 
     def report() -> None:
         if progress is not None:
             progress(recorder.completed + recorder.rejected, trace.count)
 
-    arrivals = Arrivals(trace.requests())
+    arrivals = Arrivals(trace.requests(), ApiServer() if dep.api_server else None)
     by_role: dict[str, list[Replica]] = {}
     for pool in pools:
         cls = policy.decode_class if pool.role == "decode" else policy
@@ -304,7 +317,8 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
         skipped=dict(trace.skipped), wall_s=time.perf_counter() - started,
         events=recorder.iteration_count + trace.count,
         calibration=str(setup.calibration.path) if setup.calibration is not None else None,
-        extra=_policy_blocks(setup, schedulers, transfer),
+        calibration_use=setup.calibration.use if setup.calibration is not None else None,
+        extra={"memory": pools[0].plan.summary(), **_policy_blocks(setup, schedulers, transfer)},
     )
     frames = (recorder.requests.frame(), recorder.iterations.frame()) if keep_frames else (None, None)
     return Result(summary, *frames, out_dir)
@@ -346,7 +360,8 @@ def _policy_blocks(setup: Setup, schedulers: list, transfer: KvTransfer | None) 
         looked = sum(c.lookup_tokens for c in caches)
         hit = sum(c.hit_tokens for c in caches)
         blocks["prefix_cache"] = {"hit_rate": hit / looked if looked else 0.0, "hit_tokens": hit,
-                                  "lookup_tokens": looked, "evicted_blocks": sum(c.evicted for c in caches)}
+                                  "lookup_tokens": looked, "evicted_blocks": sum(c.evicted for c in caches),
+                                  "resumed_tokens": sum(c.resumed_tokens for c in caches)}
     swaps = [s.swap for s in schedulers if s.swap is not None]
     if swaps:
         blocks["swaps"] = {"count": sum(w.out_count for w in swaps), "bytes": sum(w.out_bytes + w.in_bytes for w in swaps),
@@ -355,7 +370,8 @@ def _policy_blocks(setup: Setup, schedulers: list, transfer: KvTransfer | None) 
     if transfer is not None:
         blocks["kv_transfer"] = transfer.summary()
         blocks["pools"] = {pool.role: {"hardware": pool.system.name, "tp": pool.deployment.tp,
-                                       "replicas": pool.deployment.replicas} for pool in setup.pools()}
+                                       "replicas": pool.deployment.replicas, "memory": pool.plan.summary()}
+                           for pool in setup.pools()}
     return blocks
 
 
@@ -379,14 +395,16 @@ def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = 
                    slo: SloSpec | None = None, seed: int = 0, extra_outputs: tuple[str, ...] = ()) -> Result:
     """`simulate` for a prepared Setup: validate the trace, run, write outputs atomically.
 
-    With `uncertainty`, two more runs scale every kernel time by (1 -/+ the calibration's
-    held-out p90 error) and the summary gains low/high bands (see `uncertainty_bands`).
+    With `uncertainty`, two more runs scale the kernel times by their measured p90 error
+    and the summary gains low/high bands (see `uncertainty.uncertainty_bands`).
     """
+    from .uncertainty import uncertainty_bands  # it runs setups itself (imports this module)
+
     index = TraceIndex.build(trace)
     if out is None:
         result = run_setup(setup, index, None, keep_frames, progress, slo=slo, seed=seed)
         if uncertainty:
-            result.summary["uncertainty"] = uncertainty_bands(setup, index)
+            result.summary["uncertainty"] = uncertainty_bands(setup, index, result.summary)
         return result
     final = Path(out)
     check_out_dir(final, OUTPUT_FILES + extra_outputs)
@@ -398,7 +416,7 @@ def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = 
     try:
         result = run_setup(setup, index, staging, keep_frames, progress, slo=slo, seed=seed)
         if uncertainty:
-            result.summary["uncertainty"] = uncertainty_bands(setup, index)
+            result.summary["uncertainty"] = uncertainty_bands(setup, index, result.summary)
         write_json(staging / "summary.json", result.summary)
         if final.exists():  # a previous run's outputs: replace them file by file
             for name in OUTPUT_FILES:
@@ -411,41 +429,6 @@ def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = 
         raise
     result.out_dir = final
     return result
-
-
-BAND_METRICS = (("ttft_s", "mean"), ("ttft_s", "p90"), ("tpot_s", "mean"), ("tpot_s", "p90"), ("e2e_s", "mean"),
-                ("e2e_s", "p90"), ("throughput", "output_tokens_per_s"), ("throughput", "requests_per_s"))
-
-
-def uncertainty_bands(setup: Setup, index: TraceIndex) -> dict[str, Any]:
-    """Low/high values of the headline metrics when every kernel runs (1 -/+ e) times as long,
-    e being the calibration profile's largest held-out p90 error: a deliberately pessimistic,
-    fully correlated error. Without a profile there is no measured error to propagate."""
-    if setup.calibration is None:
-        return {"calibrated": False, "note": "uncalibrated roofline: no measured error band; calibrate the device"}
-    band = setup.calibration.error_band_pct("p90") / 100.0
-    bands: dict[str, Any] = {"calibrated": True, "kernel_error_p90": band, "method": "kernel times scaled by 1 -/+ "
-                             "the profile's largest held-out p90 error, all kernels together"}
-    runs = []
-    for scale in (1.0 - band, 1.0 + band):
-        runs.append(run_setup(_scaled(setup, scale), index, None, keep_frames=False).summary)
-    for block, key in BAND_METRICS:
-        values = sorted(r[block][key] for r in runs)
-        bands.setdefault(block, {})[key] = {"low": values[0], "high": values[1]}
-    return bands
-
-
-def _scaled(setup: Setup, scale: float) -> Setup:
-    """`setup` with every pool's kernel times scaled by `scale`."""
-    def cost(pool: Pool) -> CostModel:
-        return CostModel(pool.system, setup.model, pool.deployment, pool.calibration, kernel_scale=scale)
-
-    if setup.disagg is None:
-        return replace(setup, cost=cost(setup.pools()[0]))
-    split = setup.disagg
-    prefill = replace(split.prefill, cost=cost(split.prefill))
-    return replace(setup, cost=prefill.cost, disagg=replace(split, prefill=prefill,
-                                                            decode=replace(split.decode, cost=cost(split.decode))))
 
 
 OUTPUT_FILES = ("summary.json", "requests.csv", "iterations.csv")

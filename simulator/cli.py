@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--calibration", help="calibration profile (YAML); `none` for the uncalibrated roofline "
                                            "(default: the profile the hardware spec names, if any)")
     run.add_argument("--uncertainty", action="store_true",
-                     help="add low/high bands from the calibration's held-out error (two more runs)")
+                     help="add low/high bands from the measured error of the profile's predictions this run "
+                          "used (held-out, dtype-scaling and transfer errors; two more runs)")
     run.add_argument("--slo", nargs="+", action="extend", default=[], metavar="SPEC",
                      help="SLO to judge every request by, e.g. ttft_p90=0.5 tpot_p90=0.05 (keys ttft, tpot, e2e "
                           "with an optional _pNN required percentile; attainment=0.95 overrides it)")
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("-o", "--output", required=True, help="calibration profile to write (YAML)")
     cal.add_argument("--device", help="keep only rows whose device column contains this text")
     cal.add_argument("--folds", type=_positive, default=5, help="folds of the held-out error estimate (default 5)")
+    cal.add_argument("--force", action="store_true",
+                     help="fit even when the measurements name another device than the spec")
 
     val = sub.add_parser("validate", help="compare predictions with measured kernel timings")
     val.add_argument("hardware")
@@ -155,18 +158,31 @@ def _table(summary: dict, out_dir: Path | None) -> None:
     console.print(f"time by source: {shares} ({prov['note']})")
     if "uncertainty" in summary and summary["uncertainty"].get("calibrated"):
         band = summary["uncertainty"]
-        console.print("uncertainty (kernel error ±{:.1%}): TTFT mean {:.4f}-{:.4f} s · TPOT mean {:.4f}-{:.4f} s · "
+        errors = "; ".join(f"{source} " + ", ".join(f"{op} ±{error:.0%}" for op, error in ops.items())
+                           for source, ops in band["kernel_error_p90_by_source"].items())
+        console.print("uncertainty (p90 kernel error: {}): TTFT mean {:.4f}-{:.4f} s · TPOT mean {:.4f}-{:.4f} s · "
                       "{:.0f}-{:.0f} output tok/s".format(
-                          band["kernel_error_p90"], band["ttft_s"]["mean"]["low"], band["ttft_s"]["mean"]["high"],
+                          errors, band["ttft_s"]["mean"]["low"], band["ttft_s"]["mean"]["high"],
                           band["tpot_s"]["mean"]["low"], band["tpot_s"]["mean"]["high"],
                           band["throughput"]["output_tokens_per_s"]["low"],
                           band["throughput"]["output_tokens_per_s"]["high"]))
+    console.print(_memory_line(summary["memory"]))
     for line in _extra_lines(summary):
         console.print(line)
     if req["rejected"]:
         console.print(f"rejected: {req['rejected_reasons']}")
     if req.get("skipped_trace_rows"):
         console.print(f"skipped trace rows: {req['skipped_trace_rows']}")
+
+
+def _memory_line(memory: dict) -> str:
+    """The memory plan of one engine, as vLLM's start-up log states it."""
+    gib = 2**30
+    return (f"memory ({memory['engine']}, per device): {memory['device_capacity_bytes'] / gib:.2f} GiB x utilisation = "
+            f"{memory['usable_bytes'] / gib:.2f} GiB · weights {memory['weights_bytes'] / gib:.2f} · activations "
+            f"{memory['activation_bytes'] / gib:.2f} · non-torch {memory['reserved_bytes'] / gib:.2f} · KV cache "
+            f"{memory['kv_bytes'] / gib:.2f} GiB = {memory['kv_blocks']} blocks of {memory['block_size']} tokens "
+            f"({memory['kv_tokens']:,} tokens)")
 
 
 def _extra_lines(summary: dict) -> list[str]:
@@ -318,7 +334,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     system = load_system(args.hardware)
     progress = _Progress(enabled=sys.stderr.isatty(), label="fitting")
     try:
-        calib = calibrate(system, args.measured, args.device, args.folds, progress)
+        calib = calibrate(system, args.measured, args.device, args.folds, progress, force=args.force)
     finally:
         progress.close()
     calib.save(args.output)
@@ -333,8 +349,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .api import check_out_dir
     from .hardware.loader import load_system
-    from .perf.calibration import error_table, predict_rows, resolve_calibration
+    from .perf.calibration import error_table, in_sample, predict_rows
     from .perf.measurements import read_all
+    from .perf.profile_use import resolve_calibration
     from .report.validation_plot import plot_predictions
 
     system = load_system(args.hardware)
@@ -348,15 +365,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     # `source` is where each prediction came from; the measurement's own origin moves to measurement_source
     frame = frame.rename(columns={"source": "measurement_source"})
     frame["source"] = source
+    # rows the profile was fitted on: their error is in-sample, not a held-out one
+    frame["in_sample"] = in_sample(frame, args.measured, calib.profile if calib is not None else None)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "predictions.csv", index=False)
-    which = f"calibration {calib.path}" if calib is not None else "uncalibrated roofline"
+    which = f"calibration {calib.use}" if calib is not None else "uncalibrated roofline"
     plot_predictions(frame, out / "predicted_vs_measured.png", f"{system.name}: {which}")
     table = error_table(frame)
     print(f"{system.name} vs {frame['device'].iloc[0]} ({which})")
-    print(f"{'op':14} {'rows':>7} {'median |err| %':>15} {'p90 |err| %':>12} {'MAPE %':>8}")
+    print(f"{'op':14} {'rows':>7} {'in-sample':>9} {'median |err| %':>15} {'p90 |err| %':>12} {'MAPE %':>8}")
     for row in table.itertuples(index=False):
-        print(f"{row.op:14} {row.rows:7d} {row.median_pct:15.2f} {row.p90_pct:12.2f} {row.mape_pct:8.2f}")
+        print(f"{row.op:14} {row.rows:7d} {row.in_sample:9d} {row.median_pct:15.2f} {row.p90_pct:12.2f} "
+              f"{row.mape_pct:8.2f}")
+    if frame["in_sample"].any():
+        print(f"in-sample: {int(frame['in_sample'].sum())} of {len(frame)} rows come from the files the profile was "
+              "fitted on, so their errors are not held out (the profile's held-out errors: `simulate calibrate`)")
     print(f"outputs in {out}")
     return 0
 

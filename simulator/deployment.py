@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InputError
 from .models.operators import Precision, Sharding
@@ -41,11 +41,23 @@ class Deployment(BaseModel):
     block_size: int = Field(16, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     enable_chunked_prefill: bool = True
-    max_model_len: int | None = Field(None, ge=1)
+    # None: the model's context; -1: the largest the KV cache holds (vLLM's auto-fit)
+    max_model_len: int | None = Field(None, ge=-1)
     enforce_eager: bool = False
-    max_cudagraph_capture_size: int = Field(512, ge=0)
-    # prefix caching (vLLM's automatic prefix caching): reuse KV blocks by prompt-block hash
-    enable_prefix_caching: bool = False
+    # CUDA graphs are captured for batches of up to this many tokens; None: vLLM 0.19's rule,
+    # min(2 x max_num_seqs, 512, max_num_batched_tokens)
+    max_cudagraph_capture_size: int | None = Field(None, ge=0)
+    # prefix caching (vLLM's automatic prefix caching): reuse KV blocks by prompt-block hash and
+    # keep a preempted request's blocks; None: the policy's default (on for vllm, as in vLLM v1)
+    enable_prefix_caching: bool | None = None
+    # vLLM v1 schedules step n + 1 while step n runs: the engine's CPU time per step overlaps the
+    # GPU, and a request arriving during a step first runs in the step after the next
+    async_scheduling: bool = True
+    # vLLM 0.19 admits a waiting request only if the free KV blocks could hold its whole prompt
+    scheduler_reserve_full_isl: bool = True
+    # requests pass through the OpenAI-compatible API server (engine/frontend.py); false when
+    # the trace's arrival times are the engine's own (e.g. vLLM's queued_ts)
+    api_server: bool = True
     # preemption when KV blocks run out: recompute (vLLM v1) or swap to host memory (vLLM v0)
     preemption_mode: Literal["recompute", "swap"] = "recompute"
     swap_space: float = Field(4.0, ge=0)  # GiB of host memory per device for swapped KV (vLLM's default 4)
@@ -59,6 +71,13 @@ class Deployment(BaseModel):
     kv_transfer_link: Literal["auto", "nvlink", "pcie", "network"] = "auto"
     kv_transfer_bandwidth: str | None = None  # overrides the link's, with a unit ("25 GB/s")
     kv_transfer_latency: str | None = None  # overrides the link's, with a unit ("10 us")
+
+    @field_validator("max_model_len")
+    @classmethod
+    def _not_zero(cls, value: int | None) -> int | None:
+        if value == 0:
+            raise ValueError("must be >= 1, or -1 for the largest the KV cache holds")
+        return value
 
     @property
     def sharding(self) -> Sharding:

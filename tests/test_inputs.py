@@ -200,7 +200,7 @@ CASES = {
     "set_max_num_seqs_zero": _flags_case(["--set", "max_num_seqs=0"], "max_num_seqs"),
     "scheduler_unknown": _flags_case(["--scheduler", "fifo-lottery"], "--scheduler", "fifo-lottery"),
     "tp_not_dividing_heads": _flags_case(["--tp", "3"], "--tp 3", "32"),
-    "model_does_not_fit": _flags_case(["--model", "llama-3.1-70b"], "does not fit", "141.1 GB", "72.0 GB"),
+    "model_does_not_fit": _flags_case(["--model", "llama-3.1-70b"], "does not fit", "131.45 GiB", "71.26 GiB"),
 }
 
 

@@ -63,6 +63,6 @@ def test_validate_writes_predictions_and_plot(tmp_path, capsys):
                       capsys)
     assert code == 0
     header = open(tmp_path / "v" / "predictions.csv").readline().strip().split(",")
-    assert header[-3:] == ["predicted_us", "error_pct", "source"]
+    assert header[-4:] == ["predicted_us", "error_pct", "source", "in_sample"]
     assert "measurement_source" in header
     assert (tmp_path / "v" / "predicted_vs_measured.png").stat().st_size > 1000

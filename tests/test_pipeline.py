@@ -81,13 +81,14 @@ def test_a_saturating_burst_runs_close_to_pp_times_faster(tmp_path):
 
 
 def test_too_little_kv_to_split_among_virtual_engines_is_an_input_error(tmp_path):
-    # Memory for the weights, activations, runtime and 1.5 KV blocks per device: one block,
-    # which two virtual engines cannot share; without overlap the replica runs (with it).
+    # Memory for the weights, activations, runtime and 3.5 KV blocks per device: three blocks,
+    # of which vLLM's null block leaves two, one per virtual engine, and an engine needs a
+    # block besides its null block; without overlap the replica runs (with it).
     base = prepare("dgx-h100", "llama-3.1-70b", None, 4, 2, None, {"pipeline_overlap": False}, "none")
     plan = base.pools()[0].plan
-    needed = plan.weights_bytes + plan.activation_bytes + plan.reserved_bytes + 1.5 * plan.kv_bytes_per_block
-    knobs = {"gpu_memory_utilization": needed / plan.capacity_bytes}
+    needed = plan.weights_bytes + plan.activation_bytes + plan.reserved_bytes + 3.5 * plan.kv_bytes_per_block
+    knobs = {"gpu_memory_utilization": needed / plan.capacity_bytes, "max_model_len": 16}
     assert prepare("dgx-h100", "llama-3.1-70b", None, 4, 2, None, {**knobs, "pipeline_overlap": False},
-                   "none").pools()[0].plan.num_blocks == 1
-    with pytest.raises(InputError, match=r"pp=2: 1 KV block\(s\) per device cannot be split among 2 virtual engines"):
+                   "none").pools()[0].plan.num_blocks == 3
+    with pytest.raises(InputError, match=r"pp=2: 3 KV block\(s\) per device cannot be split among 2 virtual engines"):
         prepare("dgx-h100", "llama-3.1-70b", None, 4, 2, None, knobs, "none")

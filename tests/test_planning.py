@@ -27,7 +27,7 @@ from simulator.planning.search import CapacitySearch
 
 REQUESTS = 100
 TOLERANCE = 0.05
-ONE_AT_A_TIME = "calibration: none, knobs: {max_num_seqs: 1}"
+ONE_AT_A_TIME = "calibration: none, knobs: {max_num_seqs: 1, api_server: false}"
 
 
 def _search(threshold: float, low: float = 0.01, high: float = 100.0, points_per_round: int = 1) -> CapacitySearch:
@@ -91,7 +91,7 @@ def workload_dir(tmp_path_factory) -> tuple[Path, float]:
     directory = tmp_path_factory.mktemp("plan")
     one = directory / "one.jsonl"
     one.write_text(json.dumps({"arrival_s": 0.0, "input_tokens": 1024, "output_tokens": 1}) + "\n")
-    alone = simulate("h100-sxm", one, knobs={"max_num_seqs": 1}, calibration="none")
+    alone = simulate("h100-sxm", one, knobs={"max_num_seqs": 1, "api_server": False}, calibration="none")
     assert len(alone.iterations) == 1  # one prefill step, which also samples the only token
     step = float(alone.iterations["duration_s"].iloc[0])
     assert alone.summary["ttft_s"]["p50"] == pytest.approx(step)
@@ -244,3 +244,26 @@ def test_a_sweep_expands_into_named_candidates(tmp_path):
 def test_an_unusable_executor_fails_before_any_work(executor, address, message):
     with pytest.raises(InputError, match=re.escape(message)):
         check_executor(executor, address)
+
+
+def test_plan_json_flags_a_pick_within_the_model_error():
+    """The margin over the runner-up and the capacity headroom over the target are compared
+    with the candidates' p90 kernel error (None when one is roofline only)."""
+    from types import SimpleNamespace
+
+    from simulator.planning.sizing import Sizing, rank
+
+    def sizing(name: str, cost: float, max_rate: float, replicas: int, error: float | None) -> Sizing:
+        candidate = SimpleNamespace(name=name, calibration_error_p90=error)
+        return Sizing(candidate, max_rate=max_rate, replicas=replicas, devices=replicas, cost_per_hour=cost,
+                      headroom=replicas * max_rate / 10.0 - 1.0)
+
+    close = rank([sizing("a", 10.0, 5.2, 2, 0.08), sizing("b", 10.5, 6.0, 2, 0.05)], "min_cost")
+    assert close["runner_up"] == "b" and close["uncertainty"] == 0.08
+    assert close["margin_within_uncertainty"] and close["headroom_within_uncertainty"]  # 4.8 % and 4 % < 8 %
+    assert close["headroom_over_target"] == pytest.approx(0.04)
+    clear = rank([sizing("a", 10.0, 6.0, 2, 0.08), sizing("b", 20.0, 6.0, 4, 0.05)], "min_cost")
+    assert clear["margin_within_uncertainty"] is False and clear["headroom_within_uncertainty"] is False
+    unknown = rank([sizing("a", 10.0, 6.0, 2, None), sizing("b", 10.5, 6.0, 2, 0.05)], "min_cost")
+    assert unknown["uncertainty"] is None and unknown["margin_within_uncertainty"] is None
+    assert unknown["headroom_within_uncertainty"] is None

@@ -248,3 +248,47 @@ def test_render_check_fallback_flags_a_broken_image(report, tmp_path):
     broken = tmp_path / "index.html"
     broken.write_text('<img src="data:image/png;base64,AAAA"><img src="https://example.com/a.png"><img>')
     assert len(render_check.check_images(broken)) == 3
+
+
+def _edit_plan(root: Path, time_by_source: dict[str, dict], margin: dict) -> None:
+    """Give candidates their capacity runs' time by source, and plan.json's margin more keys."""
+    with (root / "candidates.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["time_by_source"] = json.dumps(time_by_source[row["candidate"]]) if row["candidate"] in time_by_source \
+            else ""
+    _write_csv(root / "candidates.csv", rows)
+    plan = json.loads((root / "plan.json").read_text())
+    plan["margin"].update(margin)
+    (root / "plan.json").write_text(json.dumps(plan))
+
+
+def test_a_transferred_candidate_is_not_headlined_calibrated(tmp_path):
+    """A candidate whose profile came from another device reads "transferred", with the share of
+    its run's time by source; a measured one "calibrated", with its shares too."""
+    root = make_plan_dir(tmp_path, runner_error=0.44)
+    _edit_plan(root, {"h100-tp1": {"calibrated-interpolation": 0.8, "calibrated-fit": 0.05, "roofline": 0.03,
+                                   "host-overhead": 0.12},
+                      "a100-tp2": {"transferred": 0.86, "roofline": 0.04, "host-overhead": 0.1}}, {})
+    write_report(root)
+    rows = [line for line in (root / "report.md").read_text().splitlines() if line.startswith("| ")]
+    h100, a100 = (next(r for r in rows if f"| {name}" in r) for name in ("h100-tp1", "a100-tp2"))
+    assert "calibrated (h100-sxm.yaml); time: calibrated 85 % · roofline 3 % · host 12 %; ±4.2 % p90" in h100
+    assert "transferred from a100.yaml; time: transferred 86 % · roofline 4 % · host 10 %; ±44 % p90" in a100
+    assert "calibrated" not in a100
+
+
+def test_a_pick_within_the_model_error_is_flagged(tmp_path):
+    """plan.json says the margin over the runner-up and the headroom over the target are within
+    the p90 kernel error; report.md and index.html say so as cautions."""
+    root = make_plan_dir(tmp_path, runner_error=0.08, margin=0.05)
+    _edit_plan(root, {}, {"uncertainty": 0.08, "margin_within_uncertainty": True, "headroom_over_target": 0.033,
+                          "headroom_within_uncertainty": True})
+    write_report(root)
+    text = (root / "report.md").read_text()
+    assert ("Caution: the 5 % margin over “a100-tp2” is smaller than the model's p90 kernel error (8 %)" in text)
+    assert "Caution: its capacity exceeds the target rate by 3.3 %, less than its p90 kernel error (4.2 %)" in text
+    assert "Caution: its capacity exceeds the target rate by 3.3 %" in (root / "index.html").read_text()
+    _edit_plan(root, {}, {"margin_within_uncertainty": False, "headroom_within_uncertainty": False})
+    write_report(root)
+    assert "Caution" not in (root / "report.md").read_text()

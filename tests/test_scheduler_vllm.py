@@ -30,9 +30,12 @@ def write_trace(path, requests: list[dict]):
 
 
 def run(tmp_path, requests: list[dict], num_blocks: int | None = None, fast_forward: bool = True, **knobs):
+    """`num_blocks`: KV blocks requests may hold (the plan gets one more, vLLM's null block)."""
+    knobs.setdefault("max_model_len", 8192)  # Llama-3.1-8B's 131,072-token context does not fit an L4
+    knobs.setdefault("api_server", False)  # arrivals reach the engine directly: times are the engine's
     setup = prepare(HARDWARE, MODEL, knobs=knobs)
     if num_blocks is not None:
-        setup = dataclasses.replace(setup, plan=dataclasses.replace(setup.plan, num_blocks=num_blocks))
+        setup = dataclasses.replace(setup, plan=dataclasses.replace(setup.plan, num_blocks=num_blocks + 1))
     index = TraceIndex.build(write_trace(tmp_path / "trace.jsonl", requests))
     return run_setup(setup, index, fast_forward=fast_forward)
 
@@ -78,14 +81,16 @@ def test_chunked_prefill_splits_a_long_prompt_into_budget_sized_chunks(tmp_path,
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_new_prompt_joins_running_decodes(tmp_path, chunked):
-    """A decodes from t=0; B (200-token prompt) arrives at 0.5 s, mid-decode. The first step
-    starting after 0.5 s prefills B: alone (decode_tokens == 0) with chunked prefill off,
-    together with A's decode with it on. B's first token comes at the end of that step."""
+    """A decodes from t=0; B (200-token prompt) arrives at 0.5 s, mid-decode. With chunked
+    prefill off (vLLM v0) the first step starting after 0.5 s prefills B alone (decode_tokens
+    == 0); with it on (v1) the engine has already scheduled the step after the one in flight,
+    so B joins A's decode in the second step starting after 0.5 s. B's first token comes at
+    the end of that step."""
     result = run(tmp_path, [req(0.0, 100, 50), req(0.5, 200, 5)],
                  enable_chunked_prefill=chunked, max_num_batched_tokens=2048)
     its = result.iterations.sort_values("start_s").reset_index(drop=True)
     after = its.index[its["start_s"] >= 0.5]
-    j = int(after[0])
+    j = int(after[1] if chunked else after[0])
     # before B: A's prefill, then A's decodes alone
     assert its.loc[0, "prefill_tokens"] == 100 and its.loc[0, "decode_tokens"] == 0
     assert (its.loc[1:j - 1, "decode_tokens"] == 1).all() and (its.loc[1:j - 1, "prefill_tokens"] == 0).all()
@@ -150,9 +155,11 @@ def test_preemption_evicts_the_later_admitted_request_and_both_complete(tmp_path
     """20 blocks of 16 tokens. A and B (100-token prompts, 150 output tokens each) are admitted
     together with 7 blocks each; decoding in lockstep they grow to 10 blocks each (20 in use)
     at 160 tokens. The next step needs 2 more: B, the later admitted, is preempted (its 10
-    blocks freed) with 100 + 61 tokens. A then runs alone to 250 tokens (16 blocks), which
-    leaves no room for B's 161-token recompute (11 blocks) until A finishes; B then recomputes
-    and completes. Exactly one preemption."""
+    blocks freed, still cached: prefix caching keeps every full block) with 100 + 61 tokens.
+    A then runs alone to 250 tokens (16 blocks), evicting 6 of B's cached blocks (the last
+    first), which leaves no room for B's resumption (11 blocks) until A finishes; B then finds
+    its first 4 blocks still cached and recomputes the other 161 - 64 = 97 tokens. Exactly
+    one preemption."""
     result = run(tmp_path, [req(0.0, 100, 150), req(0.0, 100, 150)], num_blocks=20, fast_forward=fast_forward,
                  enable_chunked_prefill=chunked, block_size=16, max_num_batched_tokens=2048)
     frame = by_id(result)
@@ -163,9 +170,10 @@ def test_preemption_evicts_the_later_admitted_request_and_both_complete(tmp_path
     its = result.iterations.sort_values("start_s").reset_index(drop=True)
     assert its["kv_blocks_used"].max() == 20 and (its["kv_blocks_used"] <= 20).all()
     assert its.loc[0, "prefill_tokens"] == 200 and its.loc[0, "kv_blocks_used"] == 14
-    # B's recompute: its prompt and the 61 tokens it had generated, prefilled again after A ends
+    # B's recompute: what of its prompt and 61 generated tokens was evicted, after A ends
     recompute = its[(its["prefill_tokens"] > 0) & (its["start_s"] > its.loc[0, "start_s"])]
-    assert recompute["prefill_tokens"].tolist() == [161]
+    assert recompute["prefill_tokens"].tolist() == [161 - 4 * 16]
+    assert result.summary["prefix_cache"]["resumed_tokens"] == 4 * 16
     assert recompute["start_s"].iloc[0] == pytest.approx(frame.loc["r0", "finish_s"], rel=1e-12)
     assert frame.loc["r0", "finish_s"] < frame.loc["r1", "finish_s"]
     # every output token counted once, none lost or doubled by the recompute

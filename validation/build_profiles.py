@@ -10,8 +10,13 @@ here, so every profile describes one device:
 - a100-80gb-sxm: the A100 GEMMs profiled by Vidur, and the DGX A100 all-reduce measured with
   8 GPUs per node (NVLink through NVSwitch, the fabric a single-node deployment uses).
 - rtx4090: the Llama-3.1-8B layer tables converted by `validation.layer_tables`.
+- rtx-pro-6000: the Llama-3.1-8B and Qwen3-32B layer tables at TP 1 and TP 2 (one device's
+  shard), converted the same way.
 - xeon-emr-2vcpu: this project's 2-vCPU host, measured by `python -m validation.measure
   --device cpu --quick` (numpy GEMMs and copies; a loaded 2-core VM makes them noisy).
+
+Building them all also rewrites `transfer-errors.yaml` beside them (`validation.transfer_errors`:
+the measured errors of transferring each profile to the other GPUs and of scaling between dtypes).
 
 The A100 GEMMs come from two sources (Vidur's profiling and the LLMCompass artifact), whose
 device columns name the same GPU differently; they are fitted together as one device.
@@ -55,11 +60,21 @@ def _rtx4090(tmp: Path) -> list[Path]:
     return [path]
 
 
+def _rtx_pro_6000(tmp: Path) -> list[Path]:
+    paths = []
+    for model in ("llama-3.1-8b", "qwen3-32b"):
+        path = tmp / f"rtxpro6000-{model}-kernels.csv"
+        convert(DATA / f"rtxpro6000-{model}").to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
 def _host_cpu(tmp: Path) -> list[Path]:
     return [DATA / "xeon-emr-2vcpu-quick.csv"]
 
 
-PROFILES = {"h100-sxm": _h100, "a100-80gb-sxm": _a100, "rtx4090": _rtx4090, "xeon-emr-2vcpu": _host_cpu}
+PROFILES = {"h100-sxm": _h100, "a100-80gb-sxm": _a100, "rtx4090": _rtx4090, "rtx-pro-6000": _rtx_pro_6000,
+            "xeon-emr-2vcpu": _host_cpu}
 
 
 def build(name: str) -> Path:
@@ -83,6 +98,10 @@ def main() -> None:
     for name in args.names or PROFILES:
         path = build(name)
         print(f"wrote {path.relative_to(ROOT)}")
+    if not args.names:  # the errors of transferring and scaling them, measured from the new profiles
+        from .transfer_errors import main as transfer_errors
+
+        transfer_errors([])
 
 
 if __name__ == "__main__":

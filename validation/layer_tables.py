@@ -1,72 +1,93 @@
 """Convert per-layer profiler tables (LLMServingSim / vLLM layer timings) to the measurement contract.
 
-The RTX 4090 data in `validation/data/rtx4090-llama-3.1-8b/` times whole layers of Llama-3.1-8B
-at a number of tokens: each linear layer is one GEMM of known shape (m = tokens, n and k from
-the model), and the attention table holds decode-only and prefill-only batches as well as mixed
-ones. This module writes the GEMM and the pure attention rows as contract rows (DESIGN
-section 10) so that `simulate calibrate` fits them like any other measurement:
+A folder of such tables times the layers of one model at a number of tokens on one GPU
+(`meta.yaml` names the model and the GPU): each linear layer is one GEMM of known shape
+(m = tokens, n and k from the model after tensor parallelism), and the attention table holds
+decode-only and prefill-only batches as well as mixed ones. A folder holds one table set
+(`dense.csv`, `per_sequence.csv`, `attention.csv`, at TP 1) or one per tensor-parallel degree
+in `tp1/`, `tp2/` ...: the TP N tables time one device's shard (1/N of the heads, MLP columns
+and vocabulary). This module writes the GEMM rows, the pure attention rows and the mixed ones
+(decodes in one call with a prefill chunk, `attn_mixed`) as contract rows (docs/contracts.md)
+so that `simulate calibrate` fits them like any other measurement:
 
     python -m validation.layer_tables validation/data/rtx4090-llama-3.1-8b OUT.csv
 
 Elementwise layers (activation, norms, rotary embedding, sampler) are not contract ops; the
-roofline costs them, and `tests/test_calibration.py` checks the sum against the tables.
+roofline costs them, and `tests/test_calibrated_runs.py` checks the sum against the tables.
 """
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from simulator.models.config import ModelConfig, model_from_dict
+from simulator.models.config import ModelConfig, load_model, model_catalogue
 
 
-def _model(folder: Path) -> tuple[ModelConfig, dict]:
-    meta = yaml.safe_load((folder / "meta.yaml").read_text())
-    overrides = dict(meta["engine_effective"]["hf_overrides"])
-    cfg = {"hidden_size": 4096, "num_hidden_layers": 32, "max_position_embeddings": 131072, "model_type": "llama",
-           **overrides}
-    return model_from_dict(cfg, str(folder / "meta.yaml"), name=meta["model"]), meta
+def catalogue_model(source: str) -> ModelConfig:
+    """The catalogue model whose `source` (Hugging Face id) is `source`."""
+    for name, path in model_catalogue().items():
+        if yaml.safe_load(path.read_text()).get("source") == source:
+            return load_model(name)
+    raise ValueError(f"no model in workloads/models/ has source {source!r}")
 
 
-def gemm_shapes(model: ModelConfig) -> dict[str, tuple[int, int]]:
-    """(n, k) of each linear layer of the model at TP 1."""
-    h, inter = model.hidden_size, model.intermediate_size
+def gemm_shapes(model: ModelConfig, tp: int = 1) -> dict[str, tuple[int, int]]:
+    """(n, k) of each linear layer of the model on one of `tp` devices."""
+    h, inter = model.hidden_size, model.intermediate_size // tp
+    q, kv = model.q_size // tp, max(model.kv_size // tp, model.head_dim)
     return {
-        "qkv_proj": (model.q_size + 2 * model.kv_size, h),
-        "o_proj": (h, model.q_size),
+        "qkv_proj": (q + 2 * kv, h),
+        "o_proj": (h, q),
         "gate_up_proj": (2 * inter, h),
         "down_proj": (h, inter),
-        "lm_head": (model.vocab_size, h),
+        "lm_head": (model.vocab_size // tp, h),
     }
+
+
+def table_sets(folder: Path) -> list[tuple[int, Path]]:
+    """(tp, folder of tables) for every table set of `folder`."""
+    nested = sorted((int(m.group(1)), p) for p in folder.iterdir()
+                    if p.is_dir() and (m := re.fullmatch(r"tp(\d+)", p.name)))
+    return nested or [(1, folder)]
 
 
 def convert(folder: str | Path) -> pd.DataFrame:
     folder = Path(folder)
-    model, meta = _model(folder)
+    meta = yaml.safe_load((folder / "meta.yaml").read_text())
+    model = catalogue_model(meta["model"])
     device = meta["gpu"]
-    source = f"{meta['model']} layer tables, vLLM {meta['vllm_version']}, LLMServingSim profiler (MIT)"
-    shapes = gemm_shapes(model)
     rows = []
-    dense = pd.read_csv(folder / "dense.csv")
-    per_seq = pd.read_csv(folder / "per_sequence.csv").rename(columns={"sequences": "tokens"})
-    for table in (dense, per_seq):
-        for r in table.itertuples(index=False):
-            if r.layer in shapes:
-                n, k = shapes[r.layer]
-                rows.append({"op": "gemm", "dtype": "bf16", "m": int(r.tokens), "n": n, "k": k,
-                             "time_us": float(r.time_us), "device": device, "source": f"{source}: {r.layer}"})
-    heads = {"heads": model.num_heads, "kv_heads": model.num_kv_heads, "head_dim": model.head_dim}
-    attention = pd.read_csv(folder / "attention.csv")
-    for r in attention.itertuples(index=False):
-        if r.prefill_chunk == 0 and r.n_decode > 0 and r.kv_decode > 0:
-            rows.append({"op": "attn_decode", "dtype": "bf16", "batch": int(r.n_decode), "kv_len": int(r.kv_decode),
-                         **heads, "time_us": float(r.time_us), "device": device, "source": f"{source}: attention"})
-        elif r.n_decode == 0 and r.prefill_chunk > 0:
-            rows.append({"op": "attn_prefill", "dtype": "bf16", "batch": 1, "seq_len": int(r.prefill_chunk),
-                         "kv_len": int(r.kv_prefill + r.prefill_chunk), **heads, "time_us": float(r.time_us),
-                         "device": device, "source": f"{source}: attention"})
+    for tp, tables in table_sets(folder):
+        source = f"{meta['model']} layer tables at TP {tp}, vLLM {meta['vllm_version']}, LLMServingSim profiler (MIT)"
+        shapes = gemm_shapes(model, tp)
+        dense = pd.read_csv(tables / "dense.csv")
+        per_seq = pd.read_csv(tables / "per_sequence.csv").rename(columns={"sequences": "tokens"})
+        for table in (dense, per_seq):
+            for r in table.itertuples(index=False):
+                if r.layer in shapes:
+                    n, k = shapes[r.layer]
+                    rows.append({"op": "gemm", "dtype": "bf16", "m": int(r.tokens), "n": n, "k": k,
+                                 "time_us": float(r.time_us), "device": device, "source": f"{source}: {r.layer}"})
+        heads = {"heads": max(1, model.num_heads // tp), "kv_heads": max(1, model.num_kv_heads // tp),
+                 "head_dim": model.head_dim}
+        attention = pd.read_csv(tables / "attention.csv")
+        for r in attention.itertuples(index=False):
+            if r.prefill_chunk == 0 and r.n_decode > 0 and r.kv_decode > 0:
+                rows.append({"op": "attn_decode", "dtype": "bf16", "batch": int(r.n_decode),
+                             "kv_len": int(r.kv_decode), **heads, "time_us": float(r.time_us), "device": device,
+                             "source": f"{source}: attention"})
+            elif r.n_decode == 0 and r.prefill_chunk > 0:
+                rows.append({"op": "attn_prefill", "dtype": "bf16", "batch": 1, "seq_len": int(r.prefill_chunk),
+                             "kv_len": int(r.kv_prefill + r.prefill_chunk), **heads, "time_us": float(r.time_us),
+                             "device": device, "source": f"{source}: attention"})
+            elif r.n_decode > 0 and r.kv_decode > 0 and r.prefill_chunk > 0:
+                rows.append({"op": "attn_mixed", "dtype": "bf16", "batch": int(r.n_decode), "kv_len": int(r.kv_decode),
+                             "seq_len": int(r.prefill_chunk), "prefill_kv_len": int(r.kv_prefill + r.prefill_chunk),
+                             **heads, "time_us": float(r.time_us), "device": device, "source": f"{source}: attention"})
     return pd.DataFrame(rows)
 
 

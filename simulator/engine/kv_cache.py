@@ -52,7 +52,7 @@ class BlockManager:
 
     def _make_room(self) -> None:
         """Evict cached blocks whose memory the blocks in use now need."""
-        over = self.used + len(self.cache.cached) - self.num_blocks
+        over = self.used + self.cache.cached_blocks - self.num_blocks
         if over > 0:
             self.cache.evict(over)
 

@@ -14,6 +14,14 @@ first; a finished request gives its blocks back last-block-first, so a chain's t
 evicted before its head (the head is what most future requests share).
 Accounting with the BlockManager: its `used` counts distinct blocks in use; cached blocks
 count as free for admission and are evicted when a new allocation needs their memory.
+
+vLLM v1 also hashes every full block of a request's own tokens, prompt and output alike, so
+a preempted request finds whatever of its KV is still resident when it resumes and
+recomputes only the rest. Such blocks can only ever be hit by their own request (a trace
+names what requests share), so they are kept as one *run* per request: the count of its
+full private blocks still cached, in LRU order with the named blocks. vLLM frees a request's
+blocks tail first, so eviction eats a run from its end and what survives is always the run's
+head: the resumed request hits `run` blocks after its named prefix.
 """
 from __future__ import annotations
 
@@ -27,14 +35,18 @@ def block_keys(hashes: tuple[int, ...], hash_block_tokens: int, input_tokens: in
 
 
 class PrefixCache:
-    """Reference counts of named KV blocks in use, and the LRU set of cached (unused) ones."""
+    """Reference counts of named KV blocks in use, and the LRU of cached (unused) blocks: named
+    blocks (one entry each) and requests' private runs (an entry of several blocks)."""
 
     def __init__(self) -> None:
         self.refs: dict[tuple, int] = {}
-        self.cached: OrderedDict[tuple, None] = OrderedDict()
+        self.cached: OrderedDict[tuple, int] = OrderedDict()  # key -> blocks (1 for a named block)
+        self.cached_blocks = 0  # blocks in `cached`
         self.hit_tokens = 0  # prompt tokens served from the cache on a request's first start
         self.lookup_tokens = 0  # prompt tokens of those first starts
+        self.resumed_tokens = 0  # tokens a preempted request found still cached when it resumed
         self.evicted = 0
+        self._finished_runs = 0  # keys of the runs of finished requests
 
     def matching(self, keys: list[tuple], limit: int) -> int:
         """How many of the first `limit` keys are present (in use or cached), from the first."""
@@ -58,6 +70,7 @@ class PrefixCache:
                 del cached[key]
                 refs[key] = 1
                 revived += 1
+        self.cached_blocks -= revived
         return revived
 
     def register(self, keys: list[tuple]) -> list[tuple]:
@@ -82,12 +95,38 @@ class PrefixCache:
                 refs[key] = count
             else:
                 del refs[key]
-                cached[key] = None
+                cached[key] = 1
                 freed += 1
+        self.cached_blocks += freed
         return freed
 
+    def keep_run(self, owner: object | None, blocks: int) -> None:
+        """Cache `owner`'s `blocks` full private blocks (its own tokens) as one run. A finished
+        request's run (owner None) can never be hit, but it holds its place in the LRU."""
+        if blocks > 0:
+            if owner is None:
+                self._finished_runs += 1
+                owner = self._finished_runs
+            key = ("run", owner)
+            self.cached_blocks += blocks - self.cached.pop(key, 0)
+            self.cached[key] = blocks
+
+    def take_run(self, owner: object) -> int:
+        """The blocks of `owner`'s run still cached, removed from the LRU (in use again)."""
+        blocks = self.cached.pop(("run", owner), 0)
+        self.cached_blocks -= blocks
+        return blocks
+
     def evict(self, n: int) -> None:
-        """Forget the n least recently used cached blocks (their memory is reused)."""
-        for _ in range(n):
-            self.cached.popitem(last=False)
+        """Forget the n least recently used cached blocks (their memory is reused); a run
+        loses its last blocks first."""
+        cached = self.cached
+        self.cached_blocks -= n
         self.evicted += n
+        while n:
+            key, blocks = next(iter(cached.items()))
+            if blocks > n:
+                cached[key] = blocks - n
+                return
+            del cached[key]
+            n -= blocks

@@ -35,9 +35,17 @@ class Replica:
         self._wake: simpy.Event | None = None
         self._min_step_s = cost.min_step_s
         self.busy_until = math.inf  # end of the step (or span) running now; inf when idle
+        self.steps_started = 0
+        self.in_step = False  # a step (or span) is in flight
+        self._span: tuple[int, np.ndarray] | None = None  # steps started before it, its steps' starts
 
     def submit(self, req) -> None:
         req.replica = self.index
+        # An engine that schedules ahead has already scheduled the step after the one in flight.
+        started = self.steps_started
+        if self._span is not None:  # the steps of the span that have started by now
+            started = self._span[0] + int(self._span[1].searchsorted(self.env.now, side="right"))
+        req.ready_step = started + 1 if self.in_step else started
         reason = self.scheduler.admit(req, self.env.now)
         if reason is not None:
             self.recorder.reject(req, reason)
@@ -52,6 +60,7 @@ class Replica:
     def run(self):
         env, sched, rec = self.env, self.scheduler, self.recorder
         while True:
+            sched.step_index = self.steps_started
             batch = sched.next_batch(env.now)
             if batch is None:
                 if sched.has_work() and not sched.waiting_on_transfers():
@@ -67,9 +76,15 @@ class Replica:
             may_span = self.fast_forward and not batch.transfer_s and (
                 self.pipeline is None or self.pipeline.alone(self))
             span = self._plan_span(batch, cost, start) if may_span else None
+            self.in_step = True
             if span is not None:
+                ends = span[2]
+                self._span = (self.steps_started, np.concatenate(([start], ends[:-1])))
+                self.steps_started += len(ends)
                 yield from self._run_span(batch, cost, start, *span)
+                self._span = None
             else:
+                self.steps_started += 1
                 step_s = cost.time_s + batch.transfer_s
                 if self.pipeline is not None:
                     step_s = self.pipeline.run(start, step_s) - start
@@ -77,6 +92,7 @@ class Replica:
                 yield env.timeout(step_s)
                 rec.iteration(self.index, start, self._recorded(cost), batch)
                 rec.outcome(sched.on_batch_done(batch, env.now))
+            self.in_step = False
             self._report()
 
     def _plan_span(self, batch: ScheduledBatch, first: IterationCost,
@@ -84,21 +100,24 @@ class Replica:
         """Plan `batch` and the decode steps after it that start before the next arrival.
 
         An arrival is seen by the scheduler at the first iteration boundary at or after it,
-        so every step that starts before the next arrival runs as planned. Returns the plan,
-        the cost of its decode steps and the end times of the steps to run, or None when
-        only the first step fits.
+        so every step that starts before the next arrival runs as planned; an engine that
+        schedules ahead (`lags_arrivals`) runs one more step before it can take the arrival.
+        Returns the plan, the cost of its decode steps and the end times of the steps to run,
+        or None when only the first step fits.
         """
         horizon = self.horizon_s()
-        if horizon <= start + first.time_s:  # the next arrival lands during the first step
+        # (not a pipeline's virtual engine: an arrival for a sibling changes its stages' timing)
+        ahead = int(self.scheduler.lags_arrivals and self.pipeline is None)
+        if not ahead and horizon <= start + first.time_s:  # the next arrival lands during the first step
             return None
         # no step is shorter than min_step_s, so more steps than this cannot start in time
-        useful = (horizon - start) / self._min_step_s + 2 if horizon != float("inf") else MAX_SPAN_STEPS
+        useful = (horizon - start) / self._min_step_s + 2 + ahead if horizon != float("inf") else MAX_SPAN_STEPS
         plan = self.scheduler.plan_span(batch, int(min(useful, MAX_SPAN_STEPS)))
         if plan is None:
             return None
         rest = self.cost.decode_span(plan.active[1:], plan.decode_context[1:])
         ends = start + np.concatenate(([first.time_s], rest.time_s)).cumsum()
-        k = 1 + int(ends[:-1].searchsorted(horizon, side="left"))
+        k = 1 + int(ends[:-1].searchsorted(horizon, side="left")) + ahead
         if k == 1:
             return None
         return plan, rest, ends[:k]

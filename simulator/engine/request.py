@@ -28,7 +28,8 @@ class Request:
     """
 
     __slots__ = ("record", "num_tokens", "num_computed", "first_token_s", "first_scheduled_s",
-                 "last_token_s", "preemptions", "replica", "prefix_keys", "held_keys", "swapped_blocks")
+                 "last_token_s", "preemptions", "replica", "prefix_keys", "held_keys", "swapped_blocks",
+                 "ready_step")
 
     def __init__(self, record: TraceRecord):
         self.record = record
@@ -42,6 +43,7 @@ class Request:
         self.prefix_keys: list[tuple] | None = None  # named prompt blocks, with prefix caching
         self.held_keys: list[tuple] = []  # of those, the ones this request holds a reference on
         self.swapped_blocks = 0  # KV blocks in host memory while swapped out
+        self.ready_step = 0  # the replica's steps started before it may be scheduled (async engines)
 
     @property
     def remaining_work_tokens(self) -> int:

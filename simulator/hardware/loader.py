@@ -1,12 +1,13 @@
 """Load hardware YAML (a path or a catalogue name) into validated specs and a `System`.
 
 `extends:` merges a parent spec under the child (mappings merge key by key, anything else
-is replaced). Every error becomes one `InputError` line that names the file, the field path
+is replaced; an inherited relative `calibration:` path keeps pointing where the parent meant). Every error becomes one `InputError` line that names the file, the field path
 and what to write instead, e.g.
 `hardware_specs/gpus/x.yaml: memory[0].bandwidth: "3.35" has no unit (expected e.g. "3.35 TB/s")`.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -79,7 +80,12 @@ def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         parent_path = resolve_path(parent, path)
     except InputError:
         raise InputError(f"{path}: extends: {parent}: no such file or catalogue name") from None
-    return _merge(_raw(parent_path, seen + (path,)), data)
+    base = _raw(parent_path, seen + (path,))
+    calibration = base.get("calibration")
+    if isinstance(calibration, str) and calibration.lower() != "none" and not Path(calibration).is_absolute():
+        # a relative path is relative to the file that names it: restate it from the child's folder
+        base["calibration"] = os.path.relpath(parent_path.parent / calibration, path.parent)
+    return _merge(base, data)
 
 
 def format_location(loc: tuple[Any, ...]) -> str:
@@ -178,8 +184,12 @@ def load_system(name_or_path: str | Path) -> System:
     accel = _load(accel_path)
     if not isinstance(accel, DeviceSpec):
         raise InputError(f"{path}: node.accelerator.spec: {accel_path} is a system, expected a gpu or cpu")
-    fabric_name, fabric = _pick_link(accel, spec.node.accelerator.fabric, _FABRIC_PREFERENCE)
-    if spec.node.accelerator.fabric is not None and fabric is None:
+    declared = spec.node.accelerator.fabric
+    if isinstance(declared, Link):
+        fabric_name, fabric = "fabric", declared
+    else:
+        fabric_name, fabric = _pick_link(accel, declared, _FABRIC_PREFERENCE)
+    if declared is not None and fabric is None:
         raise InputError(
             f"{path}: node.accelerator.fabric: {accel.name} has no link named "
             f"{spec.node.accelerator.fabric!r} (has {sorted(accel.links)})"

@@ -42,10 +42,16 @@ class _Strict(BaseModel):
 
 
 class Link(_Strict):
-    """A point-to-point or per-device link; bandwidth is per direction."""
+    """A point-to-point or per-device link; bandwidth is per direction.
+
+    efficiency: the fraction of `bandwidth` collectives reach over it; unset, the device's
+    `network_efficiency`. A link described by what collectives achieve on it (a measured bus
+    bandwidth) says 1.0.
+    """
 
     bandwidth: Bandwidth
     latency: Duration = 0.0
+    efficiency: float | None = Field(None, gt=0, le=1)
 
 
 class MemoryTier(_Strict):
@@ -103,26 +109,42 @@ class Efficiency(_Strict):
     """Named efficiency knobs of the roofline cost model (see simulator/perf/roofline.py).
 
     compute_max: best fraction of the dtype's peak that a large, well-shaped GEMM reaches.
-      Default 0.75: H100 SXM bf16 cuBLAS GEMMs reach about 700-750 of 989 TFLOPS.
     memory_max: best fraction of the memory bandwidth a long streaming kernel reaches.
-      Default 0.90: STREAM-like copies on HBM2e/HBM3 reach 88-92 % of the datasheet figure.
     tile_m, tile_n: output tile a GEMM kernel assigns to one compute unit; with `units`
       they give wave quantisation (a partial last wave leaves units idle).
-    attention_compute_max: best fraction of peak reached by fused attention kernels
-      (FlashAttention-2 reaches 50-70 % of peak on A100/H100).
+    attention_compute_max: best fraction of peak reached by fused attention kernels.
     small_bytes_half: bytes at which a memory-bound kernel reaches half of memory_max
-      (latency-bound small transfers; 2 MB by default, a few waves of 128-byte requests).
+      (latency-bound small transfers; it also sets the shortest a kernel can be).
     network_efficiency: fraction of link bandwidth collectives reach (NCCL bus bandwidth
       reaches about 80 % of NVLink's per-direction figure).
+    mixed_decode_gqa_miss: in a step with prefill chunks, decodes take the prefill kernel's
+      path and cost 1 + miss x (query heads per KV head - 1) times their decode-only time
+      (perf/mixed_attention.py: 0.2, the median of the measured RTX 4090 and RTX PRO 6000
+      tables' 0.13-0.30); a calibration profile with mixed-step measurements replaces it.
+
+    The defaults of compute_max, memory_max and attention_compute_max are derived from the
+    shipped measurements of four GPUs (`python -m validation.roofline_defaults`): each
+    measurement group (H100 GEMMs bf16 and fp8, H100 prefill and decode attention, A100
+    GEMMs, RTX 4090 and RTX PRO 6000 GEMMs and attention, rows of at least 20 us) is fitted
+    on its own, and each default is the median over the groups it governs: compute_max 0.82
+    (GEMM fits 0.50-1.00: H100 0.83, H100 fp8 0.50, A100 0.76, RTX PRO 0.82, RTX 4090 1.00),
+    memory_max 0.76 (GEMM and decode fits 0.49-0.88), attention_compute_max 0.50 (prefill
+    fits 0.46, 0.50, 0.75). small_bytes_half stays 2 MB: the elementwise kernels of the RTX
+    layer tables (1.9-2.7 us at one token) need it. The previous defaults (0.75, 0.90, 0.60)
+    left the roofline optimistic (median signed error on rows of at least 20 us: H100 GEMMs
+    bf16 +1.5 %, H100 attention -39 % and -45 %, RTX attention -16 % to -57 %); the roofline
+    has no fixed per-kernel cost, so very short kernels stay optimistic (bounds and numbers:
+    tests/test_roofline_defaults.py, validation/README.md).
     """
 
-    compute_max: float = Field(0.75, gt=0, le=1)
-    memory_max: float = Field(0.90, gt=0, le=1)
+    compute_max: float = Field(0.82, gt=0, le=1)
+    memory_max: float = Field(0.76, gt=0, le=1)
     tile_m: PositiveInt = 128
     tile_n: PositiveInt = 128
-    attention_compute_max: float = Field(0.6, gt=0, le=1)
+    attention_compute_max: float = Field(0.50, gt=0, le=1)
     small_bytes_half: float = Field(2e6, ge=0)
     network_efficiency: float = Field(0.8, gt=0, le=1)
+    mixed_decode_gqa_miss: float = Field(0.2, ge=0)
 
 
 class DeviceSpec(_Strict):
@@ -131,6 +153,9 @@ class DeviceSpec(_Strict):
     name: str
     kind: Literal["gpu", "cpu"]
     vendor: str | None = None
+    # architecture family (hopper, ampere, ada, blackwell, cdna3, ...): a device without a profile of
+    # its own transfers the efficiencies of a profiled device of the same family first
+    architecture: str | None = None
     compute: Compute
     memory: list[MemoryTier] = Field(min_length=1)
     links: dict[str, Link] = {}
@@ -177,7 +202,9 @@ class Member(_Strict):
 
     spec: str
     count: PositiveInt = 1
-    fabric: str | None = None  # link name among the devices (e.g. nvlink)
+    # among the devices: the name of one of their links (e.g. nvlink), or a link of the system's
+    # own (e.g. PCIe peer-to-peer through a CPU's root complex, slower than each card's PCIe)
+    fabric: str | Link | None = None
     link: str | None = None  # link name to the accelerators (hosts)
 
 

@@ -121,7 +121,10 @@ class Recorder:
     inference power rising with utilisation from idle towards TDP)."""
 
     def __init__(self, out_dir: Path | None, keep_frames: bool, replicas: list[ReplicaHardware],
-                 slo: SloSpec | None = None):
+                 slo: SloSpec | None = None, output_delay_s: float = 0.0):
+        """output_delay_s: how long after the engine a token reaches the client (the API
+        server's leg back): a request's first-token and finish times are the client's."""
+        self.output_delay_s = output_delay_s
         self.requests = _CsvSink(out_dir / "requests.csv" if out_dir else None, REQUEST_SCHEMA, keep_frames)
         self.iterations = _CsvSink(out_dir / "iterations.csv" if out_dir else None, ITERATION_SCHEMA, keep_frames)
         self.replicas = replicas
@@ -238,8 +241,8 @@ class Recorder:
         arrival = np.array([r.arrival_s for r in records])
         inp = np.array([r.input_tokens for r in records], dtype=np.int64)
         out = np.array([r.output_tokens for r in records], dtype=np.int64)
-        first = np.array([r.first_token_s for r in done])
-        finish = np.array([r.last_token_s for r in done])
+        first = np.array([r.first_token_s for r in done]) + self.output_delay_s
+        finish = np.array([r.last_token_s for r in done]) + self.output_delay_s
         ttft = first - arrival
         e2e = finish - arrival
         # SimPy reaches an arrival as now + (arrival - now), which can round one ulp below it

@@ -39,6 +39,7 @@ class ModelConfig:
     qkv_bias: bool
     num_experts: int = 1  # MoE: experts per layer (1 = dense)
     experts_per_token: int = 1
+    qk_norm: bool = False  # RMSNorm of every query and key head before RoPE (Qwen3)
 
     @property
     def q_size(self) -> int:
@@ -56,7 +57,8 @@ class ModelConfig:
         mlp_mats = 3 if self.gated_mlp else 2
         mlp = mlp_mats * self.hidden_size * self.intermediate_size * self.num_experts
         router = self.hidden_size * self.num_experts if self.num_experts > 1 else 0
-        return attn + mlp + router + 2 * self.hidden_size
+        qk_norm = 2 * self.head_dim if self.qk_norm else 0
+        return attn + mlp + router + 2 * self.hidden_size + qk_norm
 
     def embedding_params(self) -> int:
         """Input embedding plus LM head (one matrix when tied) plus the final norm."""
@@ -84,6 +86,10 @@ def _positive_int(value: Any, where: str, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InputError(f"{where}: {key}: {value!r} is not a positive integer")
     return value
+
+
+# Model types whose attention normalises each query and key head (q_norm, k_norm) before RoPE.
+QK_NORM_TYPES = ("qwen3", "qwen3_moe")
 
 
 def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) -> ModelConfig:
@@ -114,6 +120,7 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
         qkv_bias=bool(cfg.get("attention_bias", model_type in ("qwen2", "opt"))),
         num_experts=_positive_int(cfg.get("num_local_experts") or cfg.get("num_experts") or 1, where, "num_local_experts"),
         experts_per_token=_positive_int(cfg.get("num_experts_per_tok") or 1, where, "num_experts_per_tok"),
+        qk_norm=model_type in QK_NORM_TYPES,
     )
 
 

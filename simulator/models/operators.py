@@ -86,6 +86,7 @@ def dense_ops(model: ModelConfig, tokens: int, shard: Sharding, prec: Precision)
         Operator("embedding", "elementwise", 0.0, T * h * DTYPE_BYTES[prec.activations] * 2, prec.activations),
         _elementwise("input_layernorm", T * h, 2, prec, L, flops_per=4),
         _gemm("qkv_proj", T, q + 2 * kv, h, prec, L),
+        *([_elementwise("qk_norm", T * (q + kv), 2, prec, L, flops_per=4)] if model.qk_norm else []),
         _elementwise("rotary_emb", T * (q + kv), 2, prec, L, flops_per=3),
         _gemm("o_proj", T, h, q, prec, L),
         _elementwise("post_attention_layernorm", T * h, 2, prec, L, flops_per=4),
@@ -177,6 +178,8 @@ def head_ops(model: ModelConfig, sampled: int, shard: Sharding, prec: Precision)
             Operator("sampler", "elementwise", sampled * V * 5.0, sampled * V * 4.0 * 3, "fp32"),
         ]
         if tp > 1:
-            # each device holds vocab/tp logits; all-gather the full rows (message = whole result)
-            ops.append(Operator("logits_gather", "allgather", 0.0, sampled * model.vocab_size * 4.0, "fp32"))
+            # each device holds vocab/tp logits in the model dtype; vLLM v1 all-gathers the full
+            # rows so that every rank samples (message = the whole result)
+            ab = DTYPE_BYTES[prec.activations]
+            ops.append(Operator("logits_gather", "allgather", 0.0, sampled * model.vocab_size * ab, prec.activations))
     return ops

@@ -1,15 +1,18 @@
 """Calibration profiles: measured kernel timings turned into per-op predictors, saved as YAML.
 
-`calibrate(system, files)` groups the measurements by (op, dtype), fits each group with
-`fitting.fit_op` (interpolation inside the measured grid, a roofline-with-efficiency fit
-outside it), and records, for every group, its own 5-fold held-out error, the measured shape
-ranges, the source files and the device. `Calibration.load(path)` reads it back; the cost
-model asks `predict_us` for an op and falls back to the uncalibrated roofline for ops and
-dtypes the profile does not cover. Every prediction says where it came from.
+`calibrate(system, files)` checks that the files were measured on the system's device
+(`device_identity.measured_elsewhere`; `force` skips that), groups the measurements by (op,
+dtype), fits each group with `fitting.fit_op` (interpolation inside the measured grid, a
+roofline-with-efficiency fit outside it), and records, for every group, its own 5-fold
+held-out error, the measured shape ranges, the source files (name and sha256), the device
+and the fingerprint of the spec it was fitted against (`fitted_on`: the numbers that say
+which device the profile's times hold for). `Calibration.load(path)` reads it back; how a
+run uses it (measured here, scaled, transferred) is `profile_use.py`'s.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,9 @@ import yaml
 
 from ..errors import InputError
 from ..hardware.loader import System
+from .device_identity import fingerprint, measured_elsewhere
 from .measurements import read_all
+from .mixed_attention import MixedAttention
 
 SCHEMA = "simulator.calibration/1"
 # libyaml's C loader reads a profile of a few hundred kB ten times faster than the pure-Python one
@@ -46,23 +51,14 @@ class OpProfile:
 
 @dataclass
 class Calibration:
-    device: str
-    hardware: str
+    device: str  # as the measurements name it
+    hardware: str  # the spec's name
     sources: list[str]
+    fitted_on: dict[str, Any]  # device_identity.fingerprint of the spec it was fitted against
+    source_sha256: dict[str, str] = field(default_factory=dict)  # file name -> sha256 of its bytes
     ops: dict[tuple[str, str], OpProfile] = field(default_factory=dict)
     path: Path | None = None
-
-    def covers(self, op: str, dtype: str) -> bool:
-        return (op, dtype) in self.ops
-
-    def predict_us(self, op: str, dtype: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted times and their sources ("calibrated-interpolation" / "calibrated-fit")."""
-        profile = self.ops[(op, dtype)]
-        return profile.model.predict_us(frame), profile.model.source_of(frame)
-
-    def error_band_pct(self, quantile: str = "p90") -> float:
-        """The worst held-out error quantile over the profile's groups (for uncertainty bands)."""
-        return max((p.heldout_error_pct[quantile] for p in self.ops.values()), default=0.0)
+    mixed: MixedAttention | None = None  # measured cost of decodes in steps with prefill chunks
 
     # -- YAML ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -71,11 +67,15 @@ class Calibration:
             "schema": SCHEMA,
             "device": self.device,
             "hardware": self.hardware,
+            "fitted_on": self.fitted_on,
             "created": _dt.date.today().isoformat(),
             "created_by": "simulate calibrate",
             "sources": self.sources,
+            "source_sha256": self.source_sha256,
             "ops": [p.to_dict() for p in self.ops.values()],
         }
+        if self.mixed is not None:
+            data["mixed_attention"] = self.mixed.to_dict()
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(yaml.dump(data, Dumper=_DUMPER, sort_keys=False, width=120))
         os.replace(tmp, path)
@@ -92,11 +92,9 @@ class Calibration:
             raise InputError(f"{path}: cannot read calibration ({exc.strerror})") from None
         except yaml.YAMLError as exc:
             raise InputError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise InputError(f"{path}: schema: not a calibration profile (expected schema: {SCHEMA}; "
-                             "write one with `simulate calibrate`)")
+        _check_header(path, data)
         calib = cls(str(data.get("device", "")), str(data.get("hardware", "")), list(data.get("sources", [])),
-                    path=path)
+                    dict(data["fitted_on"]), dict(data.get("source_sha256") or {}), path=path)
         for i, entry in enumerate(data.get("ops", [])):
             try:
                 model = OpModel.from_dict(entry["model"])
@@ -104,16 +102,65 @@ class Calibration:
                                                                       dict(entry["heldout_error_pct"]))
             except (KeyError, TypeError, ValueError) as exc:
                 raise InputError(f"{path}: ops[{i}]: malformed entry ({exc})") from None
+        if data.get("mixed_attention"):
+            try:
+                calib.mixed = MixedAttention.from_dict(data["mixed_attention"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InputError(f"{path}: mixed_attention: malformed entry ({exc})") from None
         return calib
 
 
+def _check_header(path: Path, data: Any) -> None:
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise InputError(f"{path}: schema: not a calibration profile (expected schema: {SCHEMA}; "
+                         "write one with `simulate calibrate`)")
+    if not isinstance(data.get("fitted_on"), dict):
+        raise InputError(f"{path}: fitted_on: missing (a profile written before device fingerprints); "
+                         "re-run `simulate calibrate` on its measurements")
+
+
+def read_header(path: Path) -> dict[str, Any] | None:
+    """A profile's top-level fields without its op tables (cheap: read up to `ops:`), or None
+    for a YAML file that is not a calibration profile."""
+    text = path.read_text()
+    cut = text.find("\nops:")
+    try:
+        data = yaml.load(text if cut < 0 else text[:cut], Loader=_LOADER)
+        _check_header(path, data)
+    except (yaml.YAMLError, InputError):
+        return None
+    return data
+
+
+def _measured_kind(path: Path) -> str | None:
+    """The device kind the harness recorded beside a measurement file (FILE.meta.yaml), if any."""
+    meta = Path(path).with_suffix(".meta.yaml")
+    try:
+        data = yaml.safe_load(meta.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    kind = data.get("device_kind") if isinstance(data, dict) else None
+    return {"cuda": "gpu", "cpu": "cpu"}.get(str(kind))
+
+
 def calibrate(system: System, files: list[str | Path], device: str | None = None, folds: int = 5,
-              progress=None) -> Calibration:
-    """Fit every (op, dtype) group of the measurement files; see the module docstring."""
+              progress=None, force: bool = False) -> Calibration:
+    """Fit every (op, dtype) group of the measurement files; see the module docstring.
+    Measurements of another device are refused (InputError) unless `force`."""
     from .fitting import fit_op, kfold_errors
 
     frame = read_all(files, device)
-    calib = Calibration(str(frame["device"].iloc[0]), system.name, [Path(f).name for f in files])
+    if not force:
+        kinds = {_measured_kind(Path(f)) for f in files} - {None}
+        problem = measured_elsewhere(frame, system, kinds.pop() if len(kinds) == 1 else None)
+        if problem is not None:
+            raise InputError(f"{', '.join(Path(f).name for f in files)}: {problem} ({system.source_file}); "
+                             "calibrate against that device's spec, or pass --force to fit anyway")
+    calib = Calibration(str(frame["device"].iloc[0]), system.name, [Path(f).name for f in files],
+                        fingerprint(system.accelerator),
+                        {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files})
+    mixed = frame[frame["op"] == "attn_mixed"]
+    frame = frame[frame["op"] != "attn_mixed"]
     groups = list(frame.groupby(["op", "dtype"], sort=True))
     for i, ((op, dtype), rows) in enumerate(groups):
         rows = rows.reset_index(drop=True)
@@ -123,27 +170,25 @@ def calibrate(system: System, files: list[str | Path], device: str | None = None
         calib.ops[(op, dtype)] = OpProfile(op, dtype, fit_op(rows, system), heldout)
         if progress is not None:
             progress(i + 1, len(groups))
+    if len(mixed):
+        calib.mixed = _fit_mixed(calib, mixed.reset_index(drop=True))
     return calib
 
 
-def resolve_calibration(system: System, option: str | None) -> Calibration | None:
-    """The profile a run uses: `--calibration FILE`, `none`, or the spec's `calibration:` field."""
-    if option is not None and option.lower() == "none":
-        return None
-    if option is not None:
-        return Calibration.load(option)
-    declared = system.accelerator.calibration
-    if declared is None:
-        return None
-    path = Path(declared)
-    if not path.is_absolute():
-        path = Path(system.accelerator_file).parent / path
-    return Calibration.load(path)
+def _fit_mixed(calib: Calibration, rows: pd.DataFrame) -> MixedAttention:
+    """The mixed-step factors, against this profile's own fits of the two parts alone."""
+    dtype = str(rows["dtype"].iloc[0])
+    for op in ("attn_prefill", "attn_decode"):
+        if (op, dtype) not in calib.ops:
+            raise InputError(f"attn_mixed rows need {op} rows of the same dtype ({dtype}) to be calibrated against")
+    return MixedAttention.fit(rows, calib.ops[("attn_prefill", dtype)].model.predict_us,
+                              calib.ops[("attn_decode", dtype)].model.predict_us)
 
 
-def predict_rows(frame: pd.DataFrame, system: System, calib: Calibration | None) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted time (us) and its source for every measured row: the profile where it covers
-    the row's (op, dtype), else the uncalibrated roofline."""
+def predict_rows(frame: pd.DataFrame, system: System, calib) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted time (us) and its source for every measured row: the applied profile
+    (`profile_use.AppliedProfile`) where it covers the row's (op, dtype), else the
+    uncalibrated roofline."""
     from .kernels import roofline_us
 
     predicted = np.empty(len(frame))
@@ -158,12 +203,28 @@ def predict_rows(frame: pd.DataFrame, system: System, calib: Calibration | None)
     return predicted, source
 
 
+def in_sample(frame: pd.DataFrame, files: list[str | Path], calib: Calibration | None) -> np.ndarray:
+    """Per row (of `read_all`'s frame, with its `file` column): whether the profile was fitted
+    on it, i.e. its file has the contents (sha256) or the name of one of the profile's sources
+    (a source rewritten before fitting, e.g. with its device renamed, keeps its name). Errors
+    on such rows are in-sample, not held out."""
+    if calib is None:
+        return np.zeros(len(frame), dtype=bool)
+    fitted = set(calib.source_sha256.values())
+    inside = {Path(f).name for f in files
+              if Path(f).name in calib.sources or hashlib.sha256(Path(f).read_bytes()).hexdigest() in fitted}
+    return frame["file"].isin(inside).to_numpy()
+
+
 def error_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per op (and overall): rows, median and p90 of |error_pct|, and MAPE."""
+    """Per op (and overall): rows, in-sample rows (`in_sample` column, when present), median
+    and p90 of |error_pct|, and MAPE."""
     abs_err = frame["error_pct"].abs()
-    groups = {op: abs_err[frame["op"] == op] for op in sorted(frame["op"].unique())}
-    groups["all"] = abs_err
+    inside = frame["in_sample"] if "in_sample" in frame.columns else pd.Series(False, index=frame.index)
+    groups = {op: frame["op"] == op for op in sorted(frame["op"].unique())}
+    groups["all"] = pd.Series(True, index=frame.index)
     return pd.DataFrame(
-        [{"op": op, "rows": len(e), "median_pct": e.median(), "p90_pct": e.quantile(0.9), "mape_pct": e.mean()}
-         for op, e in groups.items()]
+        [{"op": op, "rows": int(rows.sum()), "in_sample": int((rows & inside).sum()),
+          "median_pct": abs_err[rows].median(), "p90_pct": abs_err[rows].quantile(0.9),
+          "mape_pct": abs_err[rows].mean()} for op, rows in groups.items()]
     )

@@ -5,9 +5,13 @@ The iteration's operators come from `models.operators`; each costs its roofline 
 (`collectives.py`). Kernel overheads follow how the engine launches them:
 - eager mode: the CPU enqueues kernels asynchronously, so a kernel costs
   max(GPU time, kernel_launch): small kernels are launch-bound;
-- CUDA-graph replay (vLLM captures batches up to `max_cudagraph_capture_size` tokens):
-  GPU time + graph_kernel_gap per kernel.
-Plus `scheduler_per_iteration` of host time that the engine does not overlap.
+- CUDA-graph replay (`cuda_graphs.py`: vLLM pads a step of up to the capture limit to the
+  next captured size; FULL graphs for decode-only steps, PIECEWISE ones with eager attention
+  otherwise): GPU time + graph_kernel_gap per kernel, on the padded token count. The logits
+  and the sampler run after the graph, eagerly.
+The engine's own CPU time per step (`scheduler_per_iteration`: scheduling, input preparation,
+output processing) adds to the step, or, when the engine schedules asynchronously (vLLM v1),
+overlaps it: the step then takes max(GPU time, CPU time).
 Pipeline stages run one after another for a batch, with a point-to-point send of the
 activations between stages: this is one micro-batch's time through the whole pipeline. How
 the micro-batches of a replica's virtual engines overlap is the engine's (engine/pipeline.py).
@@ -30,9 +34,10 @@ from ..hardware.loader import System
 from ..hardware.spec import Link
 from ..models.config import DTYPE_BYTES, ModelConfig
 from ..models.operators import Operator, attention_decode_op, attention_prefill_op, dense_ops, head_ops
-from .calibration import Calibration
 from .collectives import allgather_time_s, allreduce_time_s, p2p_time_s
+from .cuda_graphs import GraphPlan
 from .kernel_times import HOST, ROOFLINE, SOURCES, grown_size, kernel_times
+from .profile_use import AppliedProfile
 
 COLLECTIVES = ("allreduce", "allgather")
 _SOURCE_IDS = np.arange(len(SOURCES))[:, None]
@@ -68,8 +73,8 @@ class BatchShape(NamedTuple):
 class IterationCost(NamedTuple):
     """Cost of one iteration (floats) or of a span of iterations (numpy arrays).
 
-    sources_s splits time_s by where it came from (kernel_times.SOURCES): shape (4,) for one
-    iteration, (4, k) for a span.
+    sources_s splits time_s by where it came from (kernel_times.SOURCES): shape (S,) for one
+    iteration, (S, k) for a span, S being the number of sources.
     """
 
     time_s: float | np.ndarray
@@ -91,11 +96,20 @@ class _Part(NamedTuple):
 class CostModel:
     """Per-iteration cost of a deployment of `model` on `system`."""
 
-    def __init__(self, system: System, model: ModelConfig, dep: Deployment, calibration: Calibration | None = None,
-                 kernel_scale: float = 1.0):
-        """kernel_scale multiplies every kernel's device time (uncertainty bands use it)."""
+    def __init__(self, system: System, model: ModelConfig, dep: Deployment,
+                 calibration: AppliedProfile | None = None, kernel_scale: dict[tuple[int, str], float] | None = None,
+                 host_overlapped: bool = False, budget_tokens: int | None = None):
+        """kernel_scale: factors by (kernel_times.SOURCES index, operator kind) multiplying the
+        device time of the kernels of that source and kind, 1 for the others (uncertainty bands
+        use it; None: unscaled);
+        host_overlapped: the engine's CPU work overlaps the GPU's (asynchronous scheduling);
+        budget_tokens: the most tokens a step holds (it bounds vLLM's CUDA-graph sizes)."""
         self.system, self.model, self.dep = system, model, dep
         self.kernel_scale = kernel_scale
+        self.host_overlapped = host_overlapped
+        self.budget_tokens = budget_tokens or dep.max_num_batched_tokens or 2048
+        self.graphs = GraphPlan(dep, self.budget_tokens)
+        self.host_s = system.accelerator.overheads.scheduler_per_iteration
         self.device = system.accelerator
         self.kernels = kernel_times(system, model, dep, calibration)
         self.shard, self.prec = dep.sharding, dep.precision
@@ -128,16 +142,18 @@ class CostModel:
         over = self.device.overheads
         return (over.graph_kernel_gap, 0.0) if graphed else (0.0, over.kernel_launch)
 
-    def op_time_s(self, op: Operator, graphed: bool) -> tuple[float, float, int]:
+    def op_time_s(self, op: Operator, graphed: bool, factor: float = 1.0) -> tuple[float, float, int]:
         """Time of all `op.count` executions of one operator, overheads included; the part of
         it the kernels (or the collective) take themselves, and the source of that part
-        (kernel_times.SOURCES). The rest is host overhead."""
+        (kernel_times.SOURCES). The rest is host overhead. `factor` scales the kernel time
+        (decodes in a step with prefill chunks, perf/mixed_attention.py)."""
         if op.kind in COLLECTIVES:
             one, source = self._collective_s(op)
             return op.count * one, op.count * one, source
         gpu, source = self.kernels.gpu_time_s(op)
-        if self.kernel_scale != 1.0:
-            gpu *= self.kernel_scale
+        gpu *= factor
+        if self.kernel_scale is not None:
+            gpu *= self.kernel_scale.get((source, op.kind), 1.0)
         gap, launch = self._kernel_overheads(graphed)
         return op.count * max(gpu + gap, launch), op.count * gpu, source
 
@@ -149,17 +165,21 @@ class CostModel:
                     and self.kernels.collective_time_s(op.kind, op.bytes, world))
         if measured:
             one, source = measured
-            return one * self.kernel_scale, source
-        link = self._require_link(self.tp_link, f"tensor-parallel {op.kind}")
-        model = allreduce_time_s if op.kind == "allreduce" else allgather_time_s
-        return model(op.bytes, world, link, self.device.efficiency.network_efficiency) * self.kernel_scale, ROOFLINE
+        else:
+            link = self._require_link(self.tp_link, f"tensor-parallel {op.kind}")
+            model = allreduce_time_s if op.kind == "allreduce" else allgather_time_s
+            one, source = model(op.bytes, world, link, self.device.efficiency.network_efficiency), ROOFLINE
+        if self.kernel_scale is not None:
+            one *= self.kernel_scale.get((source, op.kind), 1.0)
+        return one, source
 
-    def _sum(self, ops: list[Operator], graphed: bool) -> _Part:
-        """Totals of some scalar operators of one iteration, split by source."""
+    def _sum(self, ops: list[Operator], graphed: bool, factors: tuple[float, ...] = ()) -> _Part:
+        """Totals of some scalar operators of one iteration, split by source; `factors`
+        scale the kernel times of the first operators (see op_time_s)."""
         time_s = flops = nbytes = 0.0
         sources = [0.0] * len(SOURCES)
-        for op in ops:
-            total, device, source = self.op_time_s(op, graphed)
+        for i, op in enumerate(ops):
+            total, device, source = self.op_time_s(op, graphed, factors[i] if i < len(factors) else 1.0)
             time_s += total
             sources[source] += device
             sources[HOST] += total - device
@@ -168,37 +188,45 @@ class CostModel:
                 nbytes += op.bytes * op.count
         return _Part(time_s, flops, nbytes, sources)
 
-    def _graphed(self, tokens: int) -> bool:
-        return not self.dep.enforce_eager and tokens <= self.dep.max_cudagraph_capture_size
-
     def _dense_part(self, tokens: int) -> _Part:
-        return self._sum(dense_ops(self.model, tokens, self.shard, self.prec), self._graphed(tokens))
+        """The token-parallel layers of a step of `tokens` tokens, on its padded token count."""
+        graphs = self.graphs
+        return self._sum(dense_ops(self.model, graphs.padded(tokens), self.shard, self.prec), graphs.graphed(tokens))
 
-    def _head_part(self, sampled: int, graphed: bool) -> _Part:
-        return self._sum(head_ops(self.model, sampled, self.shard, self.prec), graphed)
+    def _head_part(self, sampled: int) -> _Part:
+        return self._sum(head_ops(self.model, sampled, self.shard, self.prec), False)
 
     def _fixed_part(self, tokens: int, sampled: int) -> _Part:
         """Everything of an iteration but attention, per device: stages run their share of the
-        token-parallel layers in turn and send to the next, embeddings and the head run once,
-        and the host adds its per-iteration time."""
+        token-parallel layers in turn and send to the next, embeddings and the head run once."""
         pp = self.dep.pp
-        dense, head = self._dense(tokens), self._head(sampled, self._graphed(tokens))
-        send, host = self.pipeline_send_s(tokens), self.device.overheads.scheduler_per_iteration
+        dense, head = self._dense(tokens), self._head(sampled)
+        send = self.pipeline_send_s(tokens)
         sources = [pp * d + h for d, h in zip(dense.sources_s, head.sources_s)]
         sources[ROOFLINE] += send
-        sources[HOST] += host
-        return _Part(pp * dense.time_s + head.time_s + send + host, dense.flops + head.flops / pp,
+        return _Part(pp * dense.time_s + head.time_s + send, dense.flops + head.flops / pp,
                      dense.bytes + head.bytes / pp, sources)
 
+    def with_host(self, gpu_s):
+        """A step's time from its GPU time: the engine's CPU time added, or overlapped."""
+        if self.host_overlapped:
+            return np.maximum(gpu_s, self.host_s) if isinstance(gpu_s, np.ndarray) else max(gpu_s, self.host_s)
+        return gpu_s + self.host_s
+
     def _attention_part(self, batch: BatchShape, graphed: bool) -> _Part:
-        """Attention of one stage: its layers' prefill and decode attention calls."""
+        """Attention of one stage: its layers' prefill and decode attention calls; decodes
+        in a step with prefill chunks run the prefill kernel's slower path."""
         ops: list[Operator] = []
+        factor = 1.0
+        if batch.num_decodes:
+            ops.append(attention_decode_op(self.model, batch.num_decodes, batch.decode_context, self.shard, self.prec))
+            if batch.prefill_tokens:
+                n = batch.num_decodes
+                factor = self.kernels.mixed_decode_factor(n, batch.decode_context / n)
         if batch.prefill_tokens:
             ops.append(attention_prefill_op(self.model, batch.prefill_tokens, batch.prefill_context,
                                             batch.prefill_pairs, self.shard, self.prec))
-        if batch.num_decodes:
-            ops.append(attention_decode_op(self.model, batch.num_decodes, batch.decode_context, self.shard, self.prec))
-        return self._sum(ops, graphed)
+        return self._sum(ops, graphed, (factor,))
 
     def pipeline_send_s(self, tokens: int) -> float:
         if self.dep.pp <= 1:
@@ -211,9 +239,13 @@ class CostModel:
         """Wall time of one iteration of `batch`, and per-device FLOPs and bytes."""
         tokens, pp = batch.tokens, self.dep.pp
         fixed = self._fixed(tokens, batch.sampled)
-        attn = self._attention_part(batch, self._graphed(tokens))
+        # attention is inside the graph only in a FULL graph: a decode-only step
+        attn = self._attention_part(batch, not batch.prefill_tokens and self.graphs.graphed(tokens))
         sources = [f + pp * a for f, a in zip(fixed.sources_s, attn.sources_s)]
-        return IterationCost(fixed.time_s + pp * attn.time_s, fixed.flops + attn.flops, fixed.bytes + attn.bytes,
+        gpu = fixed.time_s + pp * attn.time_s
+        time_s = self.with_host(gpu)
+        sources[HOST] += time_s - gpu
+        return IterationCost(time_s, fixed.flops + attn.flops, fixed.bytes + attn.bytes,
                              self.prec.gemm_compute, np.array(sources))
 
     def decode_span(self, num_decodes: np.ndarray, context: np.ndarray) -> IterationCost:
@@ -229,18 +261,20 @@ class CostModel:
         op = Operator(unit.name, unit.kind, context * unit.flops, context * unit.bytes + columns[_BATCH_BYTES],
                       unit.dtype, unit.count, m=num_decodes)
         gpu, source = self.kernels.gpu_time_s(op)
-        if self.kernel_scale != 1.0:
-            gpu = gpu * self.kernel_scale
+        if self.kernel_scale is not None:
+            gpu = gpu * np.array([self.kernel_scale.get((i, op.kind), 1.0) for i in range(len(SOURCES))])[source]
         runs = self.dep.pp * op.count  # attention calls per step: its layers in every stage
         total = np.maximum(gpu + columns[_GAP], columns[_LAUNCH]) * runs
         device = gpu * runs
         sources = columns[_SOURCE_ROWS]  # a view of the fresh array the gather made: safe to update
-        sources[HOST] += total - device
+        step_gpu = columns[_TIME] + total
+        step_s = self.with_host(step_gpu)
+        sources[HOST] += total - device + step_s - step_gpu
         if isinstance(source, np.ndarray):  # calibrated: each step's nearest table point
             sources += (_SOURCE_IDS == source) * device
         else:
             sources[source] += device
-        return IterationCost(columns[_TIME] + total, columns[_FLOPS] + op.flops * op.count,
+        return IterationCost(step_s, columns[_FLOPS] + op.flops * op.count,
                              columns[_BYTES] + op.bytes * op.count, self.prec.gemm_compute, sources)
 
     def _decode_columns(self, most: int) -> np.ndarray:
@@ -257,7 +291,7 @@ class CostModel:
         """The decode table's column for a decode step of n sequences (rows: see _TIME...)."""
         fixed = self._fixed(n, n)
         batch_bytes = attention_decode_op(self.model, n, 0.0, self.shard, self.prec).bytes
-        return [fixed.time_s, fixed.flops, fixed.bytes, *self._kernel_overheads(self._graphed(n)), batch_bytes,
+        return [fixed.time_s, fixed.flops, fixed.bytes, *self._kernel_overheads(self.graphs.graphed(n)), batch_bytes,
                 *fixed.sources_s]
 
     @property

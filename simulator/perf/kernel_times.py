@@ -4,7 +4,8 @@
 the index of its source in SOURCES. Without a profile every compute kernel is the roofline
 of `roofline.py` and every collective the alpha-beta model of `collectives.py`.
 
-With a profile (`perf/calibration.py`):
+With a profile, as the run applies it (`perf/profile_use.py`: measured on this device, scaled
+to another dtype, or transferred from another device, each resolved once per (op, dtype)):
 - GEMMs and collectives are predicted by the profile directly; they depend only on the token
   count of an iteration, which the cost model memoises, so the profile is asked once per
   shape.
@@ -16,7 +17,8 @@ With a profile (`perf/calibration.py`):
   every batch size (`_DecodeRows`): a step then interpolates along context only.
 Ops or dtypes the profile does not cover stay on the roofline. The source of a calibrated
 prediction is "calibrated-interpolation" inside the measured shape ranges and
-"calibrated-fit" outside them (the profile's extrapolating model).
+"calibrated-fit" outside them (the profile's extrapolating model); "scaled" and
+"transferred" mark the other two ways a profile answers.
 """
 from __future__ import annotations
 
@@ -30,13 +32,16 @@ from ..deployment import Deployment
 from ..hardware.loader import System
 from ..models.config import ModelConfig
 from ..models.operators import Operator
-from .calibration import Calibration
+from .mixed_attention import default_factor
+from .profile_use import CALIBRATED, AppliedProfile
 from .roofline import operator_time_s
 
 # GEMMs with up to this many rows (tokens of an iteration) are looked up in a per-shape table.
 GEMM_TABLE_ROWS = 16384
-SOURCES = ("calibrated-interpolation", "calibrated-fit", "roofline", "host-overhead")
-INTERP, FIT, ROOFLINE, HOST = range(4)
+SOURCES = ("calibrated-interpolation", "calibrated-fit", "roofline", "host-overhead", "transferred", "scaled")
+INTERP, FIT, ROOFLINE, HOST, TRANSFERRED, SCALED = range(len(SOURCES))
+KERNEL_SOURCES = (INTERP, FIT, ROOFLINE, TRANSFERRED, SCALED)  # all but host-overhead
+_SOURCE_INDEX = {name: i for i, name in enumerate(SOURCES)}
 
 # Attention table axes (log2): sequences 1..4096, mean context 16..1M tokens, chunk 1..32k tokens.
 _BATCH_LOG2 = np.arange(0, 13)
@@ -101,19 +106,29 @@ class _DecodeRows:
 class KernelTimes:
     """Roofline kernel times (the default, and the fallback of a calibrated model)."""
 
-    calibration: Calibration | None = None
+    calibration: AppliedProfile | None = None
 
-    def __init__(self, system: System):
+    def __init__(self, system: System, model: ModelConfig, dep: Deployment):
         self.device = system.accelerator
+        heads, kv_heads = max(1, model.num_heads // dep.tp), max(1, model.num_kv_heads // dep.tp)
+        self._mixed_default = default_factor(heads, kv_heads, self.device.efficiency.mixed_decode_gqa_miss)
 
     def gpu_time_s(self, op: Operator):
         return operator_time_s(self.device, op), ROOFLINE
 
+    def mixed_decode_factor(self, decodes: int, context_per_decode: float) -> float:
+        """How much longer decodes take in a step with prefill chunks (perf/mixed_attention.py)."""
+        return self._mixed_default
+
 
 class CalibratedKernelTimes(KernelTimes):
-    def __init__(self, system: System, model: ModelConfig, dep: Deployment, calibration: Calibration):
-        super().__init__(system)
+    def __init__(self, system: System, model: ModelConfig, dep: Deployment, calibration: AppliedProfile):
+        super().__init__(system, model, dep)
         self.calibration = calibration
+        calibration.route("gemm", dep.precision.gemm_compute)  # resolved now: the run's routes are known at set-up
+        if dep.tp > 1:
+            for kind in ("allreduce", "allgather"):
+                calibration.route(kind, dep.activation_dtype)
         self.tp = dep.tp
         self.heads = {"heads": max(1, model.num_heads // dep.tp), "kv_heads": max(1, model.num_kv_heads // dep.tp),
                       "head_dim": model.head_dim}
@@ -124,18 +139,19 @@ class CalibratedKernelTimes(KernelTimes):
         self._decode_rows = _DecodeRows(self._decode, 0) if self._decode is not None else None  # see _rows
         self._max_batch = dep.max_num_seqs
         self._prefill = self._prefill_table() if calibration.covers("attn_prefill", self.dtype) else None
+        # measured mixed-step factors hold for the device they were measured on, with its decode times
+        route, mixed = calibration.route("attn_decode", self.dtype), calibration.profile.mixed
+        self._mixed = (mixed.table(self.heads["heads"], self.heads["kv_heads"], self.heads["head_dim"])
+                       if mixed is not None and route is not None and route.kind == CALIBRATED else None)
 
     # -- profile queries ---------------------------------------------------------------
     def _predict(self, op: str, dtype: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        times, sources = self.calibration.predict_us(op, dtype, frame)
-        return np.asarray(times, dtype=float) * 1e-6, np.where(np.asarray(sources) == SOURCES[INTERP], INTERP, FIT)
-
-    def _collective_dtype(self, op: str) -> str | None:
-        """Collectives move bytes: a profile measured in another dtype applies as well."""
-        for (name, dtype) in self.calibration.ops:
-            if name == op:
-                return dtype
-        return None
+        times, names = self.calibration.predict_us(op, dtype, frame)
+        names = np.asarray(names)
+        sources = np.full(len(names), -1, dtype=np.int64)
+        for name in np.unique(names):
+            sources[names == name] = _SOURCE_INDEX[name]
+        return np.asarray(times, dtype=float) * 1e-6, sources
 
     def _decode_table(self) -> _Table:
         b, ctx = np.meshgrid(2.0 ** _BATCH_LOG2, 2.0 ** _CONTEXT_LOG2, indexing="ij")
@@ -165,6 +181,11 @@ class CalibratedKernelTimes(KernelTimes):
             return self._memoised(("gemm", op.dtype, op.m, op.n, op.k), op)
         return super().gpu_time_s(op)
 
+    def mixed_decode_factor(self, decodes: int, context_per_decode: float) -> float:
+        if self._mixed is None:
+            return self._mixed_default
+        return self._mixed(decodes, context_per_decode)
+
     def _gemm_table(self, dtype: str, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The profile's time for m = 1..GEMM_TABLE_ROWS of one (n, k) weight shape, asked once:
         a model has a handful of weight shapes, and one vectorised query costs about as much as
@@ -177,7 +198,7 @@ class CalibratedKernelTimes(KernelTimes):
         return self._gemm_tables[key]
 
     def collective_time_s(self, kind: str, nbytes: float, world: int) -> tuple[float, int] | None:
-        dtype = self._collective_dtype(kind)
+        dtype = self.calibration.collective_dtype(kind)
         if dtype is None:
             return None
         key = (kind, dtype, int(nbytes), world)
@@ -244,7 +265,8 @@ def _bilinear_scalar(log_t: list, sources: list, x: float, xs: list, y: float, y
     return math.exp(value), int(sources[i if fx < 0.5 else i + 1][j if fy < 0.5 else j + 1])
 
 
-def kernel_times(system: System, model: ModelConfig, dep: Deployment, calibration: Calibration | None) -> KernelTimes:
+def kernel_times(system: System, model: ModelConfig, dep: Deployment,
+                 calibration: AppliedProfile | None) -> KernelTimes:
     if calibration is None:
-        return KernelTimes(system)
+        return KernelTimes(system, model, dep)
     return CalibratedKernelTimes(system, model, dep, calibration)

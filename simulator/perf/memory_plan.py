@@ -1,10 +1,32 @@
-"""Per-device memory plan: weights + activations + reserved runtime memory + KV-cache blocks.
+"""Per-device memory plan: how many KV-cache blocks the engine gets, as vLLM 0.19 computes it.
 
-Follows vLLM's accounting: of the device's main memory, `gpu_memory_utilization` is usable;
-weights and the peak activations of a forward pass of `max_num_batched_tokens` tokens are
-subtracted, plus memory the runtime reserves (CUDA context, NCCL buffers, CUDA graphs); what
-remains is cut into KV-cache blocks of `block_size` tokens. A deployment without room for
-one block, or without room for the weights, is rejected before simulation with the numbers.
+vLLM 0.19 (V1 engine; `Worker.determine_available_memory`, `utils/mem_utils.memory_profiling`)
+sizes its KV cache once, at start-up, on every device of a replica:
+
+    requested = ceil(total x gpu_memory_utilization)
+    kv_bytes  = requested - weights - torch peak increase of the profile run - non-torch increase
+    blocks    = floor(kv_bytes / (block_size x KV bytes per token of the device's layers))
+
+- `total` is what the driver reports (cudaMemGetInfo), which the device spec states, not the
+  marketing capacity. Memory taken before vLLM's start-up snapshot (the CUDA context, NCCL)
+  is outside `requested`: it lives in the (1 - utilisation) headroom.
+- `weights` is what loading the model allocates: every parameter at its stored dtype
+  (quantised linear layers at the weight dtype with their scales; embeddings, LM head and
+  norms stay at 16 bits, as real quantised checkpoints keep them) plus the rotary
+  embedding's cos/sin cache, one [max_position_embeddings, head_dim] table in the model
+  dtype shared by all layers (`weights_bytes`).
+- The profile run is one forward pass of `max_num_batched_tokens` tokens without attention,
+  then the sampler on min(max_num_seqs, max_num_batched_tokens) rows; its peak is the larger
+  of the two phases (`activation_peak_bytes`).
+- The non-torch increase (lazily loaded kernels, cuBLAS handles, what the CUDA-graph profiling
+  pass leaves behind; NCCL's buffers when tensor-parallel collectives first run) is a constant
+  measured from public 0.18/0.19 start-up logs (`NON_TORCH_BYTES`).
+- CUDA-graph memory is captured after the KV cache is allocated and, in 0.19, not deducted
+  (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS became the default only in 0.21): it too comes out
+  of the headroom, so it is not in the plan.
+Block 0 is vLLM's null block: `num_blocks` counts it, as vLLM logs `num_gpu_blocks`, and a
+scheduler can use num_blocks - 1 (`usable_blocks`). A deployment without room for the weights
+or for one request of `max_model_len` tokens is rejected before simulation, with vLLM's numbers.
 """
 from __future__ import annotations
 
@@ -17,21 +39,34 @@ from ..hardware.spec import DeviceSpec
 from ..models.config import DTYPE_BYTES, ModelConfig
 from ..models.operators import layers_per_stage
 
-# CUDA context (~500 MiB), NCCL and cuBLAS workspaces and captured CUDA graphs: vLLM's
-# memory profiler typically reports 0.5-1.5 GiB of such non-torch memory per GPU.
-RESERVED_RUNTIME_BYTES = 2**30
+ENGINE = "vLLM 0.19"
+GiB = 2**30
+# Non-torch memory growth during the profile run of a tensor-parallel-1 engine: the residual of
+# requested - weights - KV - (the torch peak of this module's formula) in four public 0.18/0.19
+# start-up logs: Qwen3-8B on an A100-SXM4-40GB, serve (0.24 GiB) and offline with an 8192-token
+# budget (0.30), Qwen2.5-7B on a V100 32 GB, eager (0.24), and Qwen2.5-72B at TP 4 on L40S (0.27).
+# One more log (Llama-3.1-8B on an RTX 4090) leaves 0.62 GiB, unexplained; see docs/memory.md.
+NON_TORCH_BYTES = int(0.26 * GiB)
+# Model weights in a 16-bit checkpoint: the dtypes vLLM keeps its embeddings, LM head and norms in.
+HIGH_PRECISION = "bf16"
+# vLLM pads the vocabulary of its embedding and LM head to a multiple of 64 before splitting it.
+VOCAB_PADDING = 64
+# int4 (GPTQ/AWQ-style) weights carry a 16-bit scale and a 4-bit zero point per group of 128.
+INT4_GROUP_SIZE = 128
+INT4_GROUP_BYTES = 2.0 + 0.5
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    capacity_bytes: float
-    usable_bytes: float
+    capacity_bytes: float  # what the device reports
+    usable_bytes: float  # ceil(capacity x gpu_memory_utilization): vLLM's requested memory
     weights_bytes: float
-    activation_bytes: float
-    reserved_bytes: float
+    activation_bytes: float  # peak activations of the profile run (forward pass or sampler)
+    reserved_bytes: float  # non-torch memory the profile run adds
     kv_bytes_per_block: float
-    num_blocks: int
+    num_blocks: int  # as vLLM logs num_gpu_blocks (the null block included)
     block_size: int
+    engine: str = ENGINE
 
     @property
     def kv_bytes(self) -> float:
@@ -41,26 +76,98 @@ class MemoryPlan:
     def kv_tokens(self) -> int:
         return self.num_blocks * self.block_size
 
+    @property
+    def usable_blocks(self) -> int:
+        """Blocks requests can hold: all but vLLM's null block."""
+        return max(self.num_blocks - 1, 0)
 
-def weights_bytes_per_device(model: ModelConfig, dep: Deployment) -> float:
-    """Each device holds 1/tp of its stage's layers; stage 0 and the last also hold embeddings."""
-    wb = DTYPE_BYTES[dep.weight_dtype]
+    def summary(self) -> dict[str, float | int | str]:
+        """The summary.json `memory` block."""
+        return {"engine": self.engine, "device_capacity_bytes": self.capacity_bytes,
+                "usable_bytes": self.usable_bytes, "weights_bytes": self.weights_bytes,
+                "activation_bytes": self.activation_bytes, "reserved_bytes": self.reserved_bytes,
+                "kv_bytes": self.kv_bytes, "kv_blocks": self.num_blocks, "kv_tokens": self.kv_tokens,
+                "block_size": self.block_size}
+
+
+def padded_vocab(model: ModelConfig, tp: int) -> int:
+    """Vocabulary rows one device holds of the embedding (and LM head)."""
+    return math.ceil(model.vocab_size / VOCAB_PADDING) * VOCAB_PADDING // tp
+
+
+def linear_bytes_per_param(dtype: str) -> float:
+    """Stored bytes per weight of a quantised linear layer, scales included."""
+    if dtype == "int4":
+        return DTYPE_BYTES[dtype] + INT4_GROUP_BYTES / INT4_GROUP_SIZE
+    return DTYPE_BYTES[dtype]
+
+
+def layer_linear_params(model: ModelConfig, tp: int) -> float:
+    """Weights of one layer's linear projections on one of `tp` devices (KV heads are
+    replicated when tp exceeds them)."""
+    h, d = model.hidden_size, model.head_dim
+    q = model.q_size // tp
+    kv = max(model.num_kv_heads // tp, 1) * d
+    attn = h * (q + 2 * kv) + q * h
+    mats = 3 if model.gated_mlp else 2
+    mlp = mats * h * model.intermediate_size * model.num_experts / tp
+    router = h * model.num_experts if model.num_experts > 1 else 0
+    return attn + mlp + router
+
+
+def layer_small_params(model: ModelConfig, tp: int) -> float:
+    """Biases and norms of one layer on one device: kept at 16 bits."""
+    q, kv = model.q_size // tp, max(model.num_kv_heads // tp, 1) * model.head_dim
+    bias = q + 2 * kv if model.qkv_bias else 0
+    return bias + 2 * model.hidden_size + (2 * model.head_dim if model.qk_norm else 0)
+
+
+def weights_bytes(model: ModelConfig, dep: Deployment) -> float:
+    """What loading the model allocates on the busiest device of a replica: its stage's layers
+    (1/tp of each linear layer), the embedding on the first stage and the LM head and final
+    norm on the last (both with pp = 1; the larger side with pp > 1), and the rotary table."""
+    tp, hp = dep.tp, DTYPE_BYTES[HIGH_PRECISION]
     layers = layers_per_stage(model, dep.sharding)
-    embed = model.embedding_params() if dep.pp == 1 else model.embedding_params() / 2
-    return (layers * model.layer_params() + embed) * wb / dep.tp
+    per_layer = layer_linear_params(model, tp) * linear_bytes_per_param(dep.weight_dtype) \
+        + layer_small_params(model, tp) * hp
+    vocab = padded_vocab(model, tp) * model.hidden_size * hp
+    embedding, head = vocab, (0.0 if model.tie_word_embeddings else vocab) + model.hidden_size * hp
+    ends = embedding + head if dep.pp == 1 else max(embedding, head)
+    rotary = model.max_position_embeddings * model.head_dim * DTYPE_BYTES[dep.activation_dtype]
+    return layers * per_layer + ends + rotary
 
 
-def activation_peak_bytes(model: ModelConfig, dep: Deployment, tokens: int) -> float:
-    """Live activations at the MLP of a `tokens`-token forward pass, plus fp32 logits.
-
-    At the MLP peak the residual stream and its normalised copy (2 x hidden), the gate/up
-    output (2 x intermediate / tp) and the activation output (intermediate / tp) coexist.
-    """
+def forward_peak_bytes(model: ModelConfig, dep: Deployment, tokens: int) -> float:
+    """Live activations at the MLP of a `tokens`-token forward pass on one device: the
+    residual stream, its normalised copy and the hidden state the runner keeps (3 x hidden),
+    the MLP's input projection (gate and up, or fc1) and its activation output."""
     ab = DTYPE_BYTES[dep.activation_dtype]
-    inter = model.intermediate_size * model.experts_per_token // dep.tp
-    per_token = 2 * model.hidden_size + 3 * inter
-    logits = min(tokens, dep.max_num_seqs) * model.vocab_size / dep.tp * 4
-    return tokens * per_token * ab + logits
+    inter = model.intermediate_size * model.experts_per_token / dep.tp
+    projected = (2 if model.gated_mlp else 1) * inter
+    return tokens * (3 * model.hidden_size + projected + inter) * ab
+
+
+def sampler_peak_bytes(model: ModelConfig, dep: Deployment, tokens: int, units: int) -> float:
+    """Peak of vLLM 0.19's dummy sampler run on `rows` = min(max_num_seqs, tokens) sequences
+    (`GPUModelRunner._dummy_sampler_run`, temperature 0.5, top-k V - 1, top-p 0.9): the
+    model-dtype logits of the full vocabulary (all-gathered across TP), their fp32 copy, the
+    softmax probabilities and the exponential noise (fp32 each), and from 8 rows up the
+    Triton top-k/top-p kernel's persistent fp32 buffer of min(next power of two of
+    min(rows, SMs), SMs) rows; fewer rows sort instead (fp32 values + int64 indices, two masks
+    and the scattered result). The forward pass's hidden states [tokens, hidden] stay alive."""
+    rows, vocab = min(dep.max_num_seqs, tokens), model.vocab_size
+    ab = DTYPE_BYTES[dep.activation_dtype]
+    hidden = tokens * model.hidden_size * ab
+    if rows >= 8:
+        programs = min(rows, units)
+        buffer_rows = min(1 << (programs - 1).bit_length(), units)
+        return rows * vocab * (ab + 3 * 4) + buffer_rows * vocab * 4 + hidden
+    return rows * vocab * (ab + 4 + 4 + 8 + 1 + 4 + 1 + 4 + 4 + 4) + hidden
+
+
+def activation_peak_bytes(model: ModelConfig, dep: Deployment, tokens: int, units: int) -> float:
+    """Torch peak increase of the profile run: the larger of its forward and sampler phases."""
+    return max(forward_peak_bytes(model, dep, tokens), sampler_peak_bytes(model, dep, tokens, units))
 
 
 def kv_bytes_per_block(model: ModelConfig, dep: Deployment) -> float:
@@ -69,23 +176,35 @@ def kv_bytes_per_block(model: ModelConfig, dep: Deployment) -> float:
     return dep.block_size * 2 * kv_heads * model.head_dim * layers * DTYPE_BYTES[dep.kv_cache_dtype]
 
 
-def _gb(x: float) -> str:
-    return f"{x / 1e9:.1f} GB"
+def _gib(x: float) -> str:
+    return f"{x / GiB:.2f} GiB"
 
 
 def plan_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment, batched_tokens: int) -> MemoryPlan:
+    """The KV-cache plan of one device (see the module docstring). One request of
+    `max_model_len` tokens (default: the model's context; -1: whatever fits) must fit, as
+    vLLM checks."""
     capacity = device.main_memory.capacity
-    usable = capacity * dep.gpu_memory_utilization
-    weights = weights_bytes_per_device(model, dep)
-    activations = activation_peak_bytes(model, dep, batched_tokens)
+    requested = math.ceil(capacity * dep.gpu_memory_utilization)
+    weights = weights_bytes(model, dep)
+    activations = activation_peak_bytes(model, dep, batched_tokens, device.compute.units)
     per_block = kv_bytes_per_block(model, dep)
-    free = usable - weights - activations - RESERVED_RUNTIME_BYTES
-    blocks = math.floor(free / per_block) if free > 0 else 0
-    if blocks < 1:
+    available = requested - weights - activations - NON_TORCH_BYTES
+    where = f"{model.name} on {device.name} with tp={dep.tp} pp={dep.pp}"
+    if available <= 0:
         raise InputError(
-            f"{model.name} does not fit on {device.name} with tp={dep.tp} pp={dep.pp}: weights "
-            f"{_gb(weights)} + activations {_gb(activations)} + reserved {_gb(RESERVED_RUNTIME_BYTES)} "
-            f"+ one KV block needs more than {_gb(usable)} usable ({_gb(capacity)} x gpu_memory_utilization "
-            f"{dep.gpu_memory_utilization}); raise --tp/--pp, use a smaller weight_dtype, or a larger device"
-        )
-    return MemoryPlan(capacity, usable, weights, activations, RESERVED_RUNTIME_BYTES, per_block, blocks, dep.block_size)
+            f"{model.name} does not fit on {device.name} with tp={dep.tp} pp={dep.pp}: no memory left for the KV "
+            f"cache ({ENGINE}): {_gib(requested)} requested "
+            f"({_gib(capacity)} x gpu_memory_utilization {dep.gpu_memory_utilization}) - weights {_gib(weights)} "
+            f"- activations {_gib(activations)} - non-torch {_gib(NON_TORCH_BYTES)} = {_gib(available)}; "
+            "raise --tp/--pp or gpu_memory_utilization, use a smaller weight_dtype, or a larger device")
+    blocks = int(available // per_block)
+    longest = dep.max_model_len or model.max_position_embeddings
+    needed = math.ceil(longest / dep.block_size) * per_block
+    if longest != -1 and needed > available:
+        fits = int(available // per_block) * dep.block_size
+        raise InputError(
+            f"{where}: one request of max_model_len {longest} tokens needs {_gib(needed)} of KV cache, more "
+            f"than the {_gib(available)} available ({ENGINE} refuses to start); set max_model_len <= {fits} "
+            "or raise gpu_memory_utilization")
+    return MemoryPlan(capacity, requested, weights, activations, NON_TORCH_BYTES, per_block, blocks, dep.block_size)

@@ -68,10 +68,19 @@ class Candidate:
         return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
     @property
-    def calibration_error_p90(self) -> float | None:
-        """The profile's worst held-out p90 kernel error, as a fraction; None uncalibrated."""
+    def calibration_use(self) -> str:
+        """How the run uses that profile (`AppliedProfile.use`), or "" without one."""
         calib = self.setup.calibration if self.setup is not None else None
-        return calib.error_band_pct("p90") / 100.0 if calib is not None else None
+        return calib.use if calib is not None else ""
+
+    @property
+    def calibration_error_p90(self) -> float | None:
+        """The largest measured p90 error of the kernels the profile gives this deployment
+        (held-out, dtype-scaling or transfer error, as the run uses it; perf/profile_use.py),
+        over its pools, as a fraction; None when no profile gives it a kernel."""
+        errors = [e for pool in (self.setup.pools() if self.setup is not None else [])
+                  if pool.calibration is not None for e in pool.calibration.errors().values()]
+        return max(errors) if errors else None
 
 
 def resolve_candidates(plan: Plan) -> list[Candidate]:

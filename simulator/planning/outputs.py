@@ -2,7 +2,8 @@
 
 - results.csv: one row per point of the plan (simulated now or read from the cache);
 - candidates.csv: one row per candidate, with its sizing, cost and rank;
-- plan.json: the plan's inputs and the recommendation with its margin.
+- plan.json: the plan's inputs and the recommendation with its margin (and whether the
+  margin and the capacity headroom over the target are within the model's error).
 Column names and keys are a contract with simulator/report/planning_report.py. Booleans
 are written `true`/`false`, missing values as empty cells (CSV) or null (JSON). Each file is
 written to a temporary name and moved into place, so a reader never sees half a file.
@@ -29,7 +30,9 @@ RESULT_COLUMNS = ("candidate", "rate_req_s", "slo_met", "attainment", "ttft_p50_
 CANDIDATE_COLUMNS = ("candidate", "hardware", "model", "scheduler", "tp", "pp", "knobs", "devices_per_replica",
                      "feasible", "reason", "max_rate_req_s", "replicas_needed", "devices_needed",
                      "price_per_device_hour", "cost_per_hour", "cost_per_million_output_tokens",
-                     "energy_per_output_token_j", "calibration", "calibration_error_p90", "recommended", "rank")
+                     "energy_per_output_token_j", "calibration", "calibration_use", "calibration_error_p90",
+                     "time_by_source",
+                     "recommended", "rank")
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,9 @@ def _candidate_row(s: Sizing) -> dict[str, Any]:
         "devices_needed": s.devices, "price_per_device_hour": c.price_per_device_hour,
         "cost_per_hour": s.cost_per_hour, "cost_per_million_output_tokens": s.cost_per_million_output_tokens,
         "energy_per_output_token_j": s.energy_per_output_token_j, "calibration": c.calibration,
-        "calibration_error_p90": c.calibration_error_p90, "recommended": s.recommended, "rank": s.rank,
+        "calibration_use": c.calibration_use, "calibration_error_p90": c.calibration_error_p90,
+        "time_by_source": json.dumps(s.time_by_source) if s.time_by_source is not None else None,
+        "recommended": s.recommended, "rank": s.rank,
     }
 
 

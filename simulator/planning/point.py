@@ -41,7 +41,8 @@ def evaluate(task: PointTask, workload: Workload) -> dict[str, Any]:
 
 
 def metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    """A run's summary.json as the point's metrics: results.csv's simulated columns."""
+    """A run's summary.json as the point's metrics: results.csv's simulated columns, and the
+    share of its time by source (perf/kernel_times.SOURCES), which candidates.csv reports."""
     slo, ttft, tpot = summary["slo"], summary["ttft_s"], summary["tpot_s"]
     throughput, util, requests = summary["throughput"], summary["utilization"], summary["requests"]
     return {
@@ -53,4 +54,6 @@ def metrics(summary: dict[str, Any]) -> dict[str, Any]:
         "mfu": util["mfu"], "mbu": util["mbu"], "kv_cache_peak": util["kv_cache_peak"],
         "kv_cache_mean": util["kv_cache_mean"], "energy_j": summary["energy_j"], "makespan_s": summary["makespan_s"],
         "completed": requests["completed"], "rejected": requests["rejected"],
+        "time_by_source": {source: round(share, 4)
+                           for source, share in summary["provenance"]["share_of_time_by_source"].items()},
     }

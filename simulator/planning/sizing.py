@@ -18,7 +18,10 @@ Objectives (lower is better except goodput per dollar):
   trace, whose makespan includes draining the last requests.)
 Ties go to the lower cost per hour, then the higher capacity, then the plan's order. The
 margin is how much better the recommended candidate is than the runner-up, in the
-objective's metric and relative to the runner-up's value.
+objective's metric and relative to the runner-up's value; it also says whether that margin,
+and the recommended service's capacity headroom over the target rate, are within the
+model's measured error (the candidates' p90 kernel error: a pick or a capacity that close
+is not settled by the simulation).
 """
 from __future__ import annotations
 
@@ -48,6 +51,8 @@ class Sizing:
     cost_per_million_output_tokens: float | None = None
     energy_per_output_token_j: float | None = None
     goodput_requests_per_dollar: float | None = None
+    time_by_source: dict[str, float] | None = None  # share of the capacity point's time, by source
+    headroom: float | None = None  # replicas x capacity over the target rate, minus 1
     rank: int | None = None
     recommended: bool = False
 
@@ -77,7 +82,8 @@ def size(candidate: Candidate, search: CapacitySearch | None, points: dict[float
               if search.capped else "")
     return Sizing(candidate, reason, max_rate, replicas, replicas * candidate.devices_per_replica, cost_per_hour,
                   cost_per_hour / tokens_per_hour * 1e6, best["energy_j"] / produced if produced else None,
-                  max_rate * 3600 / replica_cost if replica_cost else None)
+                  max_rate * 3600 / replica_cost if replica_cost else None, best.get("time_by_source"),
+                  replicas * max_rate / target_rate - 1.0)
 
 
 def _miss_reason(rate: float, point: dict[str, Any], slo: SloSpec) -> str:
@@ -101,9 +107,26 @@ def rank(sizings: list[Sizing], objective: str) -> dict[str, Any]:
     margin: dict[str, Any] = {"runner_up": None, "metric": metric, "value": None, "relative": None}
     if ranked:
         ranked[0].recommended = True
+        margin.update(_uncertainty(ranked[0], ranked[1] if len(ranked) > 1 else None))
     if len(ranked) > 1:
         best, runner_up = ranked[0].metric(metric), ranked[1].metric(metric)
         value = abs(runner_up - best)
         margin.update(runner_up=ranked[1].candidate.name, value=value,
                       relative=value / abs(runner_up) if runner_up else None)
+        relative, error = margin["relative"], margin["uncertainty"]
+        margin["margin_within_uncertainty"] = (None if relative is None or error is None else relative <= error)
     return margin
+
+
+def _uncertainty(best: Sizing, runner_up: Sizing | None) -> dict[str, Any]:
+    """How the recommendation compares with the model's error: `uncertainty`, the largest
+    measured p90 kernel error of the recommended candidate and the runner-up (None when one
+    of them has none: roofline only); the service's capacity headroom over the target rate,
+    and whether it is within the recommended candidate's own error (a capacity short by that
+    error would miss the target). `margin_within_uncertainty` is set by `rank`."""
+    pair = [best] + ([runner_up] if runner_up is not None else [])
+    errors = [s.candidate.calibration_error_p90 for s in pair]
+    own = errors[0]
+    return {"uncertainty": None if None in errors else max(errors), "margin_within_uncertainty": None,
+            "headroom_over_target": best.headroom,
+            "headroom_within_uncertainty": None if own is None else best.headroom <= own}

@@ -26,6 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from .model_basis import dominant, shares_text, time_shares
+
 FIGURES = "figures"
 TIME_BINS = 60  # utilisation-over-time bins: fine enough to show phases, coarse enough to read
 LOG_SPREAD = 30.0  # an axis goes logarithmic when its largest value exceeds the smallest this many times
@@ -89,7 +91,8 @@ def load(out_dir: Path) -> PlanOutput:
     """Read the planner's files; the recommended run's timeline and summary are optional."""
     results = _read_csv(out_dir / "results.csv", ("candidate", "point_key"), ("slo_met", "cached"))
     candidates = _read_csv(out_dir / "candidates.csv",
-                           ("candidate", "hardware", "model", "scheduler", "knobs", "reason", "calibration"),
+                           ("candidate", "hardware", "model", "scheduler", "knobs", "reason", "calibration",
+                            "calibration_use", "time_by_source"),
                            ("feasible", "recommended"))
     iterations_path = out_dir / "recommended" / "iterations.csv"
     summary_path = out_dir / "recommended" / "summary.json"
@@ -315,6 +318,7 @@ def _goal(data: PlanOutput) -> str:
 
 
 def _calibrated(row: pd.Series) -> bool:
+    """Whether a profile gave the candidate kernels (directly, scaled or transferred)."""
     return row["calibration"].strip().lower() not in ("", "none")
 
 
@@ -353,6 +357,23 @@ def _trust_text(data: PlanOutput, row: pd.Series) -> str:
     return f"{basis} The {percent(abs(relative))} margin exceeds the p90 kernel error ({percent(error)})."
 
 
+def _cautions(data: PlanOutput, row: pd.Series) -> list[Block]:
+    """A flag for each way the recommendation is within the model's measured error
+    (plan.json's margin: `margin_within_uncertainty`, `headroom_within_uncertainty`)."""
+    margin = data.plan.get("margin") or {}
+    flags = []
+    if margin.get("margin_within_uncertainty"):
+        flags.append(f"the {percent(abs(margin['relative']))} margin over “{margin.get('runner_up')}” is smaller "
+                     f"than the model's p90 kernel error ({percent(margin.get('uncertainty'))}): the simulation "
+                     "does not settle which of the two is better")
+    headroom, error = margin.get("headroom_over_target"), row["calibration_error_p90"]
+    if margin.get("headroom_within_uncertainty") and not _missing(headroom) and not _missing(error):
+        flags.append(f"its capacity exceeds the target rate by {percent(headroom)}, less than its p90 kernel error "
+                     f"({percent(error)}): a service that much slower would miss the target; consider one more "
+                     "replica")
+    return [Paragraph((f"Caution: {flag}.",)) for flag in flags]
+
+
 def _best_point(results: pd.DataFrame, name: str) -> pd.Series | None:
     """A candidate's simulated point with the highest attainment (the highest rate among ties)."""
     points = results[results["candidate"] == name].sort_values(["attainment", "rate_req_s"], kind="stable")
@@ -384,7 +405,7 @@ def recommendation(data: PlanOutput) -> list[Block]:
                 f"{money(row['cost_per_hour'])}/hour, {money(row['cost_per_million_output_tokens'])} per million "
                 f"output tokens, {count(row['devices_needed'], 'device')} (candidate “{row['candidate']}”).")
     return [Paragraph((headline,), lead=True),
-            Paragraph((_margin_text(data), " ", _trust_text(data, row)))]
+            Paragraph((_margin_text(data), " ", _trust_text(data, row))), *_cautions(data, row)]
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -633,12 +654,25 @@ def _knobs(text: str) -> str:
 
 
 def calibration_text(row: pd.Series) -> str:
-    if not _calibrated(row):
-        return UNCALIBRATED
-    profile = Path(row["calibration"]).name
+    """How the candidate was modelled: headlined by where most of its kernel time came from
+    (model_basis.py; "calibrated" only for a profile measured on its own device), with the
+    share of time by source of its capacity run and its measured p90 kernel error."""
+    profile = Path(row["calibration"]).name if _calibrated(row) else None
     error = row["calibration_error_p90"]
     detail = "error not reported" if _missing(error) else f"±{percent(error)} p90 kernel error"
-    return f"calibrated ({profile}), {detail}"
+    shares = time_shares(row.get("time_by_source"))
+    if shares is None:  # no simulated point (infeasible), or a plan written before time_by_source
+        if profile is None:
+            return UNCALIBRATED
+        transferred = str(row.get("calibration_use") or "").startswith("transferred")
+        return f"transferred from {profile}, {detail}" if transferred else f"calibrated ({profile}), {detail}"
+    kind = dominant(shares)
+    if profile is None or kind == "roofline":
+        head = UNCALIBRATED if profile is None else f"mostly roofline ({profile} covers little of it)"
+    else:
+        head = {"calibrated": f"calibrated ({profile})", "transferred": f"transferred from {profile}",
+                "scaled": f"scaled from another dtype of {profile}"}[kind]
+    return f"{head}; time: {shares_text(shares)}" + ("" if profile is None else f"; {detail}")
 
 
 def _devices(row: pd.Series) -> str:

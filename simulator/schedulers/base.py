@@ -96,6 +96,19 @@ class Scheduler:
     # and their own default token budget.
     always_chunked = False
     chunked_budget_tokens = 2048  # vLLM's default with chunked prefill
+    prefix_caching_default = False  # whether the engine modelled caches KV blocks unless told not to
+
+    @classmethod
+    def host_overlapped(cls, dep: Deployment) -> bool:
+        """Whether the engine's CPU work of a step overlaps the GPU's (asynchronous scheduling)."""
+        return False
+
+    @classmethod
+    def resolve(cls, dep: Deployment) -> Deployment:
+        """The deployment with this policy's defaults filled in where the user left them."""
+        if dep.enable_prefix_caching is None:
+            dep = dep.model_copy(update={"enable_prefix_caching": cls.prefix_caching_default})
+        return dep
 
     @classmethod
     def forward_tokens(cls, dep: Deployment, max_model_len: int) -> int:
@@ -112,15 +125,19 @@ class Scheduler:
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         self.dep = dep
         self.block_size = dep.block_size
-        self.blocks = BlockManager(plan.num_blocks, dep.block_size, dep.enable_prefix_caching)
+        self.blocks = BlockManager(plan.usable_blocks, dep.block_size, dep.enable_prefix_caching)
         self.running = RequestTable(capacity=min(dep.max_num_seqs, 1024))
         self.waiting: deque[Request] = deque()
         self.waiting_work_tokens = 0
-        self.max_model_len = min(dep.max_model_len or model.max_position_embeddings, plan.kv_tokens)
+        self.max_model_len = min(dep.max_model_len or model.max_position_embeddings,
+                                 plan.usable_blocks * plan.block_size)
         self.preemptions = 0
         self.swap: SwapSpace | None = None  # set by the engine when preemption_mode is swap
         self.swapped: deque[Request] = deque()  # preempted to host memory, FCFS
         self.span_in_flight: tuple[np.ndarray, SpanPlan] | None = None  # (step ends, the span's plan)
+        self.step_index = 0  # steps the replica has started (set by it before asking for a batch)
+        # whether an arrival first runs in the step after the next (asynchronous scheduling)
+        self.lags_arrivals = False
 
     # -- admission -------------------------------------------------------------------
     def rejection_reason(self, req: Request) -> str | None:
@@ -184,41 +201,55 @@ class Scheduler:
 
     # -- shared mechanics -------------------------------------------------------------
     def _try_start(self, budget: int, now_s: float, whole: bool = False, watermark: int = 0,
-                   reserve_tokens: int = 0) -> int:
+                   reserve_tokens: int = 0, full_prompt: bool = False) -> int:
         """Start the request at the head of the waiting queue with up to `budget` tokens
         scheduled (all of its uncomputed tokens if `whole`); returns the tokens scheduled,
         or 0 (and changes nothing) when it does not fit the budget or the KV blocks above
         `watermark`. `reserve_tokens` > 0 allocates blocks for that many tokens up front
-        (policies that reserve a request's whole length, like Orca and static batching).
+        (policies that reserve a request's whole length, like Orca and static batching);
+        `full_prompt` admits it only if the free blocks could hold its whole current prompt
+        (vLLM 0.19's scheduler_reserve_full_isl: a test, not a reservation).
+
+        With prefix caching the request starts after what the cache holds of it: the named
+        blocks of its prompt that are present, then, if it was preempted, the run of its own
+        blocks still cached (`PrefixCache.keep_run`); at least its last token is computed.
         """
         req = self.waiting[0]
         cache = self.blocks.cache
-        hits = revived = 0
-        if cache is not None and req.num_computed == 0 and req.record.prefix_hashes:
-            keys = self._prefix_keys(req)
-            # at least the prompt's last token is computed, to sample the first output token
-            hits = cache.matching(keys, (req.record.input_tokens - 1) // self.block_size)
-            revived = sum(key in cache.cached for key in keys[:hits])
-        computed = req.num_computed + hits * self.block_size
+        hits = revived = own = 0
+        if cache is not None and req.num_computed == 0:
+            limit = (req.num_tokens - 1) // self.block_size  # blocks that may be hits
+            keys = self._prefix_keys(req) if req.record.prefix_hashes else ()
+            if keys:
+                hits = cache.matching(keys, limit)
+                revived = sum(key in cache.cached for key in keys[:hits])
+            if req.preemptions and hits == len(keys):
+                own = min(cache.cached.get(("run", req), 0), limit - hits)
+        computed = req.num_computed + (hits + own) * self.block_size
         remaining = req.num_tokens - computed
         if remaining > budget and whole:
             return 0
         take = min(remaining, budget)
         total = self.blocks.blocks_for(max(computed + take, reserve_tokens))
-        if not self.blocks.can_allocate(total - hits + revived, watermark):
+        needed = max(total, self.blocks.blocks_for(req.num_tokens)) if full_prompt else total
+        if not self.blocks.can_allocate(needed - hits + revived, watermark):
             return 0
         self._pop_waiting()
         first_start = math.isnan(req.first_scheduled_s)
-        if cache is not None and req.record.prefix_hashes:
+        if cache is not None and req.num_computed == 0:
             if hits:
                 req.held_keys = req.prefix_keys[:hits]
                 cache.acquire(req.held_keys)
                 self.blocks.revive(revived)
-                req.num_computed = computed
-            if first_start:
+            if req.preemptions:
+                cache.take_run(req)  # blocks beyond `own` are free again, without content
+                self.blocks.revive(own)
+                cache.resumed_tokens += own * self.block_size
+            req.num_computed = computed
+            if first_start and req.record.prefix_hashes:
                 cache.lookup_tokens += req.record.input_tokens
                 cache.hit_tokens += hits * self.block_size
-        self.blocks.allocate(total - hits)
+        self.blocks.allocate(total - hits - own)
         if first_start:
             req.first_scheduled_s = now_s
         self.running.append(req, total, take, self._stop_at(req))
@@ -242,13 +273,22 @@ class Scheduler:
             if req.prefix_keys:
                 req.held_keys = req.held_keys + cache.register(req.prefix_keys[len(req.held_keys):])
 
-    def _release(self, req: Request, blocks: int) -> None:
-        """Give back a request's `blocks`: private ones are freed, named ones drop a reference."""
-        if req.held_keys:
-            shared = len(req.held_keys)
-            blocks = blocks - shared + self.blocks.cache.release(req.held_keys)
+    def _release(self, req: Request, blocks: int, computed: int, finished: bool = False) -> None:
+        """Give back a request's `blocks`, of which `computed` tokens hold KV: private ones are
+        freed, named ones drop a reference. With prefix caching the full private blocks stay
+        cached as the request's run (anonymous once it is `finished`), freed before its named
+        blocks (vLLM frees a request's blocks tail first), so they are evicted first."""
+        cache = self.blocks.cache
+        if cache is None:
+            self.blocks.release(blocks)
+            return
+        shared = len(req.held_keys)
+        private = blocks - shared
+        cache.keep_run(None if finished else req, min(private, computed // self.block_size - shared))
+        if shared:
+            private += cache.release(req.held_keys)
             req.held_keys = []
-        self.blocks.release(blocks)
+        self.blocks.release(private)
 
     def _preempt_last(self, now_s: float) -> None:
         """Preempt the lowest-priority running request (vLLM's policy): swap its KV blocks
@@ -259,12 +299,12 @@ class Scheduler:
         req.preemptions += 1
         self.preemptions += 1
         if self.swap is not None and self.swap.swap_out(blocks):
-            self._release(req, blocks)  # the GPU copy is gone either way; the host holds it
+            self._release(req, blocks, 0)  # the GPU copy is gone either way; the host holds it
             req.swapped_blocks = blocks
             self.swapped.append(req)
             self.waiting_work_tokens += req.remaining_work_tokens
             return
-        self._release(req, blocks)
+        self._release(req, blocks, req.num_computed)
         req.num_computed = 0
         self._push_waiting(req, front=True)
 
@@ -365,7 +405,7 @@ class Scheduler:
             self.blocks.release(sum(map(t.blocks.item, gone.tolist())))
         else:
             for i in gone.tolist():
-                self._release(t.requests[i], t.blocks.item(i))
+                self._release(t.requests[i], t.blocks.item(i), t.num_computed.item(i), finished=True)
 
     # -- spans: a step, then decode steps of the same sequences until they finish --------
     def plan_span(self, batch: ScheduledBatch, max_steps: int) -> SpanPlan | None:
@@ -469,11 +509,11 @@ class Scheduler:
         gone = (plan.remaining[:n] <= k).nonzero()[0]
         after = plan.remaining[gone]  # a finisher's blocks are free from this step on
         order = np.argsort(after, kind="stable")
-        cached = [len(cache.cached)]
+        cached = [cache.cached_blocks]
         for i in gone[order].tolist():
-            self._release(t.requests[i], t.blocks.item(i))
+            self._release(t.requests[i], t.blocks.item(i), t.num_computed.item(i), finished=True)
             t.blocks[i] = 0  # released: _take_finished frees nothing more for this row
-            cached.append(len(cache.cached))
+            cached.append(cache.cached_blocks)
         if k > 1:
             steps = np.arange(1, k)
             cached_at = np.array(cached)[after[order].searchsorted(steps, side="right")]

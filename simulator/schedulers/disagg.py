@@ -55,7 +55,7 @@ class PrefillScheduler(VLLMScheduler):
     def release_sent(self, req: Request, blocks: int, now_s: float) -> None:
         """The decode side has read the request's KV: free its blocks here."""
         self.blocks.tick(now_s)
-        self._release(req, blocks)
+        self._release(req, blocks, 0)  # its private blocks are the decode side's now
         self.sending -= 1
 
 
@@ -65,6 +65,7 @@ class DecodeScheduler(VLLMScheduler):
 
     def __init__(self, *args):
         super().__init__(*args)
+        self.lags_arrivals = False  # its work lands as KV copies, not arrivals
         self.reserved_seqs = 0
         self.landed: list[tuple[Request, int]] = []  # KV copies arrived during the step in flight
 

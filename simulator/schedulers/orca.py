@@ -51,7 +51,7 @@ class OrcaScheduler(Scheduler):
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         super().__init__(dep, plan, model)
         self.max_seqs = dep.max_num_seqs
-        self.budget = dep.max_num_batched_tokens or plan.num_blocks * dep.block_size
+        self.budget = dep.max_num_batched_tokens or self.blocks.num_blocks * dep.block_size
 
     def rejection_reason(self, req: Request) -> str | None:
         reason = super().rejection_reason(req)

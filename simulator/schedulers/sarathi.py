@@ -51,10 +51,12 @@ SARATHI_WATERMARK = 0.01
 class SarathiScheduler(VLLMScheduler):
     always_chunked = True
     chunked_budget_tokens = SARATHI_CHUNK_TOKENS
+    v1_engine = False  # Sarathi-Serve: synchronous, no prefix caching unless asked
+    prefix_caching_default = False
 
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         super().__init__(dep, plan, model)
-        self.watermark = int(SARATHI_WATERMARK * plan.num_blocks)  # rounded down, as Sarathi-Serve does
+        self.watermark = int(SARATHI_WATERMARK * self.blocks.num_blocks)  # rounded down, as Sarathi-Serve does
 
     def rejection_reason(self, req: Request) -> str | None:
         reason = super().rejection_reason(req)
@@ -65,7 +67,7 @@ class SarathiScheduler(VLLMScheduler):
         return reason
 
     def _try_start(self, budget: int, now_s: float, whole: bool = False, watermark: int = 0,
-                   reserve_tokens: int = 0) -> int:
+                   reserve_tokens: int = 0, full_prompt: bool = False) -> int:
         """Admission that allocates the blocks of all the tokens the request has to compute."""
         reserve = max(reserve_tokens, self.waiting[0].num_tokens)
-        return super()._try_start(budget, now_s, whole, watermark, reserve)
+        return super()._try_start(budget, now_s, whole, watermark, reserve, full_prompt)

@@ -48,10 +48,12 @@ FASTGEN_FORWARD_TOKENS = 768
 class SplitFuseScheduler(VLLMScheduler):
     always_chunked = True  # chunked, so no admission watermark either
     chunked_budget_tokens = FASTGEN_FORWARD_TOKENS
+    v1_engine = False  # DeepSpeed-FastGen: synchronous, no prefix caching unless asked
+    prefix_caching_default = False
 
     def _try_start(self, budget: int, now_s: float, whole: bool = False, watermark: int = 0,
-                   reserve_tokens: int = 0) -> int:
+                   reserve_tokens: int = 0, full_prompt: bool = False) -> int:
         """Start the head request only if the blocks of all its tokens to compute are free now."""
         if not self.blocks.can_allocate(self.blocks.blocks_for(self.waiting[0].num_tokens)):
             return 0
-        return super()._try_start(budget, now_s, whole, watermark, reserve_tokens)
+        return super()._try_start(budget, now_s, whole, watermark, reserve_tokens, full_prompt)

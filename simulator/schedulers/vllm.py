@@ -14,6 +14,16 @@ request (the most recently admitted) is preempted. With `preemption_mode=recompu
 default, vLLM v1's only mode) its blocks are freed and it goes back to the front of the
 queue to recompute its prompt and generated tokens later; with `swap` (vLLM v0) its blocks
 are copied to host memory and copied back, ahead of any new request, when blocks free up.
+
+vLLM 0.19 (the v1 engine modelled) also:
+- caches every full block of a request's tokens (automatic prefix caching, on by default):
+  a preempted request resumes after the part of its KV still cached and recomputes only
+  what was evicted (`Scheduler._try_start`);
+- admits a waiting request only when the free blocks could hold its whole current prompt
+  (`scheduler_reserve_full_isl`), though it allocates only the chunk it schedules;
+- schedules asynchronously (`async_scheduling`): step n + 1 is scheduled while step n runs,
+  so a request that arrives while a step is in flight first runs in the step after the next
+  one (`ready_step`); with nothing in flight it is scheduled at once.
 """
 from __future__ import annotations
 
@@ -33,12 +43,23 @@ V0_WATERMARK = 0.01
 
 @register("vllm")
 class VLLMScheduler(Scheduler):
+    # vLLM 0.19's engine (chunked prefill on): asynchronous scheduling and the full-prompt
+    # admission check; policies built on this class's batching (Sarathi, SplitFuse) say False
+    v1_engine = True
+    prefix_caching_default = True  # vLLM v1: automatic prefix caching on by default
+
+    @classmethod
+    def host_overlapped(cls, dep: Deployment) -> bool:
+        """vLLM v1 (chunked prefill) schedules asynchronously; v0 (prefill-first) does not."""
+        return cls.v1_engine and dep.async_scheduling and dep.enable_chunked_prefill
+
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         super().__init__(dep, plan, model)
         self.chunked = self.always_chunked or dep.enable_chunked_prefill
         self.budget = self.forward_tokens(dep, self.max_model_len)
         self.max_seqs = dep.max_num_seqs
-        self.watermark = 0 if self.chunked else math.ceil(V0_WATERMARK * plan.num_blocks)
+        self.watermark = 0 if self.chunked else math.ceil(V0_WATERMARK * self.blocks.num_blocks)
+        self.lags_arrivals = self.v1_engine and self.chunked and dep.async_scheduling
 
     def rejection_reason(self, req: Request) -> str | None:
         reason = super().rejection_reason(req)
@@ -66,6 +87,8 @@ class VLLMScheduler(Scheduler):
                 self._swap_in(budget_left, now_s)
             elif self.chunked:
                 self._admit_waiting(budget_left, now_s, whole=False)
+                if self.running.n == 0:  # nothing in flight either: the engine schedules at once
+                    self._admit_waiting(budget_left, now_s, whole=False, lag=False)
             scheduled = self.running.n
         if scheduled == 0:
             return None
@@ -105,11 +128,18 @@ class VLLMScheduler(Scheduler):
         spent = min(int(cum[m - 1]), budget) if m else 0  # the first m rows' tokens, capped by the budget
         return m, budget - spent, preempted
 
-    def _admit_waiting(self, budget: int, now_s: float, whole: bool) -> None:
-        """FCFS admission from the waiting queue into `budget` tokens."""
-        t = self.running
-        while self.waiting and budget > 0 and t.n < self.max_seqs:
-            take = self._try_start(budget, now_s, whole, self.watermark)
+    def _admit_waiting(self, budget: int, now_s: float, whole: bool, lag: bool = True) -> None:
+        """FCFS admission from the waiting queue into `budget` tokens; with asynchronous
+        scheduling (and `lag`), only of requests already known when the step before was
+        scheduled."""
+        t, waiting = self.running, self.waiting
+        v1 = self.v1_engine and self.chunked
+        lagged = lag and self.lags_arrivals
+        while waiting and budget > 0 and t.n < self.max_seqs:
+            if lagged and waiting[0].ready_step > self.step_index:
+                break
+            take = self._try_start(budget, now_s, whole, self.watermark,
+                                   full_prompt=v1 and self.dep.scheduler_reserve_full_isl)
             if not take:
                 break
             budget -= take

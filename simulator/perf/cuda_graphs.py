@@ -1,0 +1,52 @@
+"""Which CUDA graph a step of vLLM 0.19 replays, and how many tokens it is padded to.
+
+vLLM 0.19 captures graphs for a list of batch sizes (`VllmConfig._set_cudagraph_sizes`):
+1, 2, 4, then every 8 up to 256 and every 16 above, up to the capture limit
+min(2 x max_num_seqs, 512, max_num_batched_tokens) unless `max_cudagraph_capture_size`
+sets it. A step of T tokens with T at most the limit is padded up to the next captured size
+and replays a graph at that size: a FULL graph (attention inside) when every sequence decodes
+one token, else a PIECEWISE graph whose attention runs eagerly between the captured pieces
+(cudagraph_mode FULL_AND_PIECEWISE). A larger step runs the compiled model eagerly on its
+exact token count. The logits and the sampler run after the graph, eagerly, on the sequences
+that sample. `enforce_eager` captures nothing.
+"""
+from __future__ import annotations
+
+import bisect
+
+from ..deployment import Deployment
+
+LARGEST_CAPTURE = 512
+
+
+def capture_limit(dep: Deployment, budget_tokens: int) -> int:
+    """The largest token count a graph is captured for (0: none)."""
+    if dep.enforce_eager:
+        return 0
+    if dep.max_cudagraph_capture_size is not None:
+        return dep.max_cudagraph_capture_size
+    return min(2 * dep.max_num_seqs, LARGEST_CAPTURE, budget_tokens)
+
+
+def capture_sizes(limit: int) -> list[int]:
+    """The captured batch sizes up to `limit`, ascending (the largest becomes the limit)."""
+    sizes = [1, 2, 4, *range(8, min(limit + 1, 256), 8), *range(256, limit + 1, 16)]
+    return sorted({s for s in sizes if s <= limit})
+
+
+class GraphPlan:
+    """Padding and graph mode of a step, for one deployment."""
+
+    def __init__(self, dep: Deployment, budget_tokens: int):
+        self.sizes = capture_sizes(capture_limit(dep, budget_tokens))
+        self.limit = self.sizes[-1] if self.sizes else 0
+
+    def padded(self, tokens: int) -> int:
+        """The token count the step's graphed layers run on."""
+        if tokens > self.limit:
+            return tokens
+        return self.sizes[bisect.bisect_left(self.sizes, tokens)]
+
+    def graphed(self, tokens: int) -> bool:
+        """Whether a step of `tokens` tokens replays a graph (FULL or PIECEWISE)."""
+        return tokens <= self.limit
