@@ -44,3 +44,22 @@ def test_every_group_is_within_the_stated_bounds(measured):
 
 def test_the_roofline_is_not_optimistic_on_the_whole(measured):
     assert abs(np.median([e["long_bias"] for *_, e in measured])) <= 5.0
+
+
+def test_the_collectives_efficiency_is_derived_from_the_measured_all_reduces():
+    """network_efficiency is the median efficiency that reproduces each of Vidur's NCCL
+    all-reduces of 1-64 MiB on a DGX A100 (validation/collective_defaults.py). With it the
+    ring model's median error on those rows is within 20 % (NCCL's efficiency varies 2x with
+    size and GPU count) and unbiased to 5 %; below 1 MiB
+    NCCL's launch and synchronisation (tens of microseconds) are not in the model, which
+    stays optimistic there (vLLM runs such messages through its own CUDA-graph all-reduce)."""
+    from validation.collective_defaults import BANDWIDTH_BYTES, derive, errors
+
+    assert Efficiency().network_efficiency == pytest.approx(round(derive(), 2), abs=1e-9)
+    frame = errors()
+    large = frame[frame["bytes"] >= BANDWIDTH_BYTES]
+    assert len(large) > 2000
+    assert large["error_pct"].abs().median() <= 20.0
+    assert abs(large["error_pct"].median()) <= 5.0
+    small = frame[frame["bytes"] < BANDWIDTH_BYTES]
+    assert small["error_pct"].median() < -30.0  # stated: optimistic for small NCCL messages

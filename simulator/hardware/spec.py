@@ -115,8 +115,11 @@ class Efficiency(_Strict):
     attention_compute_max: best fraction of peak reached by fused attention kernels.
     small_bytes_half: bytes at which a memory-bound kernel reaches half of memory_max
       (latency-bound small transfers; it also sets the shortest a kernel can be).
-    network_efficiency: fraction of link bandwidth collectives reach (NCCL bus bandwidth
-      reaches about 80 % of NVLink's per-direction figure).
+    network_efficiency: fraction of link bandwidth collectives reach: 0.41, the median over
+      Vidur's NCCL all-reduces of 1-64 MiB on a DGX A100 (2, 4 and 8 GPUs on NVSwitch) of the
+      efficiency that reproduces each (0.28-0.56 between the 10th and 90th percentiles;
+      `python -m validation.collective_defaults`). A link that states what collectives achieve
+      on it sets its own `efficiency`.
     mixed_decode_gqa_miss: in a step with prefill chunks, decodes take the prefill kernel's
       path and cost 1 + miss x (query heads per KV head - 1) times their decode-only time
       (perf/mixed_attention.py: 0.2, the median of the measured RTX 4090 and RTX PRO 6000
@@ -143,7 +146,7 @@ class Efficiency(_Strict):
     tile_n: PositiveInt = 128
     attention_compute_max: float = Field(0.50, gt=0, le=1)
     small_bytes_half: float = Field(2e6, ge=0)
-    network_efficiency: float = Field(0.8, gt=0, le=1)
+    network_efficiency: float = Field(0.41, gt=0, le=1)
     mixed_decode_gqa_miss: float = Field(0.2, ge=0)
 
 

@@ -24,18 +24,21 @@ from __future__ import annotations
 
 import bisect
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from ..deployment import Deployment
 from ..hardware.loader import System
-from ..models.config import ModelConfig
-from ..models.operators import Operator
+from ..models.config import DTYPE_BYTES, ModelConfig
+from ..models.operators import Operator, Precision, Sharding, attention_decode_op, attention_prefill_op
+from .kernels import attention_model
 from .mixed_attention import default_factor
 from .profile_use import CALIBRATED, AppliedProfile
 from .roofline import operator_time_s
 
+_ONE_DEVICE = Sharding()
 # GEMMs with up to this many rows (tokens of an iteration) are looked up in a per-shape table.
 GEMM_TABLE_ROWS = 16384
 SOURCES = ("calibrated-interpolation", "calibrated-fit", "roofline", "host-overhead", "transferred", "scaled")
@@ -133,6 +136,11 @@ class CalibratedKernelTimes(KernelTimes):
         self.heads = {"heads": max(1, model.num_heads // dep.tp), "kv_heads": max(1, model.num_kv_heads // dep.tp),
                       "head_dim": model.head_dim}
         self.dtype = dep.activation_dtype
+        # one layer of this deployment's attention, at the KV dtype stored and (if it differs) measured
+        self._shape = attention_model(self.heads["heads"], self.heads["kv_heads"], self.heads["head_dim"])
+        measured = Precision(kv=dep.activation_dtype, activations=dep.activation_dtype)
+        stored = replace(measured, kv=dep.kv_cache_dtype)
+        self._kv_precisions = [stored] if DTYPE_BYTES[dep.kv_cache_dtype] == DTYPE_BYTES[self.dtype] else [stored, measured]
         self._memo: dict[tuple, tuple[float, int]] = {}
         self._gemm_tables: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._decode = self._decode_table() if calibration.covers("attn_decode", self.dtype) else None
@@ -158,6 +166,9 @@ class CalibratedKernelTimes(KernelTimes):
         frame = pd.DataFrame({"op": "attn_decode", "dtype": self.dtype, "batch": b.ravel().astype(int),
                               "kv_len": ctx.ravel().astype(int), **self.heads})
         times, sources = self._predict("attn_decode", self.dtype, frame)
+        ops = [attention_decode_op(self._shape, b.ravel(), (b * ctx).ravel(), _ONE_DEVICE, prec)
+               for prec in self._kv_precisions]
+        times, sources = self._kv_scaled(times, sources, ops)
         return _Table(np.log(times).reshape(b.shape), sources.reshape(b.shape))
 
     def _prefill_table(self) -> _Table:
@@ -166,7 +177,27 @@ class CalibratedKernelTimes(KernelTimes):
         frame = pd.DataFrame({"op": "attn_prefill", "dtype": self.dtype, "batch": 1, "seq_len": c.ravel().astype(int),
                               "kv_len": (c + cached).ravel().astype(int), **self.heads})
         times, sources = self._predict("attn_prefill", self.dtype, frame)
-        return _Table(np.log(times).reshape(c.shape), sources.reshape(c.shape))
+        shape = c.shape
+        ops = [[attention_prefill_op(self._shape, x, x + y, x * (y + (x + 1) / 2.0), _ONE_DEVICE, prec)
+                for x, y in zip(c.ravel().tolist(), cached.ravel().tolist())] for prec in self._kv_precisions]
+        times, sources = self._kv_scaled(times, sources, ops)
+        return _Table(np.log(times).reshape(shape), sources.reshape(shape))
+
+    def _kv_scaled(self, times: np.ndarray, sources: np.ndarray, ops: list) -> tuple[np.ndarray, np.ndarray]:
+        """Attention measured with the KV cache in the activation dtype, on a deployment that
+        stores it narrower (fp8, int8...): the measured time times the roofline's ratio of the
+        two (reading the cache is most of decode attention), and the source "scaled". `ops`:
+        the grid's operator (or a list of one per point) at each KV precision."""
+        if len(ops) == 1:
+            return times, sources
+
+        def roofline(op) -> np.ndarray:
+            if isinstance(op, list):
+                return np.array([operator_time_s(self.device, one) for one in op])
+            return operator_time_s(self.device, op)
+
+        stored, measured = (roofline(op) for op in ops)
+        return times * stored / measured, np.full_like(sources, SCALED)
 
     # -- runtime -----------------------------------------------------------------------
     def gpu_time_s(self, op: Operator):

@@ -19,7 +19,7 @@ from .collectives import allgather_time_s, allreduce_time_s
 from .roofline import operator_time_s
 
 
-def _attention_model(heads: int, kv_heads: int, head_dim: int) -> ModelConfig:
+def attention_model(heads: int, kv_heads: int, head_dim: int) -> ModelConfig:
     """A one-layer model with the measured attention shape (only its attention is used)."""
     return ModelConfig("kernel", heads * head_dim, 1, 1, heads, kv_heads, head_dim, 1, 1 << 30, False, True, False)
 
@@ -37,7 +37,7 @@ def operator_for(row) -> Operator:
         b = DTYPE_BYTES.get(dtype, 2.0)
         out_b = 2.0 if b < 2 else b  # 8-bit GEMMs write 16-bit outputs
         return Operator("gemm", "gemm", 2.0 * m * n * k, (m * k + k * n) * b + m * n * out_b, dtype, m=m, n=n, k=k)
-    model = _attention_model(int(row.heads), int(row.kv_heads), int(row.head_dim))
+    model = attention_model(int(row.heads), int(row.kv_heads), int(row.head_dim))
     prec, shard, batch = _precision(dtype), Sharding(), int(row.batch)
     if op == "attn_prefill":
         seq, kv = int(row.seq_len), int(row.kv_len)
