@@ -33,7 +33,7 @@ from .metrics.slo import SloSpec
 from .metrics.summary import build_summary
 from .models.config import ModelConfig, load_model
 from .perf.cost_model import CostModel
-from .perf.memory_plan import MemoryPlan, kv_bytes_per_block, plan_memory
+from .perf.memory_plan import MemoryPlan, kv_bytes_per_block
 from .perf.profile_use import AppliedProfile, resolve_calibration
 from .schedulers.base import SwapSpace, get_scheduler
 from .workloads.trace import TraceIndex
@@ -155,13 +155,15 @@ def _pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, ca
                          f"on {system.accelerator.name}; add one or use preemption_mode=recompute")
     context = model_cfg.max_position_embeddings
     longest = context if dep.max_model_len in (None, -1) else dep.max_model_len
-    forward = get_scheduler(dep.scheduler).forward_tokens(dep, longest)
-    plan = plan_memory(system.accelerator, model_cfg, dep, forward)
+    policy = get_scheduler(dep.scheduler)
+    forward = policy.forward_tokens(dep, longest)
+    plan = policy.plan_memory(system.accelerator, model_cfg, dep, forward)
     if dep.max_model_len == -1:  # vLLM's auto-fit: the longest request the KV cache holds
         dep = dep.model_copy(update={"max_model_len": min(context, plan.usable_blocks * plan.block_size)})
     calib = resolve_calibration(system, calibration)
-    cost = CostModel(system, model_cfg, dep, calib, host_overlapped=get_scheduler(dep.scheduler).host_overlapped(dep),
-                     budget_tokens=forward)
+    cost = CostModel(system, model_cfg, dep, calib, host_overlapped=policy.host_overlapped(dep),
+                     budget_tokens=forward, graphs=policy.graph_plan(dep, forward),
+                     mixed_decode_slowdown=policy.mixed_decode_slowdown)
     pool = Pool(role, system, dep, plan, cost, calib)
     if plan.num_blocks // pool.engines < 2:  # each engine needs a block besides vLLM's null block
         raise InputError(f"{where}pp={dep.pp}: {plan.num_blocks} KV block(s) per device cannot be split among "

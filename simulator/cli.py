@@ -176,13 +176,17 @@ def _table(summary: dict, out_dir: Path | None) -> None:
 
 
 def _memory_line(memory: dict) -> str:
-    """The memory plan of one engine, as vLLM's start-up log states it."""
+    """The memory plan of one engine, as its start-up log states it (TensorRT-LLM gives the KV
+    cache a fraction of what the rest leaves, vLLM what is left of a fraction of the device)."""
     gib = 2**30
-    return (f"memory ({memory['engine']}, per device): {memory['device_capacity_bytes'] / gib:.2f} GiB x utilisation = "
-            f"{memory['usable_bytes'] / gib:.2f} GiB · weights {memory['weights_bytes'] / gib:.2f} · activations "
+    fraction = memory.get("free_gpu_memory_fraction")
+    budget = "" if fraction is not None else f" x utilisation = {memory['usable_bytes'] / gib:.2f} GiB"
+    share = "" if fraction is None else f" (free_gpu_memory_fraction {fraction} of the rest)"
+    return (f"memory ({memory['engine']}, per device): {memory['device_capacity_bytes'] / gib:.2f} GiB{budget} · "
+            f"weights {memory['weights_bytes'] / gib:.2f} · activations "
             f"{memory['activation_bytes'] / gib:.2f} · non-torch {memory['reserved_bytes'] / gib:.2f} · KV cache "
-            f"{memory['kv_bytes'] / gib:.2f} GiB = {memory['kv_blocks']} blocks of {memory['block_size']} tokens "
-            f"({memory['kv_tokens']:,} tokens)")
+            f"{memory['kv_bytes'] / gib:.2f} GiB{share} = {memory['kv_blocks']} blocks of {memory['block_size']} "
+            f"tokens ({memory['kv_tokens']:,} tokens)")
 
 
 def _extra_lines(summary: dict) -> list[str]:

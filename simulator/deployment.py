@@ -2,12 +2,13 @@
 
 Knobs keep the names of the engine they model (vLLM's `max_num_seqs`,
 `max_num_batched_tokens`, `block_size`, `gpu_memory_utilization`, `enable_chunked_prefill`,
-...), so a user can copy a real configuration. They come from the system YAML's
+...; TensorRT-LLM's `max_batch_size`, `max_num_tokens`, `tokens_per_block`, ... for
+`scheduler: trtllm`), so a user can copy a real configuration. They come from the system YAML's
 `deployment:` block, then the CLI flags and `--set key=value`, later ones winning.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -71,6 +72,24 @@ class Deployment(BaseModel):
     kv_transfer_link: Literal["auto", "nvlink", "pcie", "network"] = "auto"
     kv_transfer_bandwidth: str | None = None  # overrides the link's, with a unit ("25 GB/s")
     kv_transfer_latency: str | None = None  # overrides the link's, with a unit ("10 us")
+    # TensorRT-LLM's knobs (scheduler: trtllm; LLM API / trtllm-serve names and defaults, see
+    # schedulers/trtllm.py): the capacity scheduler, the micro-batch limits, the KV pool
+    capacity_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization", "static_batch"] = \
+        "guaranteed_no_evict"
+    max_batch_size: int = Field(2048, ge=1)  # requests per step
+    max_num_tokens: int = Field(8192, ge=1)  # tokens per step; also the memory-profiling pass
+    max_seq_len: int | None = Field(None, ge=1)  # None: the model's context, capped by the KV pool
+    free_gpu_memory_fraction: float = Field(0.9, gt=0, le=1)  # of the memory left after weights and activations
+    tokens_per_block: int = Field(32, ge=1)
+    enable_chunked_context: bool = False
+    enable_block_reuse: bool = True
+    disable_overlap_scheduler: bool = False
+    # CUDA graphs (cuda_graph_config's max_batch_size, batch_sizes, enable_padding): graphs for
+    # the batch sizes up to cuda_graph_max_batch_size (0: none) or the explicit list; padding
+    # runs a batch in the next captured size
+    cuda_graph_max_batch_size: int = Field(128, ge=0)
+    cuda_graph_batch_sizes: list[Annotated[int, Field(ge=1)]] | None = None
+    cuda_graph_padding: bool = False
 
     @field_validator("max_model_len")
     @classmethod
@@ -93,6 +112,25 @@ class Deployment(BaseModel):
 
 
 KNOBS = tuple(Deployment.model_fields)
+# Each engine's own knobs. One given to a policy that models the other engine is an input
+# error (Scheduler.check_knobs), so an unread knob never looks as if it took effect; each maps
+# to the other engine's knob that does its job, where there is one.
+VLLM_ENGINE_KNOBS = {
+    "max_num_seqs": "max_batch_size", "max_num_batched_tokens": "max_num_tokens", "block_size": "tokens_per_block",
+    "gpu_memory_utilization": "free_gpu_memory_fraction", "enable_chunked_prefill": "enable_chunked_context",
+    "max_model_len": "max_seq_len", "enforce_eager": "cuda_graph_max_batch_size=0",
+    "max_cudagraph_capture_size": "cuda_graph_max_batch_size", "enable_prefix_caching": "enable_block_reuse",
+    "async_scheduling": "disable_overlap_scheduler (inverted)", "scheduler_reserve_full_isl": None,
+    "preemption_mode": None, "swap_space": None,
+}
+TRTLLM_KNOBS = {
+    "capacity_scheduler_policy": None, "max_batch_size": "max_num_seqs",
+    "max_num_tokens": "max_num_batched_tokens", "max_seq_len": "max_model_len",
+    "free_gpu_memory_fraction": "gpu_memory_utilization", "tokens_per_block": "block_size",
+    "enable_chunked_context": "enable_chunked_prefill", "enable_block_reuse": "enable_prefix_caching",
+    "disable_overlap_scheduler": "async_scheduling (inverted)", "cuda_graph_max_batch_size": "max_cudagraph_capture_size",
+    "cuda_graph_batch_sizes": None, "cuda_graph_padding": None,
+}
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

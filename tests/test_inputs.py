@@ -199,6 +199,11 @@ CASES = {
     "set_unknown_knob": _flags_case(["--set", "max_num_sequences=8"], "--set", "max_num_sequences", "unknown"),
     "set_max_num_seqs_zero": _flags_case(["--set", "max_num_seqs=0"], "max_num_seqs"),
     "scheduler_unknown": _flags_case(["--scheduler", "fifo-lottery"], "--scheduler", "fifo-lottery"),
+    # a knob of the engine the policy does not model would do nothing: refused, naming the right one
+    "trtllm_given_a_vllm_knob": _flags_case(["--scheduler", "trtllm", "--set", "max_num_seqs=64"],
+                                            "max_num_seqs", "vLLM knob", "max_batch_size"),
+    "vllm_given_a_trtllm_knob": _flags_case(["--set", "max_batch_size=64"], "max_batch_size", "TensorRT-LLM knob",
+                                            "max_num_seqs"),
     "tp_not_dividing_heads": _flags_case(["--tp", "3"], "--tp 3", "32"),
     "model_does_not_fit": _flags_case(["--model", "llama-3.1-70b"], "does not fit", "131.45 GiB", "71.26 GiB"),
 }

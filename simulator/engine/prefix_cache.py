@@ -47,6 +47,7 @@ class PrefixCache:
         self.resumed_tokens = 0  # tokens a preempted request found still cached when it resumed
         self.evicted = 0
         self._finished_runs = 0  # keys of the runs of finished requests
+        self._finished_tail: tuple | None = None  # the newest of them
 
     def matching(self, keys: list[tuple], limit: int) -> int:
         """How many of the first `limit` keys are present (in use or cached), from the first."""
@@ -103,13 +104,23 @@ class PrefixCache:
     def keep_run(self, owner: object | None, blocks: int) -> None:
         """Cache `owner`'s `blocks` full private blocks (its own tokens) as one run. A finished
         request's run (owner None) can never be hit, but it holds its place in the LRU."""
-        if blocks > 0:
-            if owner is None:
-                self._finished_runs += 1
-                owner = self._finished_runs
+        if blocks <= 0:
+            return
+        cached = self.cached
+        if owner is None:
+            # Finished runs are never hit, so one that lands right after another joins it: the
+            # LRU order of everything else is unchanged and eviction stays a short walk.
+            tail = self._finished_tail
+            if tail is not None and cached and next(reversed(cached)) is tail:
+                cached[tail] += blocks
+                self.cached_blocks += blocks
+                return
+            self._finished_runs += 1
+            key = self._finished_tail = ("finished", self._finished_runs)
+        else:
             key = ("run", owner)
-            self.cached_blocks += blocks - self.cached.pop(key, 0)
-            self.cached[key] = blocks
+        self.cached_blocks += blocks - cached.pop(key, 0)
+        cached[key] = blocks
 
     def take_run(self, owner: object) -> int:
         """The blocks of `owner`'s run still cached, removed from the LRU (in use again)."""

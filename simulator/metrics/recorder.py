@@ -312,6 +312,9 @@ def _reason_key(reason: str) -> str:
         return "exceeds one whole-prompt step"
     if "admission watermark" in reason:
         return "exceeds the KV blocks above the admission watermark"
+    for knob in ("max_seq_len", "max_num_tokens"):  # TensorRT-LLM's limits (schedulers/trtllm.py)
+        if f"exceed {knob}" in reason:
+            return f"exceeds {knob}"
     return reason
 
 

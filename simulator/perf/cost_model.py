@@ -7,11 +7,12 @@ The iteration's operators come from `models.operators`; each costs its roofline 
   max(GPU time, kernel_launch): small kernels are launch-bound;
 - CUDA-graph replay (`cuda_graphs.py`: vLLM pads a step of up to the capture limit to the
   next captured size; FULL graphs for decode-only steps, PIECEWISE ones with eager attention
-  otherwise): GPU time + graph_kernel_gap per kernel, on the padded token count. The logits
-  and the sampler run after the graph, eagerly.
+  otherwise; TensorRT-LLM graphs only decode-only steps, `trtllm_plan.py`): GPU time +
+  graph_kernel_gap per kernel, on the padded token count. The logits and the sampler run
+  after the graph, eagerly.
 The engine's own CPU time per step (`scheduler_per_iteration`: scheduling, input preparation,
-output processing) adds to the step, or, when the engine schedules asynchronously (vLLM v1),
-overlaps it: the step then takes max(GPU time, CPU time).
+output processing) adds to the step, or, when the engine schedules asynchronously (vLLM v1,
+TensorRT-LLM's overlap scheduler), overlaps it: the step then takes max(GPU time, CPU time).
 Pipeline stages run one after another for a batch, with a point-to-point send of the
 activations between stages: this is one micro-batch's time through the whole pipeline. How
 the micro-batches of a replica's virtual engines overlap is the engine's (engine/pipeline.py).
@@ -98,17 +99,23 @@ class CostModel:
 
     def __init__(self, system: System, model: ModelConfig, dep: Deployment,
                  calibration: AppliedProfile | None = None, kernel_scale: dict[tuple[int, str], float] | None = None,
-                 host_overlapped: bool = False, budget_tokens: int | None = None):
+                 host_overlapped: bool = False, budget_tokens: int | None = None, graphs: GraphPlan | None = None,
+                 mixed_decode_slowdown: bool = True):
         """kernel_scale: factors by (kernel_times.SOURCES index, operator kind) multiplying the
         device time of the kernels of that source and kind, 1 for the others (uncertainty bands
         use it; None: unscaled);
         host_overlapped: the engine's CPU work overlaps the GPU's (asynchronous scheduling);
-        budget_tokens: the most tokens a step holds (it bounds vLLM's CUDA-graph sizes)."""
+        budget_tokens: the most tokens a step holds (it bounds vLLM's CUDA-graph sizes);
+        graphs: which steps replay a CUDA graph (None: vLLM's rule for this deployment);
+        mixed_decode_slowdown: decodes in a step with prefill chunks take the prefill kernel's
+        slower path (one attention call over all sequences, as vLLM's backends make it; false
+        where the engine runs them through its decode kernel, as TensorRT-LLM does)."""
         self.system, self.model, self.dep = system, model, dep
         self.kernel_scale = kernel_scale
         self.host_overlapped = host_overlapped
         self.budget_tokens = budget_tokens or dep.max_num_batched_tokens or 2048
-        self.graphs = GraphPlan(dep, self.budget_tokens)
+        self.graphs = graphs or GraphPlan(dep, self.budget_tokens)
+        self.mixed_decode_slowdown = mixed_decode_slowdown
         self.host_s = system.accelerator.overheads.scheduler_per_iteration
         self.device = system.accelerator
         self.kernels = kernel_times(system, model, dep, calibration)
@@ -188,19 +195,20 @@ class CostModel:
                 nbytes += op.bytes * op.count
         return _Part(time_s, flops, nbytes, sources)
 
-    def _dense_part(self, tokens: int) -> _Part:
-        """The token-parallel layers of a step of `tokens` tokens, on its padded token count."""
-        graphs = self.graphs
-        return self._sum(dense_ops(self.model, graphs.padded(tokens), self.shard, self.prec), graphs.graphed(tokens))
+    def _dense_part(self, padded_tokens: int, graphed: bool) -> _Part:
+        """The token-parallel layers of a step run on `padded_tokens` (its padded token count),
+        replayed from a CUDA graph or launched eagerly."""
+        return self._sum(dense_ops(self.model, padded_tokens, self.shard, self.prec), graphed)
 
     def _head_part(self, sampled: int) -> _Part:
         return self._sum(head_ops(self.model, sampled, self.shard, self.prec), False)
 
-    def _fixed_part(self, tokens: int, sampled: int) -> _Part:
+    def _fixed_part(self, tokens: int, sampled: int, decode_only: bool) -> _Part:
         """Everything of an iteration but attention, per device: stages run their share of the
         token-parallel layers in turn and send to the next, embeddings and the head run once."""
-        pp = self.dep.pp
-        dense, head = self._dense(tokens), self._head(sampled)
+        pp, graphs = self.dep.pp, self.graphs
+        dense = self._dense(graphs.padded(tokens, decode_only), graphs.graphed(tokens, decode_only))
+        head = self._head(sampled)
         send = self.pipeline_send_s(tokens)
         sources = [pp * d + h for d, h in zip(dense.sources_s, head.sources_s)]
         sources[ROOFLINE] += send
@@ -220,7 +228,7 @@ class CostModel:
         factor = 1.0
         if batch.num_decodes:
             ops.append(attention_decode_op(self.model, batch.num_decodes, batch.decode_context, self.shard, self.prec))
-            if batch.prefill_tokens:
+            if batch.prefill_tokens and self.mixed_decode_slowdown:
                 n = batch.num_decodes
                 factor = self.kernels.mixed_decode_factor(n, batch.decode_context / n)
         if batch.prefill_tokens:
@@ -238,9 +246,10 @@ class CostModel:
     def iteration(self, batch: BatchShape) -> IterationCost:
         """Wall time of one iteration of `batch`, and per-device FLOPs and bytes."""
         tokens, pp = batch.tokens, self.dep.pp
-        fixed = self._fixed(tokens, batch.sampled)
+        decode_only = not batch.prefill_tokens
+        fixed = self._fixed(tokens, batch.sampled, decode_only)
         # attention is inside the graph only in a FULL graph: a decode-only step
-        attn = self._attention_part(batch, not batch.prefill_tokens and self.graphs.graphed(tokens))
+        attn = self._attention_part(batch, decode_only and self.graphs.graphed(tokens))
         sources = [f + pp * a for f, a in zip(fixed.sources_s, attn.sources_s)]
         gpu = fixed.time_s + pp * attn.time_s
         time_s = self.with_host(gpu)
@@ -271,7 +280,11 @@ class CostModel:
         step_s = self.with_host(step_gpu)
         sources[HOST] += total - device + step_s - step_gpu
         if isinstance(source, np.ndarray):  # calibrated: each step's nearest table point
-            sources += (_SOURCE_IDS == source) * device
+            first = source[0]
+            if (source == first).all():  # usually one source for the whole span
+                sources[first] += device
+            else:
+                sources += (_SOURCE_IDS == source) * device
         else:
             sources[source] += device
         return IterationCost(step_s, columns[_FLOPS] + op.flops * op.count,
@@ -289,7 +302,7 @@ class CostModel:
 
     def _decode_column(self, n: int) -> list[float]:
         """The decode table's column for a decode step of n sequences (rows: see _TIME...)."""
-        fixed = self._fixed(n, n)
+        fixed = self._fixed(n, n, True)
         batch_bytes = attention_decode_op(self.model, n, 0.0, self.shard, self.prec).bytes
         return [fixed.time_s, fixed.flops, fixed.bytes, *self._kernel_overheads(self.graphs.graphed(n)), batch_bytes,
                 *fixed.sources_s]

@@ -35,18 +35,20 @@ def capture_sizes(limit: int) -> list[int]:
 
 
 class GraphPlan:
-    """Padding and graph mode of a step, for one deployment."""
+    """Padding and graph mode of a step, for one deployment. Another engine's rule is a class
+    with the same two methods (perf/trtllm_plan.py); `decode_only` says whether the step only
+    decodes, which vLLM's PIECEWISE graphs do not need to know."""
 
     def __init__(self, dep: Deployment, budget_tokens: int):
         self.sizes = capture_sizes(capture_limit(dep, budget_tokens))
         self.limit = self.sizes[-1] if self.sizes else 0
 
-    def padded(self, tokens: int) -> int:
+    def padded(self, tokens: int, decode_only: bool = True) -> int:
         """The token count the step's graphed layers run on."""
         if tokens > self.limit:
             return tokens
         return self.sizes[bisect.bisect_left(self.sizes, tokens)]
 
-    def graphed(self, tokens: int) -> bool:
+    def graphed(self, tokens: int, decode_only: bool = True) -> bool:
         """Whether a step of `tokens` tokens replays a graph (FULL or PIECEWISE)."""
         return tokens <= self.limit

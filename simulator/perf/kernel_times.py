@@ -155,10 +155,8 @@ class CalibratedKernelTimes(KernelTimes):
     # -- profile queries ---------------------------------------------------------------
     def _predict(self, op: str, dtype: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         times, names = self.calibration.predict_us(op, dtype, frame)
-        names = np.asarray(names)
-        sources = np.full(len(names), -1, dtype=np.int64)
-        for name in np.unique(names):
-            sources[names == name] = _SOURCE_INDEX[name]
+        codes, distinct = pd.factorize(np.asarray(names, dtype=object))  # hashing: no sort of strings
+        sources = np.array([_SOURCE_INDEX[name] for name in distinct], dtype=np.int64)[codes]
         return np.asarray(times, dtype=float) * 1e-6, sources
 
     def _decode_table(self) -> _Table:

@@ -17,14 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..deployment import Deployment
+from ..deployment import TRTLLM_KNOBS, Deployment
 from ..engine.kv_cache import BlockManager
 from ..engine.prefix_cache import block_keys
 from ..engine.request import Request, RequestTable
 from ..errors import InputError
+from ..hardware.spec import DeviceSpec
 from ..models.config import ModelConfig
 from ..perf.cost_model import BatchShape
-from ..perf.memory_plan import MemoryPlan
+from ..perf.cuda_graphs import GraphPlan
+from ..perf.memory_plan import MemoryPlan, plan_memory
 
 REGISTRY: dict[str, type[Scheduler]] = {}
 
@@ -97,6 +99,12 @@ class Scheduler:
     always_chunked = False
     chunked_budget_tokens = 2048  # vLLM's default with chunked prefill
     prefix_caching_default = False  # whether the engine modelled caches KV blocks unless told not to
+    # whether decodes sharing a step with prefill chunks run the prefill kernel's slower path
+    # (one attention call over all sequences, as vLLM's backends make it; perf/mixed_attention.py)
+    mixed_decode_slowdown = True
+    # The other engine's knobs (deployment.py), refused by `check_knobs`: vLLM's policies
+    # refuse TensorRT-LLM's and the reverse.
+    foreign_engine, foreign_knobs = "TensorRT-LLM", TRTLLM_KNOBS
 
     @classmethod
     def host_overlapped(cls, dep: Deployment) -> bool:
@@ -106,9 +114,40 @@ class Scheduler:
     @classmethod
     def resolve(cls, dep: Deployment) -> Deployment:
         """The deployment with this policy's defaults filled in where the user left them."""
+        cls.check_knobs(dep)
         if dep.enable_prefix_caching is None:
             dep = dep.model_copy(update={"enable_prefix_caching": cls.prefix_caching_default})
         return dep
+
+    @classmethod
+    def check_knobs(cls, dep: Deployment) -> None:
+        """Refuse a knob of the engine this policy does not model (it would silently do
+        nothing), naming this engine's knob for the same job where there is one."""
+        for key, own in cls.foreign_knobs.items():
+            if key in dep.model_fields_set:
+                hint = f"; set {own} instead" if own else ""
+                raise InputError(f"deployment: {key}: a {cls.foreign_engine} knob, which --scheduler {dep.scheduler} "
+                                 f"does not read{hint}")
+
+    @classmethod
+    def plan_memory(cls, device: DeviceSpec, model: ModelConfig, dep: Deployment, forward_tokens: int) -> MemoryPlan:
+        """The KV-cache plan of one device of the engine modelled (vLLM's: perf/memory_plan.py)."""
+        return plan_memory(device, model, dep, forward_tokens)
+
+    @classmethod
+    def graph_plan(cls, dep: Deployment, forward_tokens: int) -> GraphPlan:
+        """Which steps replay a CUDA graph, at what padded size (vLLM's: perf/cuda_graphs.py)."""
+        return GraphPlan(dep, forward_tokens)
+
+    @classmethod
+    def caches_prefixes(cls, dep: Deployment) -> bool:
+        """Whether KV blocks stay cached for reuse once released (`enable_prefix_caching`)."""
+        return bool(dep.enable_prefix_caching)
+
+    @classmethod
+    def longest_request(cls, dep: Deployment, model: ModelConfig) -> int:
+        """The most tokens (input + output) a request may have before the KV capacity caps it."""
+        return dep.max_model_len or model.max_position_embeddings
 
     @classmethod
     def forward_tokens(cls, dep: Deployment, max_model_len: int) -> int:
@@ -124,13 +163,12 @@ class Scheduler:
 
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         self.dep = dep
-        self.block_size = dep.block_size
-        self.blocks = BlockManager(plan.usable_blocks, dep.block_size, dep.enable_prefix_caching)
+        self.block_size = plan.block_size
+        self.blocks = BlockManager(plan.usable_blocks, plan.block_size, self.caches_prefixes(dep))
         self.running = RequestTable(capacity=min(dep.max_num_seqs, 1024))
         self.waiting: deque[Request] = deque()
         self.waiting_work_tokens = 0
-        self.max_model_len = min(dep.max_model_len or model.max_position_embeddings,
-                                 plan.usable_blocks * plan.block_size)
+        self.max_model_len = min(self.longest_request(dep, model), plan.usable_blocks * plan.block_size)
         self.preemptions = 0
         self.swap: SwapSpace | None = None  # set by the engine when preemption_mode is swap
         self.swapped: deque[Request] = deque()  # preempted to host memory, FCFS
@@ -216,15 +254,7 @@ class Scheduler:
         """
         req = self.waiting[0]
         cache = self.blocks.cache
-        hits = revived = own = 0
-        if cache is not None and req.num_computed == 0:
-            limit = (req.num_tokens - 1) // self.block_size  # blocks that may be hits
-            keys = self._prefix_keys(req) if req.record.prefix_hashes else ()
-            if keys:
-                hits = cache.matching(keys, limit)
-                revived = sum(key in cache.cached for key in keys[:hits])
-            if req.preemptions and hits == len(keys):
-                own = min(cache.cached.get(("run", req), 0), limit - hits)
+        hits, revived, own = self._cached_start(req)
         computed = req.num_computed + (hits + own) * self.block_size
         remaining = req.num_tokens - computed
         if remaining > budget and whole:
@@ -254,6 +284,22 @@ class Scheduler:
             req.first_scheduled_s = now_s
         self.running.append(req, total, take, self._stop_at(req))
         return take
+
+    def _cached_start(self, req: Request) -> tuple[int, int, int]:
+        """What the prefix cache holds of `req` if it started now, in blocks: its named prompt
+        blocks present (hits), of those the ones no request uses (revived), and, after a
+        preemption, its own run still cached (own). At least its last token is left to compute."""
+        cache = self.blocks.cache
+        hits = revived = own = 0
+        if cache is not None and req.num_computed == 0:
+            limit = (req.num_tokens - 1) // self.block_size  # blocks that may be hits
+            keys = self._prefix_keys(req) if req.record.prefix_hashes else ()
+            if keys:
+                hits = cache.matching(keys, limit)
+                revived = sum(key in cache.cached for key in keys[:hits])
+            if req.preemptions and hits == len(keys):
+                own = min(cache.cached.get(("run", req), 0), limit - hits)
+        return hits, revived, own
 
     def _stop_at(self, req: Request) -> int | None:
         """Tokens at which `req` leaves this replica: None for all of its output."""
@@ -400,12 +446,25 @@ class Scheduler:
 
     def _give_back(self, gone: np.ndarray) -> None:
         """Free the KV blocks of the finished rows `gone`."""
-        t = self.running
-        if self.blocks.cache is None:
+        t, cache = self.running, self.blocks.cache
+        if cache is None:
             self.blocks.release(sum(map(t.blocks.item, gone.tolist())))
+        elif not cache.refs:
+            self._give_back_private(gone)
         else:
             for i in gone.tolist():
                 self._release(t.requests[i], t.blocks.item(i), t.num_computed.item(i), finished=True)
+
+    def _give_back_private(self, gone: np.ndarray) -> np.ndarray:
+        """`_release` of finished rows while no named block is in use (so none holds one), all
+        at once: each leaves its full blocks cached as an anonymous run, and consecutive such
+        runs are one (PrefixCache.keep_run). Returns each row's run, in blocks."""
+        t = self.running
+        blocks = t.blocks[gone]
+        runs = np.minimum(blocks, t.num_computed[gone] // self.block_size)
+        self.blocks.cache.keep_run(None, int(np.add.reduce(runs)))
+        self.blocks.release(int(np.add.reduce(blocks)))
+        return runs
 
     # -- spans: a step, then decode steps of the same sequences until they finish --------
     def plan_span(self, batch: ScheduledBatch, max_steps: int) -> SpanPlan | None:
@@ -447,7 +506,7 @@ class Scheduler:
         used = held
         if lo < steps:
             gone = t.blocks[:n] + grows
-            if self.blocks.cache is not None:
+            if self.blocks.cache is not None and self.blocks.cache.refs:
                 gone = gone - self._still_shared(remaining, steps)
             freed = np.bincount(remaining, weights=gone, minlength=steps)[:steps]
             used = held - freed.cumsum().astype(np.int64)
@@ -506,17 +565,29 @@ class Scheduler:
         blocks of growing sequences need it too; eviction takes the LRU head, so evicting
         late picks the same blocks as evicting step by step)."""
         t, n, cache = self.running, self.running.n, self.blocks.cache
+        if plan.min_remaining > k:  # nobody finished: only the growing sequences need room
+            if k > 1:
+                over = int(np.maximum.reduce(plan.used[1:k])) + cache.cached_blocks - self.blocks.num_blocks
+                if over > 0:
+                    cache.evict(over)
+            return
         gone = (plan.remaining[:n] <= k).nonzero()[0]
         after = plan.remaining[gone]  # a finisher's blocks are free from this step on
-        order = np.argsort(after, kind="stable")
-        cached = [cache.cached_blocks]
-        for i in gone[order].tolist():
-            self._release(t.requests[i], t.blocks.item(i), t.num_computed.item(i), finished=True)
-            t.blocks[i] = 0  # released: _take_finished frees nothing more for this row
-            cached.append(cache.cached_blocks)
-        if k > 1:
-            steps = np.arange(1, k)
+        steps = np.arange(1, k)
+        if not cache.refs:  # only private blocks: each finisher adds its run, in any order
+            runs = self._give_back_private(gone)
+            t.blocks[gone] = 0
+            cached_at = cache.cached_blocks - int(np.add.reduce(runs)) + np.bincount(
+                after, weights=runs, minlength=k + 1).cumsum()[steps]
+        else:
+            order = np.argsort(after, kind="stable")
+            cached = [cache.cached_blocks]
+            for i in gone[order].tolist():
+                self._release(t.requests[i], t.blocks.item(i), t.num_computed.item(i), finished=True)
+                t.blocks[i] = 0  # released: _take_finished frees nothing more for this row
+                cached.append(cache.cached_blocks)
             cached_at = np.array(cached)[after[order].searchsorted(steps, side="right")]
+        if k > 1:
             over = int(np.maximum.reduce(plan.used[1:k] + cached_at)) - self.blocks.num_blocks
             if over > 0:
                 cache.evict(over)
