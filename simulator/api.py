@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import simpy
 
-from .deployment import Deployment, build_deployment
+from .deployment import Deployment, build_deployment, knob_where, set_in_yaml
 from .engine.frontend import OUTPUT_S, ApiServer
 from .engine.kv_transfer import KvTransfer, TransferLink
 from .engine.pipeline import Pipeline
@@ -32,6 +32,7 @@ from .metrics.recorder import Recorder, ReplicaHardware
 from .metrics.slo import SloSpec
 from .metrics.summary import build_summary
 from .models.config import ModelConfig, load_model
+from .paths import shown_path
 from .perf.cost_model import CostModel
 from .perf.memory_plan import MemoryPlan, kv_bytes_per_block
 from .perf.profile_use import AppliedProfile, resolve_calibration
@@ -107,9 +108,13 @@ def prepare(hardware: str | Path, model: str | None = None, scheduler: str | Non
     it applies to the run's hardware (a disaggregated pool on other hardware uses its own)."""
     system = load_system(hardware)
     flags = {"model": model, "scheduler": scheduler, "tp": tp, "pp": pp, "replicas": replicas}
-    dep = build_deployment(system.deployment, flags, knobs or {})
-    model_cfg = load_model(dep.model)
-    dep = get_scheduler(dep.scheduler).resolve(dep)
+    layers = (system.deployment, flags, knobs or {})
+    dep = build_deployment(*layers, yaml_file=system.source_file)
+    try:
+        model_cfg = load_model(dep.model)
+        dep = get_scheduler(dep.scheduler).resolve(dep)
+    except InputError as exc:
+        raise _named_in_yaml(exc, dep, layers, system.source_file) from None
     if dep.router not in ROUTERS:
         raise InputError(f"router: {dep.router!r} unknown (known: {', '.join(ROUTERS)})")
     if dep.scheduler != "disagg":
@@ -134,6 +139,19 @@ def prepare(hardware: str | Path, model: str | None = None, scheduler: str | Non
     per_token = kv_bytes_per_block(model_cfg, dep.model_copy(update={"tp": 1, "pp": 1})) / dep.block_size
     split = Disaggregation(prefill, decode, link, per_token, min(prefill.deployment.tp, decode.deployment.tp))
     return Setup(prefill.system, model_cfg, dep, prefill.plan, prefill.cost, prefill.calibration, split)
+
+
+def _named_in_yaml(exc: InputError, dep: Deployment, layers: tuple[dict[str, Any], ...], yaml_file: str) -> InputError:
+    """An error about a knob, worded for where the knob was set: when the system YAML's
+    `deployment:` block set it, `FILE: deployment.KEY: ...` (`deployment.knob_where`) instead
+    of a flag the user did not give (`--model X: ...`, or `deployment: KEY: ...` from
+    `Scheduler.check_knobs`); anything else unchanged."""
+    message = str(exc)
+    for key in dep.model_fields_set:
+        for given in (f"--{key} ", f"deployment: {key}: "):
+            if message.startswith(given) and set_in_yaml(key, layers):
+                return InputError(f"{knob_where(key, layers, yaml_file=yaml_file)}: {message.removeprefix(given)}")
+    return exc
 
 
 def _pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, calibration: str | None) -> Pool:
@@ -318,7 +336,7 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
         preemptions=sum(s.preemptions for s in schedulers),
         skipped=dict(trace.skipped), wall_s=time.perf_counter() - started,
         events=recorder.iteration_count + trace.count,
-        calibration=str(setup.calibration.path) if setup.calibration is not None else None,
+        calibration=shown_path(setup.calibration.path) if setup.calibration is not None else None,
         calibration_use=setup.calibration.use if setup.calibration is not None else None,
         extra={"memory": pools[0].plan.summary(), **_policy_blocks(setup, schedulers, transfer)},
     )
@@ -335,7 +353,7 @@ def _replica_hardware(pool: Pool) -> ReplicaHardware:
         peak_flops=device.peak_flops(pool.cost.prec.gemm_compute),
         bandwidth=device.main_memory.bandwidth, idle_w=power.idle if power else 0.0, tdp_w=power.tdp if power else 0.0,
         compute_max=eff.compute_max, memory_max=eff.memory_max,
-        price_per_hour=device.price.per_hour if device.price else 0.0)
+        price_per_hour=pool.system.device_price_per_hour or 0.0)
 
 
 def _swap_space(pool: Pool) -> SwapSpace | None:

@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cal = sub.add_parser("calibrate", help="fit a calibration profile from measured kernel timings")
     cal.add_argument("hardware", help="hardware YAML path or catalogue name the measurements were taken on")
-    cal.add_argument("measured", nargs="+", help="measurement CSV files (DESIGN section 10)")
+    cal.add_argument("measured", nargs="+", help="measurement CSV files: op, dtype, time_us, device and each op's shape "
+                                                  "columns (docs/contracts.md, Measurement CSV)")
     cal.add_argument("-o", "--output", required=True, help="calibration profile to write (YAML)")
     cal.add_argument("--device", help="keep only rows whose device column contains this text")
     cal.add_argument("--folds", type=_positive, default=5, help="folds of the held-out error estimate (default 5)")

@@ -150,8 +150,10 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return knobs
 
 
-def build_deployment(*layers: dict[str, Any], where: str = "deployment") -> Deployment:
-    """Merge knob layers (system YAML, CLI flags, --set), later ones winning, and validate."""
+def build_deployment(*layers: dict[str, Any], where: str = "deployment", yaml_file: str | None = None) -> Deployment:
+    """Merge knob layers (system YAML, CLI flags, --set), later ones winning, and validate.
+    With `yaml_file`, the first layer is that system YAML's `deployment:` block, and an error
+    in a knob it set names the file (see `knob_where`)."""
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update({k: v for k, v in layer.items() if v is not None})
@@ -159,7 +161,21 @@ def build_deployment(*layers: dict[str, Any], where: str = "deployment") -> Depl
         return Deployment.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
+        at = knob_where(".".join(str(p) for p in err["loc"]), layers, where, yaml_file)
         if err["type"] == "extra_forbidden":
-            raise InputError(f"{where}: {key}: unknown knob (known: {', '.join(KNOBS)})") from None
-        raise InputError(f"{where}: {key}: {err['msg']} (got {err.get('input')!r})") from None
+            raise InputError(f"{at}: unknown knob (known: {', '.join(KNOBS)})") from None
+        raise InputError(f"{at}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def knob_where(key: str, layers: tuple[dict[str, Any], ...], where: str = "deployment",
+               yaml_file: str | None = None) -> str:
+    """How an error names knob `key`: `FILE: deployment.KEY`, like any other error in a hardware
+    YAML, when `set_in_yaml`; else `WHERE: KEY` (flags and --set, a plan's knobs)."""
+    return f"{yaml_file}: deployment.{key}" if yaml_file is not None and set_in_yaml(key, layers) else f"{where}: {key}"
+
+
+def set_in_yaml(key: str, layers: tuple[dict[str, Any], ...]) -> bool:
+    """Whether the value in effect of knob `key` (or of an item of it, `key.0`) came from the
+    first of `layers`, the system YAML's `deployment:` block."""
+    top = key.split(".")[0]
+    return max((i for i, layer in enumerate(layers) if layer.get(top) is not None), default=None) == 0

@@ -83,6 +83,25 @@ def test_uncalibrated_runs_say_so(tmp_path):
     assert summary["uncertainty"]["calibrated"] is False
 
 
+def test_provenance_names_the_profile_resolved_and_a_shipped_one_relative_to_the_project(tmp_path):
+    """The H100 spec names its profile as `../profiles/h100-sxm.yaml`: summary.json gives the
+    shipped profile relative to the project (the same in every checkout, no machine's paths),
+    a profile of the user's resolved, and the note printed with the run names it readably."""
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(json.dumps({"arrival_s": 0, "input_tokens": 64, "output_tokens": 8}) + "\n")
+    shipped = simulate_setup(prepare("h100-sxm", "llama-3.1-8b", knobs={"max_model_len": 4096}), trace,
+                             keep_frames=False).summary["provenance"]
+    assert shipped["calibration"] == "hardware_specs/profiles/h100-sxm.yaml"
+    assert shipped["note"].startswith("measured on this device (h100-sxm.yaml); ")
+    mine = tmp_path / "profiles" / "mine.yaml"
+    mine.parent.mkdir()
+    mine.write_bytes(PROFILE.read_bytes())
+    given = str(tmp_path / "profiles" / ".." / "profiles" / "mine.yaml")
+    own = simulate_setup(prepare("rtx4090", "llama-3.1-8b", calibration=given, knobs={"max_model_len": 4096}), trace,
+                         keep_frames=False).summary["provenance"]
+    assert own["calibration"] == str(mine.resolve())
+
+
 def test_uncertainty_band_brackets_the_nominal_run(tmp_path):
     trace = tmp_path / "t.jsonl"
     trace.write_text("".join(json.dumps({"arrival_s": i * 0.05, "input_tokens": 256, "output_tokens": 32}) + "\n"

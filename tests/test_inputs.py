@@ -1,4 +1,4 @@
-"""Every kind of bad input (DESIGN sections 4-7) fails cleanly.
+"""Every kind of bad input (docs/contracts.md, sections 1-4 and 9) fails cleanly.
 
 The contract: exit code 2, exactly one line on stderr starting with "error:", naming the file
 and the line or field, no traceback, and no output directory left behind. The CLI is driven
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simulator.api import prepare
+from simulator.api import prepare, simulate
 from simulator.deployment import build_deployment, parse_set
 from simulator.errors import InputError
 from simulator.hardware.loader import load_system
@@ -121,6 +122,19 @@ def _extends_missing(d: Path):
     return [str(hw), str(trace)], ["child.yaml", "extends", "does-not-exist.yaml"]
 
 
+def _system_case(deployment: dict, *fragments: str):
+    """A system YAML (eight H100s) with this `deployment:` block: an error in one of its knobs
+    names the file and the field path, as any other error in a hardware YAML does."""
+    def build(d: Path):
+        spec = {"name": "Box", "kind": "system", "node": {"accelerator": {"spec": "h100-sxm", "count": 8}},
+                "deployment": deployment, "sources": ["test"]}
+        hw = _write(d / "box.yaml", yaml.safe_dump(spec, sort_keys=False))
+        trace = _write(d / "ok.jsonl", GOOD_LINE)
+        return [str(hw), str(trace)], [f"{hw}: deployment.", *fragments]
+
+    return build
+
+
 def _missing_hidden_size(d: Path):
     cfg = {"num_attention_heads": 32, "num_hidden_layers": 2, "intermediate_size": 1024, "vocab_size": 1000,
            "num_key_value_heads": 8}
@@ -141,7 +155,7 @@ def _missing_trace(d: Path):
 MALFORMED_YAML = "name: X\nkind: gpu\ncompute: units: 132\nmemory: []\n"  # line 3: mapping in a scalar
 
 CASES = {
-    # traces (DESIGN 6): error: FILE:LINE: reason
+    # traces (contracts section 3): error: FILE:LINE: reason
     "trace_not_json": _trace_case("t.jsonl", GOOD_LINE + "{oops\n", "t.jsonl:2"),
     "trace_negative_input": _trace_case(
         "t.jsonl", json.dumps({"arrival_s": 0, "input_tokens": -5, "output_tokens": 3}) + "\n",
@@ -175,7 +189,7 @@ CASES = {
     "azure_non_integer": _trace_case(
         "azure.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,12.5,44\n",
         "azure.csv:2", "ContextTokens"),
-    # hardware YAML (DESIGN 4): error: FILE: field.path: reason
+    # hardware YAML (contracts section 1): error: FILE: field.path: reason
     "hw_malformed_yaml": _hw_case("bad.yaml", "bad.yaml:3", "YAML", text=MALFORMED_YAML),
     "hw_bandwidth_no_unit": _hw_case("bad.yaml", "memory[0].bandwidth", '"3.35"', "no unit",
                                      edit=_set(("memory", 0, "bandwidth"), "3.35")),
@@ -185,17 +199,20 @@ CASES = {
                                          edit=_set(("memory", 0, "capacity"), "80 GB/s")),
     "hw_unknown_field": _hw_case("bad.yaml", "frobnicate", "unknown field", edit=_set(("frobnicate",), 3)),
     "hw_unknown_nested_field": _hw_case("bad.yaml", "memory[0].speed", "unknown field",
+                                        "known here: name, capacity, bandwidth",
                                         edit=_set(("memory", 0, "speed"), "1 TB/s")),
+    "hw_unknown_link_field": _hw_case("bad.yaml", "links.nvlink.speed", "known here: bandwidth, latency, efficiency",
+                                      edit=_set(("links", "nvlink", "speed"), "1 TB/s")),
     "hw_missing_memory": _hw_case("bad.yaml", "memory", "missing", edit=_drop("memory")),
     "hw_negative_capacity": _hw_case("bad.yaml", "memory[0].capacity", "-80 GB",
                                      edit=_set(("memory", 0, "capacity"), "-80 GB")),
     "hw_idle_above_tdp": _hw_case("bad.yaml", "power", "idle", "tdp", edit=_set(("power", "idle"), "800 W")),
     "hw_unknown_catalogue_name": _unknown_hardware,
     "hw_extends_missing": _extends_missing,
-    # models (DESIGN 5)
+    # models (contracts section 2)
     "model_unknown_name": _flags_case(["--model", "llama-9-1t"], "--model", "llama-9-1t"),
     "model_missing_hidden_size": _missing_hidden_size,
-    # deployment (DESIGN 9)
+    # deployment (contracts section 4)
     "set_unknown_knob": _flags_case(["--set", "max_num_sequences=8"], "--set", "max_num_sequences", "unknown"),
     "set_max_num_seqs_zero": _flags_case(["--set", "max_num_seqs=0"], "max_num_seqs"),
     "scheduler_unknown": _flags_case(["--scheduler", "fifo-lottery"], "--scheduler", "fifo-lottery"),
@@ -205,6 +222,12 @@ CASES = {
     "vllm_given_a_trtllm_knob": _flags_case(["--set", "max_batch_size=64"], "max_batch_size", "TensorRT-LLM knob",
                                             "max_num_seqs"),
     "tp_not_dividing_heads": _flags_case(["--tp", "3"], "--tp 3", "32"),
+    # ... and the same knobs set in a system YAML's deployment: block name that file
+    "system_knob_out_of_range": _system_case({"max_num_seqs": 0}, "deployment.max_num_seqs:", "(got 0)"),
+    "system_unknown_knob": _system_case({"max_num_sequences": 8}, "deployment.max_num_sequences:", "unknown knob"),
+    "system_knob_of_the_other_engine": _system_case({"scheduler": "trtllm", "max_num_seqs": 64},
+                                                    "deployment.max_num_seqs:", "vLLM knob", "max_batch_size"),
+    "system_unknown_model": _system_case({"model": "llama-9-1t"}, "deployment.model: llama-9-1t"),
     "model_does_not_fit": _flags_case(["--model", "llama-3.1-70b"], "does not fit", "131.45 GiB", "71.26 GiB"),
 }
 
@@ -435,3 +458,75 @@ def test_deployment_errors():
         prepare("h100-sxm", model="llama-3.1-8b", tp=3)
     with pytest.raises(InputError, match="does not fit"):
         prepare("h100-sxm", model="llama-3.1-70b")
+
+
+def _box(d: Path, deployment: dict, **extra) -> Path:
+    """A system YAML of eight H100s with this `deployment:` block."""
+    spec = {"name": "Box", "kind": "system", "node": {"accelerator": {"spec": "h100-sxm", "count": 8}},
+            "deployment": deployment, **extra, "sources": ["test"]}
+    return _write(d / "box.yaml", yaml.safe_dump(spec, sort_keys=False))
+
+
+def test_a_knob_error_names_the_system_yaml_only_when_the_yaml_set_the_knob(tmp_path):
+    """The system YAML's knob, not overridden: `FILE: deployment.KEY`; the same knob given by
+    --set (over the YAML's, or alone): the flags' own `deployment: KEY` message."""
+    bad = _box(tmp_path, {"max_num_seqs": 0})
+    with pytest.raises(InputError, match=f"^{bad}: deployment.max_num_seqs: "):
+        prepare(bad, model="llama-3.1-8b")
+    assert prepare(bad, model="llama-3.1-8b", knobs={"max_num_seqs": 8, "max_model_len": 4096})
+    (tmp_path / "b").mkdir()
+    good = _box(tmp_path / "b", {"max_num_seqs": 64})
+    with pytest.raises(InputError, match=f"^{good}: deployment.max_num_seqs: a vLLM knob"):
+        prepare(good, model="llama-3.1-8b", scheduler="trtllm")
+    with pytest.raises(InputError, match="^deployment: max_num_seqs: Input should be greater"):
+        prepare(good, model="llama-3.1-8b", knobs={"max_num_seqs": 0})
+    with pytest.raises(InputError, match="^deployment: max_batch_size: a TensorRT-LLM knob"):
+        prepare(good, model="llama-3.1-8b", knobs={"max_batch_size": 8})
+
+
+def test_messages_and_help_point_inside_the_repository(capsys):
+    """Messages, help texts and the documents next to the code cite files of this repository (the
+    contracts are docs/contracts.md), never a design document that does not ship with it."""
+    from simulator.cli import main
+
+    cited = re.compile(r"\bDESIGN\b|\bdocs/[\w.-]+\.md")  # this repository's docs/, not a cited project's
+    sources = [*(REPO / "simulator").rglob("*.py"), *(REPO / "validation").rglob("*.py"),
+               *(REPO / "validation").rglob("*.md"), *(REPO / "validation").rglob("*.txt")]
+    for path in sources:
+        for match in cited.finditer(path.read_text()):
+            assert match[0] != "DESIGN", f"{path} cites DESIGN, which is not in the repository"
+            assert (REPO / match[0]).is_file(), f"{path} cites {match[0]}, which does not exist"
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    assert "docs/contracts.md" in capsys.readouterr().out
+
+
+def test_a_config_json_is_named_by_its_name_or_path(tmp_path):
+    """--model path/config.json: `name`, else the last part of `_name_or_path`, else the folder of
+    a file named config.json, else the file's stem; never just "config"."""
+    shape = {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, "intermediate_size": 128,
+             "vocab_size": 100}
+    cases = {"hub/config.json": ({"_name_or_path": "meta-llama/Llama-3.1-8B"}, "Llama-3.1-8B"),
+             "saved/config.json": ({"_name_or_path": "/data/ckpt/my-finetune/"}, "my-finetune"),
+             "Tiny-Llama/config.json": ({}, "Tiny-Llama"),
+             "named/config.json": ({"name": "Mine", "_name_or_path": "org/Other"}, "Mine"),
+             "empty/config.json": ({"_name_or_path": ""}, "empty"),
+             "shapes/tiny.json": ({}, "tiny")}
+    for relative, (keys, name) in cases.items():
+        path = tmp_path / relative
+        path.parent.mkdir(exist_ok=True)
+        _write(path, json.dumps({**shape, **keys}))
+        assert load_model(str(path)).name == name, relative
+
+
+def test_a_system_price_is_shared_by_its_devices(tmp_path):
+    """A system's `price:` is what the whole system costs per hour: each accelerator a run uses
+    costs its share (80 USD/h over 8 H100s: 10 USD/h), in place of the H100 spec's 2.5 USD/h."""
+    box = _box(tmp_path, {}, price={"per_hour": "80 USD/h"})
+    system = load_system(box)
+    assert system.device_price_per_hour == pytest.approx(10.0)
+    assert load_system("dgx-h100").device_price_per_hour == pytest.approx(2.5)  # no price of its own
+    trace = _write(tmp_path / "ok.jsonl", GOOD_LINE)
+    result = simulate(box, trace, model="llama-3.1-8b", tp=2, knobs={"max_model_len": 4096}, keep_frames=False)
+    summary = result.summary
+    assert summary["cost_usd"] == pytest.approx(2 * 10.0 * summary["makespan_s"] / 3600, rel=1e-12)

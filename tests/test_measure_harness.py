@@ -1,4 +1,4 @@
-"""The measuring harness `python -m validation.measure` (DESIGN section 10), CPU path.
+"""The measuring harness `python -m validation.measure` (docs/contracts.md, section 6), CPU path.
 
 One `--quick` CPU run (numpy only, a few seconds) is shared by the output checks: it must pass
 the simulator's own reader, hold positive times, grow with GEMM FLOPs, and leave a metadata

@@ -1,6 +1,7 @@
 """Bad measurement files get exit 2 and one line naming the file, the row and the column."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from simulator.cli import main
@@ -66,3 +67,21 @@ def test_validate_writes_predictions_and_plot(tmp_path, capsys):
     assert header[-4:] == ["predicted_us", "error_pct", "source", "in_sample"]
     assert "measurement_source" in header
     assert (tmp_path / "v" / "predicted_vs_measured.png").stat().st_size > 1000
+
+
+def test_validate_predicts_mixed_attention_rows(tmp_path, capsys):
+    """An `attn_mixed` row is timed as a run times that step: its prefill chunk alone plus its
+    decodes alone times the mixed-step factor, uncalibrated 1 + 0.2 x (32 / 8 - 1) = 1.6
+    (perf/mixed_attention.py); it is predicted, printed and plotted like any other row."""
+    rows = tmp_path / "mixed.csv"
+    rows.write_text("op,dtype,batch,seq_len,kv_len,prefill_kv_len,heads,kv_heads,head_dim,time_us,device\n"
+                    "attn_prefill,bf16,1,512,1024,,32,8,128,100,GPU-A\n"
+                    "attn_decode,bf16,16,,2048,,32,8,128,50,GPU-A\n"
+                    "attn_mixed,bf16,16,512,2048,1024,32,8,128,200,GPU-A\n")
+    code, err = run_cli(["validate", "h100-sxm", str(rows), "--out", str(tmp_path / "v"), "--calibration", "none"],
+                        capsys)
+    assert code == 0, err
+    predicted = pd.read_csv(tmp_path / "v" / "predictions.csv").set_index("op")
+    assert predicted.loc["attn_mixed", "predicted_us"] == pytest.approx(
+        predicted.loc["attn_prefill", "predicted_us"] + 1.6 * predicted.loc["attn_decode", "predicted_us"])
+    assert predicted.loc["attn_mixed", "source"] == "roofline"

@@ -243,3 +243,33 @@ def test_the_shipped_error_table_says_where_its_numbers_come_from():
                                                               ("rtx-pro-6000", "rtx4090")}
     assert 0 < gemm["median_pct"] < gemm["p90_pct"]
     assert {p["dtype"] for p in table["scaled"]["gemm"]["pairs"]} == {"bf16", "fp8"}
+
+
+def test_validate_times_mixed_attention_with_the_profiles_measured_factor():
+    """The RTX 4090 layer tables' mixed steps (decodes in one call with a prefill chunk) against
+    the shipped profile fitted on them: each row is the profile's prefill chunk alone plus its
+    decodes alone times the profile's measured factor for that shape, not the spec's default,
+    within 10 % at the median (in-sample; the factor is a median over the chunks measured
+    with each cell), far nearer than the uncalibrated roofline."""
+    from simulator.perf.mixed_attention import default_factor
+    from validation.layer_tables import convert
+
+    system = load_system("rtx4090")
+    applied = resolve_calibration(system, None)
+    frame = convert(DATA / "rtx4090-llama-3.1-8b")
+    mixed = frame[frame["op"] == "attn_mixed"].reset_index(drop=True)
+    predicted, source = predict_rows(mixed, system, applied)
+    error = np.abs(predicted / mixed["time_us"].to_numpy() - 1)
+    assert np.median(error) < 0.10
+    assert set(source) <= {"calibrated-interpolation", "calibrated-fit"}
+    roofline, _ = predict_rows(mixed, system, None)
+    assert np.median(error) < 0.5 * np.median(np.abs(roofline / mixed["time_us"].to_numpy() - 1))
+    row = mixed.iloc[0]
+    shape = {"dtype": "bf16", "heads": 32, "kv_heads": 8, "head_dim": 128}
+    chunk = pd.DataFrame([{"op": "attn_prefill", "batch": 1, "seq_len": row["seq_len"],
+                           "kv_len": row["prefill_kv_len"], **shape}])
+    decodes = pd.DataFrame([{"op": "attn_decode", "batch": row["batch"], "kv_len": row["kv_len"], **shape}])
+    factor = applied.profile.mixed.table(32, 8, 128)(row["batch"], row["kv_len"])
+    assert factor != pytest.approx(default_factor(32, 8, system.accelerator.efficiency.mixed_decode_gqa_miss))
+    assert predicted[0] == pytest.approx(predict_rows(chunk, system, applied)[0][0]
+                                         + factor * predict_rows(decodes, system, applied)[0][0])

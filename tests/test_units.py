@@ -1,4 +1,4 @@
-"""Strict unit parsing (simulator/hardware/units.py, DESIGN section 4).
+"""Strict unit parsing (simulator/hardware/units.py, docs/contracts.md, section 1).
 
 Expected values are written out by hand: decimal prefixes are powers of ten (GB = 1e9 B),
 binary prefixes powers of two (GiB = 2**30 B), and a bit is an eighth of a byte.

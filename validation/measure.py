@@ -1,4 +1,4 @@
-"""Time kernels on a real GPU or CPU and write them as a measurement CSV (DESIGN section 10).
+"""Time kernels on a real GPU or CPU and write them as a measurement CSV (docs/contracts.md, section 6).
 
     python -m validation.measure --device cuda --out h100.csv
     python -m validation.measure --device cpu --quick --out cpu.csv
@@ -94,7 +94,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m validation.measure",
-                description="Time kernels on a GPU (torch) or CPU (numpy) into a measurement CSV (DESIGN section 10).")
+                description="Time kernels on a GPU (torch) or CPU (numpy) into a measurement CSV "
+                            "(its columns: docs/contracts.md, Measurement CSV).")
     p.add_argument("--device", required=True, choices=("cuda", "cpu"), help="what to measure")
     p.add_argument("--out", required=True, type=Path, help="the CSV to write (FILE.meta.yaml goes beside it)")
     p.add_argument("--ops", default=",".join(DEFAULT_OPS),

@@ -1,4 +1,4 @@
-"""The shapes the measuring harness times (DESIGN section 10), as plain data.
+"""The shapes the measuring harness times (docs/contracts.md, section 6), as plain data.
 
 GEMM shapes come from the shipped models' linear layers, split the way the cost model splits
 them (`simulator/models/operators.py`: m = tokens, n = output features, k = input features;

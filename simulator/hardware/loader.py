@@ -11,10 +11,11 @@ import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import InputError
 from ..paths import HARDWARE_DIR
@@ -99,15 +100,35 @@ def format_location(loc: tuple[Any, ...]) -> str:
     return text or "(top level)"
 
 
-def validation_message(path: Path | str, exc: ValidationError) -> str:
-    """One line for the first pydantic error: file, field path, reason."""
+def validation_message(path: Path | str, exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line for the first pydantic error of validating `model`: file, field path, reason."""
     err = exc.errors()[0]
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        message = "unknown field (check its spelling against DESIGN section 4)"
+        known = _fields_beside(model, err["loc"])
+        message = f"unknown field (check its spelling; known here: {', '.join(known)})" if known else \
+            "unknown field (check its spelling; the fields are in docs/contracts.md, Hardware YAML)"
     elif err["type"] == "missing":
         message = "required field is missing"
     return f"{path}: {format_location(err['loc'])}: {message}"
+
+
+def _fields_beside(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The fields the spec accepts where the unknown field at `loc` sits: follow the path
+    through nested specs, list items and mapping values (e.g. `links.nvlink`) to its model."""
+    annotation: Any = model
+    for part in loc[:-1]:
+        inner = None
+        for option in get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,):
+            if isinstance(option, type) and issubclass(option, BaseModel) and part in option.model_fields:
+                inner = option.model_fields[part].annotation
+            elif get_origin(option) in (list, dict):  # an item or a value: the last type argument
+                inner = get_args(option)[-1]
+        if inner is None:
+            return []
+        annotation = inner
+    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return next((list(o.model_fields) for o in options if isinstance(o, type) and issubclass(o, BaseModel)), [])
 
 
 @lru_cache(maxsize=64)
@@ -121,7 +142,7 @@ def _load(path: Path) -> DeviceSpec | SystemSpec:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InputError(validation_message(path, exc)) from None
+        raise InputError(validation_message(path, exc, model)) from None
 
 
 def load_spec(name_or_path: str | Path) -> DeviceSpec | SystemSpec:
@@ -147,6 +168,7 @@ class System:
     accelerator_file: str  # the accelerator spec's own file (relative paths in it resolve from there)
     standalone: bool = False  # a bare gpu/cpu spec: a box of as many such devices as needed
     hosts_per_node: int = 1
+    price_per_hour: float | None = None  # a system spec's own `price:`, for all of its nodes
 
     def sized_for(self, devices: int) -> System:
         """The system with room for `devices` accelerators (only a standalone spec grows)."""
@@ -157,6 +179,15 @@ class System:
     @property
     def total_devices(self) -> int:
         return self.devices_per_node * self.nodes
+
+    @property
+    def device_price_per_hour(self) -> float | None:
+        """USD per accelerator-hour: a system's own price (what the whole system rents for,
+        hosts and network included) shared evenly among its accelerators, else the
+        accelerator spec's price; None without either."""
+        if self.price_per_hour is not None:
+            return self.price_per_hour / self.total_devices
+        return self.accelerator.price.per_hour if self.accelerator.price is not None else None
 
 
 def _pick_link(device: DeviceSpec, name: str | None, preference: tuple[str, ...]) -> tuple[str | None, Link | None]:
@@ -217,4 +248,5 @@ def load_system(name_or_path: str | Path) -> System:
         source_file=str(path),
         accelerator_file=str(accel_path),
         hosts_per_node=spec.node.host.count if spec.node.host is not None else 1,
+        price_per_hour=spec.price.per_hour if spec.price is not None else None,
     )

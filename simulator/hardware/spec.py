@@ -1,6 +1,6 @@
 """Typed hardware specs: what a GPU, a CPU or a system of them is, as data.
 
-The YAML contract (DESIGN section 4) is validated here with pydantic: every dimensional field
+The YAML contract (docs/contracts.md, section 1) is validated here with pydantic: every dimensional field
 is a unit string parsed by `units.parse_quantity` into SI base units, so the rest of the code
 only ever sees floats in bytes, bytes/s, FLOP/s, Hz, W and s. Physical sanity (positive
 bandwidths, capacities and peaks) is enforced at load so nothing fails mid-run.

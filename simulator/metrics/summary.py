@@ -1,4 +1,4 @@
-"""Build `summary.json` (DESIGN section 7) from a finished run's recorder.
+"""Build `summary.json` (docs/contracts.md, section 5.1) from a finished run's recorder.
 
 Definitions: makespan is from time 0 (the trace's first arrival) to the last completion;
 throughputs are completed work over the makespan; MFU and MBU are FLOPs and bytes over

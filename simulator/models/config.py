@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -145,4 +145,16 @@ def load_model(name_or_path: str) -> ModelConfig:
         raise InputError(f"{path}: malformed {'JSON' if path.suffix == '.json' else 'YAML'} ({exc})") from None
     if not isinstance(cfg, dict):
         raise InputError(f"{path}: expected a mapping of config.json keys")
-    return model_from_dict(cfg, str(path), name=cfg.get("name") or path.stem)
+    return model_from_dict(cfg, str(path), name=_display_name(cfg, path))
+
+
+def _display_name(cfg: dict[str, Any], path: Path) -> str:
+    """The model's name: our `name` key, else the last part of Hugging Face's `_name_or_path`
+    (the repository id or the folder it was saved from), else the folder of a file called
+    config.json (that is how checkpoints are laid out), else the file's stem."""
+    if cfg.get("name"):
+        return str(cfg["name"])
+    saved_as = PurePosixPath(str(cfg.get("_name_or_path") or "").replace("\\", "/")).name
+    if saved_as:
+        return saved_as
+    return path.resolve().parent.name if path.name == "config.json" else path.stem

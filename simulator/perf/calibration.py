@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..hardware.loader import System
 from .device_identity import fingerprint, measured_elsewhere
 from .measurements import read_all
-from .mixed_attention import MixedAttention
+from .mixed_attention import HEAD_KEYS, MixedAttention, default_factor
 
 SCHEMA = "simulator.calibration/1"
 # libyaml's C loader reads a profile of a few hundred kB ten times faster than the pure-Python one
@@ -188,7 +188,7 @@ def _fit_mixed(calib: Calibration, rows: pd.DataFrame) -> MixedAttention:
 def predict_rows(frame: pd.DataFrame, system: System, calib) -> tuple[np.ndarray, np.ndarray]:
     """Predicted time (us) and its source for every measured row: the applied profile
     (`profile_use.AppliedProfile`) where it covers the row's (op, dtype), else the
-    uncalibrated roofline."""
+    uncalibrated roofline; `attn_mixed` rows as `_predict_mixed` says."""
     from .kernels import roofline_us
 
     predicted = np.empty(len(frame))
@@ -196,11 +196,40 @@ def predict_rows(frame: pd.DataFrame, system: System, calib) -> tuple[np.ndarray
     for (op, dtype), index in frame.groupby(["op", "dtype"], sort=False).groups.items():
         rows = frame.loc[index]
         where = frame.index.get_indexer(index)
-        if calib is not None and calib.covers(op, dtype):
+        if op == "attn_mixed":
+            predicted[where], source[where] = _predict_mixed(rows, str(dtype), system, calib)
+        elif calib is not None and calib.covers(op, dtype):
             predicted[where], source[where] = calib.predict_us(op, dtype, rows)
         else:
             predicted[where], source[where] = roofline_us(rows, system), "roofline"
     return predicted, source
+
+
+def _predict_mixed(rows: pd.DataFrame, dtype: str, system: System, calib) -> tuple[np.ndarray, np.ndarray]:
+    """`attn_mixed` rows timed as a run times such a step (`CostModel._attention_part`): the
+    prefill chunk alone plus the decodes alone times the mixed-step factor
+    (perf/mixed_attention.py), each part predicted like an `attn_prefill` / `attn_decode` row.
+    The factor is the profile's measured one where its decode times are this device's own
+    (as `kernel_times` uses it), else the spec's `mixed_decode_gqa_miss` default. A row's
+    source is that of its longer part."""
+    from .profile_use import CALIBRATED
+
+    heads = {k: rows[k].to_numpy(dtype=int) for k in HEAD_KEYS}
+    prefill = pd.DataFrame({"op": "attn_prefill", "dtype": dtype, "batch": 1, "seq_len": rows["seq_len"].to_numpy(),
+                            "kv_len": rows["prefill_kv_len"].to_numpy(), **heads})
+    decode = pd.DataFrame({"op": "attn_decode", "dtype": dtype, "batch": rows["batch"].to_numpy(),
+                           "kv_len": rows["kv_len"].to_numpy(), **heads})
+    prefill_us, prefill_source = predict_rows(prefill, system, calib)
+    decode_us, decode_source = predict_rows(decode, system, calib)
+    route = calib.route("attn_decode", dtype) if calib is not None else None
+    measured = calib.profile.mixed if route is not None and route.kind == CALIBRATED else None
+    miss = system.accelerator.efficiency.mixed_decode_gqa_miss
+    factor = np.empty(len(rows))
+    for i, (h, kv, d, n, context) in enumerate(zip(*heads.values(), decode["batch"], decode["kv_len"])):
+        table = measured.table(h, kv, d) if measured is not None else None
+        factor[i] = table(n, context) if table is not None else default_factor(h, kv, miss)
+    decode_us = decode_us * factor
+    return prefill_us + decode_us, np.where(prefill_us >= decode_us, prefill_source, decode_source)
 
 
 def in_sample(frame: pd.DataFrame, files: list[str | Path], calib: Calibration | None) -> np.ndarray:

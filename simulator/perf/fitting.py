@@ -1,4 +1,4 @@
-"""Fitting measured kernel timings: the methods behind `simulate calibrate` (DESIGN section 10).
+"""Fitting measured kernel timings: the methods behind `simulate calibrate` (docs/contracts.md, section 6).
 
 `fit_op(rows, system)` turns the measurement rows of one (op, dtype) into an `OpModel` with
 two parts, `kfold_errors` measures it on shapes it never saw, and `transfer` carries its

@@ -1,4 +1,4 @@
-"""Measured kernel timings: the measurement CSV contract (DESIGN section 10), read and checked.
+"""Measured kernel timings: the measurement CSV contract (docs/contracts.md, section 6), read and checked.
 
 Every row is `op, dtype, time_us, device, source` plus the op's shape parameters. A bad file
 (an unknown op, a missing parameter column, a time that is not a positive number, several

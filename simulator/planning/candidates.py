@@ -20,7 +20,7 @@ from ..deployment import Deployment, build_deployment
 from ..errors import InputError
 from ..hardware.loader import load_system
 from ..models.config import load_model
-from ..paths import ROOT
+from ..paths import shown_path
 from ..schedulers.base import get_scheduler
 from .plan_file import CandidateSpec, Plan
 
@@ -64,8 +64,7 @@ class Candidate:
         calib = self.setup.calibration if self.setup is not None else None
         if calib is None or calib.path is None:
             return "none"
-        path = Path(calib.path).resolve()
-        return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+        return shown_path(calib.path)
 
     @property
     def calibration_use(self) -> str:
@@ -102,7 +101,7 @@ def _resolve(plan: Plan, where: str, spec: CandidateSpec) -> Candidate:
             raise InputError(f"{at}.calibration: {spec.calibration}: no such file (paths are relative to the plan file)")
     knobs = spec.deployment_knobs()
     flags = {"model": model, "scheduler": spec.scheduler, "tp": spec.tp, "pp": spec.pp}
-    deployment = build_deployment(system.deployment, flags, knobs, where=f"{at}.knobs")
+    deployment = build_deployment(system.deployment, flags, knobs, where=f"{at}.knobs", yaml_file=system.source_file)
     args = {"hardware": hardware, **flags, "replicas": None if deployment.scheduler == "disagg" else 1,
             "knobs": knobs, "calibration": calibration}
     try:
@@ -122,14 +121,15 @@ def _checked(where: str, load: Any, name: str) -> Any:
 
 def _price(at: str, spec: CandidateSpec, setup: Setup) -> float:
     """USD per device-hour: the plan's override, else the device-weighted mean of the
-    pools' spec prices (pools of a disaggregated deployment may be different hardware)."""
+    pools' prices (`System.device_price_per_hour`; pools of a disaggregated deployment may be
+    different hardware)."""
     if spec.price_per_hour is not None:
         return spec.price_per_hour
     total = 0.0
     for pool in setup.pools():
-        price = pool.system.accelerator.price
+        price = pool.system.device_price_per_hour
         if price is None:
             raise InputError(f"{at}.price_per_hour: {pool.system.accelerator.name} has no `price:` in its spec; "
                              "set price_per_hour (USD per device-hour)")
-        total += pool.devices * price.per_hour
+        total += pool.devices * price
     return total / setup.devices
