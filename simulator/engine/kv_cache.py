@@ -42,19 +42,16 @@ class BlockManager:
         self.used = used
         if used > self.peak:
             self.peak = used
-        if self.cache is not None:
-            self._make_room()
+        cache = self.cache
+        if cache is not None:  # evict the cached blocks whose memory the blocks in use now need
+            over = used + cache.cached_blocks - self.num_blocks
+            if over > 0:
+                cache.evict(over)
 
     def revive(self, n: int) -> None:
         """n cached blocks are in use again (their memory was never given away)."""
         self.used += n
         self.peak = max(self.peak, self.used)
-
-    def _make_room(self) -> None:
-        """Evict cached blocks whose memory the blocks in use now need."""
-        over = self.used + self.cache.cached_blocks - self.num_blocks
-        if over > 0:
-            self.cache.evict(over)
 
     def release(self, n: int) -> None:
         if n > self.used:

@@ -40,8 +40,11 @@ class PrefixCache:
 
     def __init__(self) -> None:
         self.refs: dict[tuple, int] = {}
+        # The LRU: first `oldest_anonymous` blocks of finished requests' runs (never hit, so one
+        # count is enough while nothing that can be hit is older), then `cached` in LRU order.
+        self.oldest_anonymous = 0
         self.cached: OrderedDict[tuple, int] = OrderedDict()  # key -> blocks (1 for a named block)
-        self.cached_blocks = 0  # blocks in `cached`
+        self.cached_blocks = 0  # blocks in the LRU
         self.hit_tokens = 0  # prompt tokens served from the cache on a request's first start
         self.lookup_tokens = 0  # prompt tokens of those first starts
         self.resumed_tokens = 0  # tokens a preempted request found still cached when it resumed
@@ -110,6 +113,10 @@ class PrefixCache:
         if owner is None:
             # Finished runs are never hit, so one that lands right after another joins it: the
             # LRU order of everything else is unchanged and eviction stays a short walk.
+            if not cached:
+                self.oldest_anonymous += blocks
+                self.cached_blocks += blocks
+                return
             tail = self._finished_tail
             if tail is not None and cached and next(reversed(cached)) is tail:
                 cached[tail] += blocks
@@ -131,9 +138,15 @@ class PrefixCache:
     def evict(self, n: int) -> None:
         """Forget the n least recently used cached blocks (their memory is reused); a run
         loses its last blocks first."""
-        cached = self.cached
         self.cached_blocks -= n
         self.evicted += n
+        anonymous = self.oldest_anonymous
+        if n <= anonymous:
+            self.oldest_anonymous = anonymous - n
+            return
+        self.oldest_anonymous = 0
+        n -= anonymous
+        cached = self.cached
         while n:
             key, blocks = next(iter(cached.items()))
             if blocks > n:

@@ -37,14 +37,15 @@ class Replica:
         self.busy_until = math.inf  # end of the step (or span) running now; inf when idle
         self.steps_started = 0
         self.in_step = False  # a step (or span) is in flight
-        self._span: tuple[int, np.ndarray] | None = None  # steps started before it, its steps' starts
+        self._span: tuple[int, np.ndarray] | None = None  # steps started before it, its steps' ends
 
     def submit(self, req) -> None:
         req.replica = self.index
         # An engine that schedules ahead has already scheduled the step after the one in flight.
         started = self.steps_started
-        if self._span is not None:  # the steps of the span that have started by now
-            started = self._span[0] + int(self._span[1].searchsorted(self.env.now, side="right"))
+        if self._span is not None:  # the steps of the span that have started by now: its first and
+            # those after an end (`now` is within the span)
+            started = self._span[0] + 1 + int(self._span[1][:-1].searchsorted(self.env.now, side="right"))
         req.ready_step = started + 1 if self.in_step else started
         reason = self.scheduler.admit(req, self.env.now)
         if reason is not None:
@@ -79,7 +80,7 @@ class Replica:
             self.in_step = True
             if span is not None:
                 ends = span[2]
-                self._span = (self.steps_started, np.concatenate(([start], ends[:-1])))
+                self._span = (self.steps_started, ends)
                 self.steps_started += len(ends)
                 yield from self._run_span(batch, cost, start, *span)
                 self._span = None

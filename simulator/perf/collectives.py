@@ -12,22 +12,28 @@ point-to-point send is alpha + bytes/beta.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..hardware.spec import Link
 
 
-def allreduce_time_s(nbytes: float, world: int, link: Link, efficiency: float) -> float:
-    if world <= 1 or nbytes <= 0:
-        return 0.0
-    steps = 2 * (world - 1)
-    return steps * link.latency + steps / world * nbytes / (link.bandwidth * (link.efficiency or efficiency))
+def allreduce_time_s(nbytes, world: int, link: Link, efficiency: float):
+    """Ring all-reduce of `nbytes` per device (a float, or an array of sizes)."""
+    return _ring_time_s(nbytes, world, 2 * (world - 1), link, efficiency)
 
 
-def allgather_time_s(nbytes: float, world: int, link: Link, efficiency: float) -> float:
-    """`nbytes` is the gathered result's size on each device."""
-    if world <= 1 or nbytes <= 0:
+def allgather_time_s(nbytes, world: int, link: Link, efficiency: float):
+    """`nbytes` is the gathered result's size on each device (a float, or an array)."""
+    return _ring_time_s(nbytes, world, world - 1, link, efficiency)
+
+
+def _ring_time_s(nbytes, world: int, steps: int, link: Link, efficiency: float):
+    if world <= 1:
         return 0.0
-    steps = world - 1
-    return steps * link.latency + steps / world * nbytes / (link.bandwidth * (link.efficiency or efficiency))
+    time_s = steps * link.latency + steps / world * nbytes / (link.bandwidth * (link.efficiency or efficiency))
+    if isinstance(nbytes, np.ndarray):
+        return np.where(nbytes > 0, time_s, 0.0)
+    return time_s if nbytes > 0 else 0.0
 
 
 def p2p_time_s(nbytes: float, link: Link, efficiency: float) -> float:

@@ -37,10 +37,13 @@ from ..models.config import DTYPE_BYTES, ModelConfig
 from ..models.operators import Operator, attention_decode_op, attention_prefill_op, dense_ops, head_ops
 from .collectives import allgather_time_s, allreduce_time_s, p2p_time_s
 from .cuda_graphs import GraphPlan
-from .kernel_times import HOST, ROOFLINE, SOURCES, grown_size, kernel_times
+from .kernel_times import GEMM_TABLE_ROWS, HOST, ROOFLINE, SOURCES, grown_size, kernel_times
 from .profile_use import AppliedProfile
 
 COLLECTIVES = ("allreduce", "allgather")
+# Eager steps of up to this many tokens have their dense part tabulated (`_eager_dense`);
+# the calibrated GEMM tables reach as far.
+EAGER_TABLE_TOKENS = GEMM_TABLE_ROWS
 _SOURCE_IDS = np.arange(len(SOURCES))[:, None]
 
 # Rows of the decode table (`CostModel._decode_columns`), one column per batch size: the fixed
@@ -128,6 +131,8 @@ class CostModel:
         # decode attention per KV token read; what grows with the batch size is in the decode table
         self._decode_per_token = attention_decode_op(model, 0, 1.0, self.shard, self.prec)
         self._decode_table = np.empty((_SOURCE_ROWS.stop, 0))
+        self._eager_table: np.ndarray | None = None  # see _eager_dense; built when first needed
+        self._eager_built = False
 
     def _link_for(self, devices: int) -> Link | None:
         """The slowest link a group of `devices` consecutive devices must cross."""
@@ -198,7 +203,65 @@ class CostModel:
     def _dense_part(self, padded_tokens: int, graphed: bool) -> _Part:
         """The token-parallel layers of a step run on `padded_tokens` (its padded token count),
         replayed from a CUDA graph or launched eagerly."""
+        if not graphed:
+            table = self._eager_dense()
+            if table is not None and padded_tokens <= table.shape[1]:
+                time_s, flops, nbytes, *sources = table[:, padded_tokens - 1].tolist()
+                return _Part(time_s, flops, nbytes, sources)
         return self._sum(dense_ops(self.model, padded_tokens, self.shard, self.prec), graphed)
+
+    def _eager_dense(self) -> np.ndarray | None:
+        """The dense part of an eager step of every token count up to the budget, computed at
+        once on arrays: column T - 1 holds time, FLOPs, bytes and the time by source of T tokens,
+        the values `_sum` gives one by one (the same operations in the same order). Steps
+        with prefill chunks take many token counts, each a few tens of microseconds by
+        itself. None where an operator cannot be costed on arrays (MoE routing, scaled kernel
+        times for uncertainty bands, token counts past the calibrated GEMM tables)."""
+        if not self._eager_built:
+            self._eager_built = True
+            if self.model.num_experts <= 1 and self.kernel_scale is None:
+                tokens = np.arange(1, min(self.budget_tokens, EAGER_TABLE_TOKENS) + 1)
+                self._eager_table = self._sum_many(dense_ops(self.model, tokens, self.shard, self.prec))
+        return self._eager_table
+
+    def _sum_many(self, ops: list[Operator]) -> np.ndarray | None:
+        """`_sum` of eager operators whose shapes are arrays (one entry per token count), as
+        rows time, FLOPs, bytes, then time by source; None if one cannot be costed so."""
+        width = len(ops[0].bytes)
+        columns = np.arange(width)
+        time_s, flops, nbytes = np.zeros(width), np.zeros(width), np.zeros(width)
+        sources = np.zeros((len(SOURCES), width))
+        gap, launch = self._kernel_overheads(False)
+        for op in ops:
+            if op.kind in COLLECTIVES:
+                one, source = self._collective_many(op)
+                total = device = op.count * one
+            else:
+                timed = self.kernels.gpu_time_many(op)
+                if timed is None:
+                    return None
+                gpu, source = timed
+                total, device = op.count * np.maximum(gpu + gap, launch), op.count * gpu
+            time_s += total
+            if isinstance(source, np.ndarray):
+                sources[source, columns] += device
+            else:
+                sources[source] += device
+            sources[HOST] += total - device
+            flops += op.flops * op.count
+            if op.kind not in COLLECTIVES:
+                nbytes += op.bytes * op.count
+        return np.vstack([time_s, flops, nbytes, sources])
+
+    def _collective_many(self, op: Operator) -> tuple[np.ndarray, np.ndarray | int]:
+        """`_collective_s` of a collective whose message sizes are an array."""
+        if self.kernels.calibration is not None:
+            measured = self.kernels.collective_times_many(op.kind, op.bytes, self.dep.tp)
+            if measured is not None:
+                return measured
+        link = self._require_link(self.tp_link, f"tensor-parallel {op.kind}")
+        model = allreduce_time_s if op.kind == "allreduce" else allgather_time_s
+        return model(op.bytes, self.dep.tp, link, self.device.efficiency.network_efficiency), ROOFLINE
 
     def _head_part(self, sampled: int) -> _Part:
         return self._sum(head_ops(self.model, sampled, self.shard, self.prec), False)

@@ -119,6 +119,17 @@ class KernelTimes:
     def gpu_time_s(self, op: Operator):
         return operator_time_s(self.device, op), ROOFLINE
 
+    def gpu_time_many(self, op: Operator) -> tuple[np.ndarray, np.ndarray | int] | None:
+        """gpu_time_s of a GEMM or elementwise operator whose shape is an array (one entry per
+        token count, `CostModel._eager_dense`); None for another kind."""
+        if op.kind not in ("gemm", "elementwise"):
+            return None
+        return operator_time_s(self.device, op), ROOFLINE
+
+    def collective_times_many(self, kind: str, nbytes: np.ndarray, world: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Measured times of a collective of many sizes; None: not measured (the roofline's)."""
+        return None
+
     def mixed_decode_factor(self, decodes: int, context_per_decode: float) -> float:
         """How much longer decodes take in a step with prefill chunks (perf/mixed_attention.py)."""
         return self._mixed_default
@@ -209,6 +220,21 @@ class CalibratedKernelTimes(KernelTimes):
                 return float(times[op.m - 1]), int(sources[op.m - 1])
             return self._memoised(("gemm", op.dtype, op.m, op.n, op.k), op)
         return super().gpu_time_s(op)
+
+    def gpu_time_many(self, op: Operator) -> tuple[np.ndarray, np.ndarray | int] | None:
+        if op.kind == "gemm" and self.calibration.covers("gemm", op.dtype):
+            if np.maximum.reduce(op.m) > GEMM_TABLE_ROWS:
+                return None
+            times, sources = self._gemm_table(op.dtype, op.n, op.k)
+            return times[op.m - 1], sources[op.m - 1]
+        return super().gpu_time_many(op)
+
+    def collective_times_many(self, kind: str, nbytes: np.ndarray, world: int) -> tuple[np.ndarray, np.ndarray] | None:
+        dtype = self.calibration.collective_dtype(kind)
+        if dtype is None:
+            return None
+        frame = pd.DataFrame({"op": kind, "dtype": dtype, "bytes": nbytes.astype(np.int64), "world_size": world})
+        return self._predict(kind, dtype, frame)
 
     def mixed_decode_factor(self, decodes: int, context_per_decode: float) -> float:
         if self._mixed is None:

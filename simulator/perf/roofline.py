@@ -22,8 +22,12 @@ from ..hardware.spec import DeviceSpec
 from ..models.operators import Operator
 
 
-def wave_efficiency(m: int, n: int, tile_m: int, tile_n: int, units: int) -> float:
-    """Fraction of compute units busy, averaged over the waves of a tiled GEMM."""
+def wave_efficiency(m, n: int, tile_m: int, tile_n: int, units: int):
+    """Fraction of compute units busy, averaged over the waves of a tiled GEMM (m may be an
+    array of row counts: the same values, as floats of whole numbers)."""
+    if isinstance(m, np.ndarray):
+        tiles = np.ceil(m / tile_m) * math.ceil(n / tile_n)
+        return tiles / (np.ceil(tiles / units) * units)
     tiles = math.ceil(m / tile_m) * math.ceil(n / tile_n)
     waves = math.ceil(tiles / units)
     return tiles / (waves * units)

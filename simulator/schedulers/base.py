@@ -170,6 +170,7 @@ class Scheduler:
         self.waiting_work_tokens = 0
         self.max_model_len = min(self.longest_request(dep, model), plan.usable_blocks * plan.block_size)
         self.preemptions = 0
+        self._named_prefixes = False  # whether a request has named prompt blocks (to register)
         self.swap: SwapSpace | None = None  # set by the engine when preemption_mode is swap
         self.swapped: deque[Request] = deque()  # preempted to host memory, FCFS
         self.span_in_flight: tuple[np.ndarray, SpanPlan] | None = None  # (step ends, the span's plan)
@@ -254,14 +255,16 @@ class Scheduler:
         """
         req = self.waiting[0]
         cache = self.blocks.cache
-        hits, revived, own = self._cached_start(req)
+        hits = revived = own = 0
+        if cache is not None and (req.preemptions or req.record.prefix_hashes):  # else nothing can hit
+            hits, revived, own = self._cached_start(req)
         computed = req.num_computed + (hits + own) * self.block_size
         remaining = req.num_tokens - computed
         if remaining > budget and whole:
             return 0
         take = min(remaining, budget)
         total = self.blocks.blocks_for(max(computed + take, reserve_tokens))
-        needed = max(total, self.blocks.blocks_for(req.num_tokens)) if full_prompt else total
+        needed = max(total, -(-req.num_tokens // self.block_size)) if full_prompt else total
         if not self.blocks.can_allocate(needed - hits + revived, watermark):
             return 0
         self._pop_waiting()
@@ -309,6 +312,7 @@ class Scheduler:
         if req.prefix_keys is None:
             rec = req.record
             req.prefix_keys = block_keys(rec.prefix_hashes, rec.prefix_block_tokens, rec.input_tokens, self.block_size)
+            self._named_prefixes = self._named_prefixes or bool(req.prefix_keys)
         return req.prefix_keys
 
     def _register_prefixes(self, completing: list[int]) -> None:
@@ -410,7 +414,7 @@ class Scheduler:
         self.blocks.tick(now_s)
         t.num_computed[rows] += t.scheduled[rows]
         t.scheduled[rows] = 0
-        if self.blocks.cache is not None:
+        if self._named_prefixes:
             self._register_prefixes(batch.completing)
         first = self._first_tokens(batch.completing, now_s)
         last = t.last_token_s
@@ -435,13 +439,16 @@ class Scheduler:
                 count += 1
         return count
 
-    def _take_finished(self) -> list[Request] | None:
+    def _take_finished(self, give_back: bool = True) -> list[Request] | None:
+        """Remove the finished rows from the running table (freeing their KV blocks unless
+        the caller has given them back already); returns their requests, or None."""
         t, n = self.running, self.running.n
         done = t.num_tokens[:n] >= t.final_tokens[:n]
         gone = done.nonzero()[0]
         if not gone.size:
             return None
-        self._give_back(gone)
+        if give_back:
+            self._give_back(gone)
         return t.take(gone, (~done).nonzero()[0])
 
     def _give_back(self, gone: np.ndarray) -> None:
@@ -455,15 +462,19 @@ class Scheduler:
             for i in gone.tolist():
                 self._release(t.requests[i], t.blocks.item(i), t.num_computed.item(i), finished=True)
 
-    def _give_back_private(self, gone: np.ndarray) -> np.ndarray:
+    def _give_back_private(self, gone: np.ndarray) -> list[int]:
         """`_release` of finished rows while no named block is in use (so none holds one), all
         at once: each leaves its full blocks cached as an anonymous run, and consecutive such
-        runs are one (PrefixCache.keep_run). Returns each row's run, in blocks."""
-        t = self.running
-        blocks = t.blocks[gone]
-        runs = np.minimum(blocks, t.num_computed[gone] // self.block_size)
-        self.blocks.cache.keep_run(None, int(np.add.reduce(runs)))
-        self.blocks.release(int(np.add.reduce(blocks)))
+        runs are one (PrefixCache.keep_run). Returns each row's run, in blocks. (A loop:
+        a step finishes a few rows, fewer than make numpy's per-call cost worth it.)"""
+        blocks, computed, bs = self.running.blocks, self.running.num_computed, self.block_size
+        runs, freed = [], 0
+        for i in gone.tolist():
+            held = blocks.item(i)
+            runs.append(min(held, computed.item(i) // bs))
+            freed += held
+        self.blocks.cache.keep_run(None, sum(runs))
+        self.blocks.release(freed)
         return runs
 
     # -- spans: a step, then decode steps of the same sequences until they finish --------
@@ -522,7 +533,7 @@ class Scheduler:
         starts = np.concatenate(([self.blocks.since_s], ends_s[:-1]))
         self.blocks.advance(plan.used[:k], ends_s - starts, float(ends_s[-1]), int(plan.held[k - 1]))
         first_end = float(ends_s[0])
-        if self.blocks.cache is not None:
+        if self._named_prefixes:
             self._register_prefixes(plan.batch.completing)
         first = self._first_tokens(plan.batch.completing, first_end)  # every row samples at step 0
         # gaps: at step 0 since each row's last token, then one step long for each active row
@@ -538,9 +549,10 @@ class Scheduler:
         np.subtract(t.num_tokens[:n], 1, out=comp)  # each row sampled at its last step
         t.scheduled[:n] = 0
         np.maximum(t.blocks[:n], (comp + (self.block_size - 1)) // self.block_size, out=t.blocks[:n])
-        if self.blocks.cache is not None:
-            self._span_prefix_cache(plan, k)
-        finished = self._take_finished() if plan.min_remaining <= k else None
+        cached = self.blocks.cache is not None
+        if cached:
+            self._span_prefix_cache(plan, k)  # gives back the finished rows' blocks
+        finished = self._take_finished(give_back=not cached) if plan.min_remaining <= k else None
         return BatchOutcome(finished, span_gaps)
 
     def _still_shared(self, remaining: np.ndarray, steps: int) -> np.ndarray:
@@ -573,20 +585,17 @@ class Scheduler:
             return
         gone = (plan.remaining[:n] <= k).nonzero()[0]
         after = plan.remaining[gone]  # a finisher's blocks are free from this step on
-        steps = np.arange(1, k)
         if not cache.refs:  # only private blocks: each finisher adds its run, in any order
             runs = self._give_back_private(gone)
-            t.blocks[gone] = 0
-            cached_at = cache.cached_blocks - int(np.add.reduce(runs)) + np.bincount(
-                after, weights=runs, minlength=k + 1).cumsum()[steps]
+            cached_at = cache.cached_blocks - sum(runs) + np.bincount(
+                after, weights=runs, minlength=k + 1).cumsum()[1:k]
         else:
             order = np.argsort(after, kind="stable")
             cached = [cache.cached_blocks]
             for i in gone[order].tolist():
                 self._release(t.requests[i], t.blocks.item(i), t.num_computed.item(i), finished=True)
-                t.blocks[i] = 0  # released: _take_finished frees nothing more for this row
                 cached.append(cache.cached_blocks)
-            cached_at = np.array(cached)[after[order].searchsorted(steps, side="right")]
+            cached_at = np.array(cached)[after[order].searchsorted(np.arange(1, k), side="right")]
         if k > 1:
             over = int(np.maximum.reduce(plan.used[1:k] + cached_at)) - self.blocks.num_blocks
             if over > 0:
