@@ -307,3 +307,17 @@ def test_decode_span_equals_single_iterations(tp1):
         one = tp1.cost.iteration(BatchShape(num_decodes=3, decode_context=600.0 + 3 * j, sampled=3))
         assert span.time_s[j] == pytest.approx(one.time_s, rel=1e-12)
         assert span.bytes[j] == pytest.approx(one.bytes, rel=1e-12)
+
+
+@pytest.mark.parametrize("hardware, tp, calibration", [
+    ("h100-sxm", 1, "none"), ("h100-sxm", 1, None), ("h100-sxm", 2, "none"), ("dgx-a100", 4, None)])
+def test_eager_dense_table_equals_costing_each_token_count(hardware, tp, calibration):
+    # The dense part of eager steps is tabulated for every token count at once on arrays; each
+    # column must be what costing that count's operators one by one gives, to the last bit
+    # (the same IEEE operations in the same order), calibrated GEMM tables and measured
+    # collectives included.
+    cost = prepare(hardware, model="llama-3.1-8b", tp=tp, calibration=calibration).cost
+    assert cost._eager_dense() is not None
+    for tokens in (1, 7, 100, 513, 1024, 2047, 2048):
+        one = cost._sum(dense_ops(cost.model, tokens, cost.shard, cost.prec), False)
+        assert cost._dense_part(tokens, False) == one
