@@ -160,7 +160,7 @@ class Recorder:
         """One iteration of `batch` (a single step, or the first step of a span)."""
         self.iteration_count += 1
         self._steps.append((replica, start_s, cost.time_s, cost.flops, cost.bytes, batch.prefill_tokens,
-                            batch.decode_tokens, batch.batch_size, batch.kv_blocks_used, *cost.sources_s.tolist()))
+                            batch.decode_tokens, batch.batch_size, batch.kv_blocks_used, *cost.sources_s))
         self._pending_steps += 1
         if self._pending_steps >= FLUSH_ROWS:
             self._record_steps()

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .config import DTYPE_BYTES, ModelConfig
 
 
-@dataclass(frozen=True, slots=True)
-class Operator:
+class Operator(NamedTuple):
     """One kernel (or collective) repeated `count` times per iteration on each device.
 
     flops and bytes are for one execution; bytes is compulsory traffic to main memory.
     For GEMMs m, n, k are the output rows, output columns and reduction size; for
-    collectives `bytes` is the message size per device.
+    collectives `bytes` is the message size per device. A NamedTuple: every iteration builds
+    its attention operators, and a frozen dataclass costs five times as much to create.
     """
 
     name: str

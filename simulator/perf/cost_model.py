@@ -77,15 +77,16 @@ class BatchShape(NamedTuple):
 class IterationCost(NamedTuple):
     """Cost of one iteration (floats) or of a span of iterations (numpy arrays).
 
-    sources_s splits time_s by where it came from (kernel_times.SOURCES): shape (S,) for one
-    iteration, (S, k) for a span, S being the number of sources.
+    sources_s splits time_s by where it came from (kernel_times.SOURCES): a list of S floats
+    for one iteration (the recorder takes them as they are), an (S, k) array for a span, S
+    being the number of sources.
     """
 
     time_s: float | np.ndarray
     flops: float | np.ndarray  # per device
     bytes: float | np.ndarray  # per device, main memory traffic
     compute_dtype: str
-    sources_s: np.ndarray
+    sources_s: list[float] | np.ndarray
 
 
 class _Part(NamedTuple):
@@ -318,7 +319,7 @@ class CostModel:
         time_s = self.with_host(gpu)
         sources[HOST] += time_s - gpu
         return IterationCost(time_s, fixed.flops + attn.flops, fixed.bytes + attn.bytes,
-                             self.prec.gemm_compute, np.array(sources))
+                             self.prec.gemm_compute, sources)
 
     def decode_span(self, num_decodes: np.ndarray, context: np.ndarray) -> IterationCost:
         """Many decode-only iterations at once: step j decodes num_decodes[j] sequences that
