@@ -203,9 +203,13 @@ def _extra_lines(summary: dict) -> list[str]:
         verdict = "" if required is None else f" vs {required:.1%} required ({'met' if slo['met'] else 'missed'})"
         lines.append(f"SLO {targets}: attainment {attained}{verdict} over {slo['judged_requests']} requests · "
                      f"goodput {slo['goodput_requests_per_s']:.2f} req/s")
-    if "prefix_cache" in summary:
-        cache = summary["prefix_cache"]
-        lines.append(f"prefix cache: hit rate {cache['hit_rate']:.1%} · {cache['hit_tokens']} prompt tokens reused")
+    cache = summary.get("prefix_cache")
+    if cache and (cache["lookup_tokens"] or cache.get("resumed_tokens")):  # else it had nothing to find
+        parts = [f"hit rate {cache['hit_rate']:.1%} · {cache['hit_tokens']} prompt tokens reused"] if cache[
+            "lookup_tokens"] else []
+        if cache.get("resumed_tokens"):
+            parts.append(f"{cache['resumed_tokens']} tokens found again by preempted requests")
+        lines.append("prefix cache: " + " · ".join(parts))
     if "kv_transfer" in summary:
         kv = summary["kv_transfer"]
         lines.append(f"KV transfer: {kv['bytes'] / 1e9:.2f} GB in {kv['time_s']:.3f} s")

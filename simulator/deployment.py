@@ -56,6 +56,9 @@ class Deployment(BaseModel):
     async_scheduling: bool = True
     # vLLM 0.19 admits a waiting request only if the free KV blocks could hold its whole prompt
     scheduler_reserve_full_isl: bool = True
+    # vLLM's --num-gpu-blocks-override: this many KV blocks (num_gpu_blocks, the null block
+    # included) instead of what the memory plan leaves, e.g. to replay a run whose log gave it
+    num_gpu_blocks_override: int | None = Field(None, ge=2)
     # requests pass through the OpenAI-compatible API server (engine/frontend.py); false when
     # the trace's arrival times are the engine's own (e.g. vLLM's queued_ts)
     api_server: bool = True
@@ -121,7 +124,7 @@ VLLM_ENGINE_KNOBS = {
     "max_model_len": "max_seq_len", "enforce_eager": "cuda_graph_max_batch_size=0",
     "max_cudagraph_capture_size": "cuda_graph_max_batch_size", "enable_prefix_caching": "enable_block_reuse",
     "async_scheduling": "disable_overlap_scheduler (inverted)", "scheduler_reserve_full_isl": None,
-    "preemption_mode": None, "swap_space": None,
+    "preemption_mode": None, "swap_space": None, "num_gpu_blocks_override": None,
 }
 TRTLLM_KNOBS = {
     "capacity_scheduler_policy": None, "max_batch_size": "max_num_seqs",

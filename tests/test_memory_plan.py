@@ -167,3 +167,20 @@ def test_activation_peak_is_the_larger_phase():
     # at 2048 tokens the sampler sets the peak; at 8192 the forward pass's MLP does
     assert small < large
     assert large == 8192 * (3 * 4096 + 3 * 12288) * 2
+
+
+def test_num_gpu_blocks_override_replaces_the_profiled_count():
+    # vLLM's --num-gpu-blocks-override: the RTX 4090 run logged 2588 blocks; the plan gives 2770
+    plain = prepare("rtx4090", "llama-3.1-8b", knobs={"max_model_len": 32768})
+    forced = prepare("rtx4090", "llama-3.1-8b", knobs={"max_model_len": 32768, "num_gpu_blocks_override": 2588})
+    assert plain.plan.num_blocks == 44320 // 16 and forced.plan.num_blocks == 2588
+    assert forced.plan.usable_blocks == 2587  # the null block still comes out of it
+    # more than the device holds after weights, activations and non-torch memory: vLLM would
+    # run out of memory allocating it
+    free = 25.250627584e9 - plain.plan.weights_bytes - plain.plan.activation_bytes - NON_TORCH_BYTES
+    most = int(free // plain.plan.kv_bytes_per_block)
+    prepare("rtx4090", "llama-3.1-8b", knobs={"max_model_len": 32768, "num_gpu_blocks_override": most})
+    with pytest.raises(InputError, match=f"num_gpu_blocks_override {most + 1} .* set it <= {most}"):
+        prepare("rtx4090", "llama-3.1-8b", knobs={"max_model_len": 32768, "num_gpu_blocks_override": most + 1})
+    with pytest.raises(InputError, match="num_gpu_blocks_override: a vLLM knob"):
+        prepare("rtx4090", "llama-3.1-8b", scheduler="trtllm", knobs={"num_gpu_blocks_override": 2588})

@@ -233,15 +233,21 @@ def test_console_lines_for_optional_blocks():
     summary = {
         "slo": {"ttft_s": 0.5, "tpot_s": "per-request", "e2e_s": None, "attainment": 0.4,
                 "required_attainment": 0.9, "met": False, "goodput_requests_per_s": 0.5, "judged_requests": 5},
-        "prefix_cache": {"hit_rate": 0.25, "hit_tokens": 1024},
+        "prefix_cache": {"hit_rate": 0.25, "hit_tokens": 1024, "lookup_tokens": 4096, "resumed_tokens": 48},
         "kv_transfer": {"bytes": 2.5e9, "time_s": 0.125},
         "swaps": {"count": 3, "bytes": 1.5e9},
     }
     assert _extra_lines(summary) == [
         "SLO TTFT ≤ 0.5 s, TPOT ≤ per-request: attainment 40.0% vs 90.0% required (missed) over 5 requests · "
         "goodput 0.50 req/s",
-        "prefix cache: hit rate 25.0% · 1024 prompt tokens reused",
+        "prefix cache: hit rate 25.0% · 1024 prompt tokens reused · 48 tokens found again by preempted requests",
         "KV transfer: 2.50 GB in 0.125 s",
         "swaps: 3 (1.50 GB)",
     ]
     assert _extra_lines({}) == []
+    # on by default (vLLM v1), the cache says nothing of a trace that names no shared prefixes
+    # and a run that preempted nobody
+    idle = {"hit_rate": 0.0, "hit_tokens": 0, "lookup_tokens": 0, "resumed_tokens": 0}
+    assert _extra_lines({"prefix_cache": idle}) == []
+    assert _extra_lines({"prefix_cache": {**idle, "resumed_tokens": 32}}) == [
+        "prefix cache: 32 tokens found again by preempted requests"]

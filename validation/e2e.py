@@ -7,7 +7,8 @@ A run is a folder holding what a real vLLM server logged while it served a trace
 - `vllm_requests.jsonl`: per request the prompt and output token counts and the engine's own
   timestamps (`queued_ts`: the request entered the scheduler's waiting queue;
   `scheduled_ts`, `first_token_ts`, `last_token_ts`), all on one monotonic clock;
-- `vllm_meta.json`: the engine arguments and versions (and, when logged, the KV-cache size);
+- `vllm_meta.json`: the engine arguments and versions (and, when logged, the KV-cache size,
+  which the replay then uses as `num_gpu_blocks_override`);
 - `vllm_timeseries.csv`: once a second, the running and waiting request counts;
 - `run.yaml` (ours): the hardware and model catalogue names the run maps to, its role
   (`development` runs may guide the model; `held-out` runs only judge it) and its source.
@@ -79,6 +80,11 @@ def engine_knobs(meta: dict[str, Any]) -> dict[str, Any]:
     kv = str(kwargs.get("kv_cache_dtype", "auto"))
     if kv != "auto":
         knobs["kv_cache_dtype"] = kv
+    # The KV cache the engine logged, where it did: the replay then judges the timing model on
+    # the run's own memory (the memory plan is checked against such logs on its own)
+    logged = (meta.get("kv_cache") or {}).get("num_gpu_blocks")
+    if logged:
+        knobs["num_gpu_blocks_override"] = int(logged)
     return knobs
 
 

@@ -207,4 +207,12 @@ def plan_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment, batched
             f"{where}: one request of max_model_len {longest} tokens needs {_gib(needed)} of KV cache, more "
             f"than the {_gib(available)} available ({ENGINE} refuses to start); set max_model_len <= {fits} "
             "or raise gpu_memory_utilization")
+    if dep.num_gpu_blocks_override is not None:  # vLLM's: that many blocks, whatever the profile run left
+        blocks = dep.num_gpu_blocks_override
+        free = capacity - weights - activations - NON_TORCH_BYTES
+        if blocks * per_block > free:
+            raise InputError(
+                f"{where}: num_gpu_blocks_override {blocks} needs {_gib(blocks * per_block)} of KV cache, more than "
+                f"the {_gib(free)} the device has left ({ENGINE} would run out of memory); set it <= "
+                f"{int(free // per_block)}")
     return MemoryPlan(capacity, requested, weights, activations, NON_TORCH_BYTES, per_block, blocks, dep.block_size)
