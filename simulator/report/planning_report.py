@@ -449,14 +449,25 @@ def _scale(ax: Any, values: pd.Series, axis: str = "y") -> None:
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
 
 
+_XLABEL_IN = 0.62  # room under the panels for the tick labels and the axis label (inches)
+_LEGEND_ROW_IN = 0.2  # one row of 8-point legend entries (inches)
+
+
 def _legend(fig: Any, axes: Any) -> None:
-    """One legend under the panels, without repeats."""
+    """One legend under the panels, without repeats; the figure grows by its rows so it never covers the x label."""
     labels: dict[str, Any] = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             labels.setdefault(label, handle)
-    fig.legend(labels.values(), labels.keys(), loc="lower center", ncol=min(len(labels), 5), fontsize=8,
-               frameon=False)
+    columns = min(len(labels), 5)
+    legend_in = _LEGEND_ROW_IN * -(-len(labels) // max(columns, 1)) + 0.1
+    width_in, height_in = fig.get_size_inches()
+    top_in = height_in * (1 - fig.subplotpars.top)
+    fig.set_size_inches(width_in, height_in + legend_in)
+    fig.subplots_adjust(bottom=(_XLABEL_IN + legend_in) / (height_in + legend_in),
+                        top=1 - top_in / (height_in + legend_in))
+    fig.legend(labels.values(), labels.keys(), loc="lower center", bbox_to_anchor=(0.5, 0.01), ncol=columns,
+               fontsize=8, frameon=False)
 
 
 def _per_candidate(ax: Any, data: PlanOutput, column: str, scale: float = 1.0) -> None:
@@ -478,7 +489,7 @@ def _percentile(attainment: Any) -> int:
 
 def latency_figure(data: PlanOutput, out_dir: Path) -> Figure:
     q = _percentile(data.slo.get("attainment"))
-    fig, axes = _new_figure(1, 2, 4.6)
+    fig, axes = _new_figure(1, 2, 4.0)
     for ax, metric, key in zip(axes[0], ("TTFT", "TPOT"), ("ttft", "tpot")):
         column = f"{key}_p{q}_s"
         _per_candidate(ax, data, column)
@@ -489,7 +500,7 @@ def latency_figure(data: PlanOutput, out_dir: Path) -> Figure:
         ax.set_xlabel("offered load per replica (req/s)")
         ax.set_ylabel(f"{metric} p{q} (s)")
         ax.grid(True, which="major", linewidth=0.3)
-    fig.subplots_adjust(left=0.08, right=0.98, top=0.95, bottom=0.2, wspace=0.25)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.95, wspace=0.25)
     _legend(fig, axes)
     return Figure(_save(fig, out_dir, "latency_vs_load"), "Latency versus load",
                   f"TTFT and TPOT p{q} per candidate against the request rate offered to one replica; "
@@ -508,7 +519,7 @@ def _capacity_ticks(ax: Any, data: PlanOutput, level: float) -> None:
 
 
 def attainment_figure(data: PlanOutput, out_dir: Path) -> Figure:
-    fig, axes = _new_figure(1, 1, 4.4)
+    fig, axes = _new_figure(1, 1, 3.8)
     ax = axes[0, 0]
     _per_candidate(ax, data, "attainment", scale=100.0)
     required = data.slo.get("attainment")
@@ -519,7 +530,7 @@ def attainment_figure(data: PlanOutput, out_dir: Path) -> Figure:
     ax.set_xlabel("offered load per replica (req/s)")
     ax.set_ylabel("requests meeting the SLO (%)")
     ax.grid(True, which="major", linewidth=0.3)
-    fig.subplots_adjust(left=0.08, right=0.98, top=0.95, bottom=0.2)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.95)
     _legend(fig, axes)
     return Figure(_save(fig, out_dir, "attainment_vs_rate"), "SLO attainment versus load",
                   "Share of requests meeting every SLO target at each simulated rate; a rate passes when its "
@@ -533,6 +544,16 @@ def pareto_mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return ~np.array(dominated, dtype=bool)
 
 
+def _label_points(ax: Any, x: np.ndarray, y: np.ndarray, names: Any) -> None:
+    """Name each point, on its left in the right third of the axes so no label runs off the figure."""
+    ax.autoscale_view()  # the limits the labels are placed against
+    to_axes = ax.transData + ax.transAxes.inverted()
+    for xi, yi, name in zip(x, y, names):
+        right_side = to_axes.transform((xi, yi))[0] > 2 / 3
+        ax.annotate(_plain(name), (xi, yi), textcoords="offset points", xytext=(-6 if right_side else 6, 5),
+                    ha="right" if right_side else "left", fontsize=8)
+
+
 def pareto_figure(data: PlanOutput, out_dir: Path, points: pd.DataFrame) -> Figure:
     x, y = points["max_rate_req_s"].to_numpy(float), points["cost_per_hour"].to_numpy(float)
     best = pareto_mask(x, y)
@@ -541,12 +562,11 @@ def pareto_figure(data: PlanOutput, out_dir: Path, points: pd.DataFrame) -> Figu
     ax.scatter(x[~best], y[~best], color="#999999", s=25, label="dominated")
     order = np.argsort(x[best])
     ax.plot(x[best][order], y[best][order], color="#3a7d2c", marker="o", linewidth=1.0, label="Pareto-optimal")
-    for xi, yi, name in zip(x[best], y[best], points["candidate"][best]):
-        ax.annotate(_plain(name), (xi, yi), textcoords="offset points", xytext=(5, 5), fontsize=8)
     chosen = points["candidate"] == data.plan.get("recommended")
     ax.scatter(x[chosen], y[chosen], marker="*", s=220, color="#d62728", zorder=3, label="recommended")
     _scale(ax, points["max_rate_req_s"], "x")
     _scale(ax, points["cost_per_hour"], "y")
+    _label_points(ax, x[best], y[best], points["candidate"][best])
     ax.set_xlabel("capacity per replica: max rate meeting the SLO (req/s)")
     ax.set_ylabel("cost to serve the target rate ($/hour)")
     ax.grid(True, which="major", linewidth=0.3)
