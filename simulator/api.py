@@ -34,7 +34,7 @@ from .metrics.summary import build_summary
 from .models.config import ModelConfig, load_model
 from .paths import shown_path
 from .perf.cost_model import CostModel
-from .perf.memory_plan import MemoryPlan, kv_bytes_per_block
+from .perf.memory_plan import MemoryPlan
 from .perf.profile_use import AppliedProfile, resolve_calibration
 from .schedulers.base import SwapSpace, get_scheduler
 from .workloads.trace import TraceIndex
@@ -136,7 +136,7 @@ def prepare(hardware: str | Path, model: str | None = None, scheduler: str | Non
                          f"{prefill.devices + decode.devices}; lower prefill_replicas/decode_replicas or add nodes")
     link = transfer_link(dep, prefill.system, decode.system, same_node and prefill.devices + decode.devices
                          <= prefill.system.devices_per_node)
-    per_token = kv_bytes_per_block(model_cfg, dep.model_copy(update={"tp": 1, "pp": 1})) / dep.block_size
+    per_token = model_cfg.kv_bytes_per_token(dep.kv_cache_dtype)
     split = Disaggregation(prefill, decode, link, per_token, min(prefill.deployment.tp, decode.deployment.tp))
     return Setup(prefill.system, model_cfg, dep, prefill.plan, prefill.cost, prefill.calibration, split)
 
@@ -159,6 +159,10 @@ def _pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, ca
     where = "" if role == "mixed" else f"{role} pool: "
     if model_cfg.num_heads % dep.tp:
         raise InputError(f"{where}--tp {dep.tp}: must divide {model_cfg.name}'s {model_cfg.num_heads} attention heads")
+    kv_heads = model_cfg.num_kv_heads
+    if kv_heads % dep.tp and dep.tp % kv_heads:  # vLLM splits KV heads, or replicates them evenly
+        raise InputError(f"{where}--tp {dep.tp}: must divide {model_cfg.name}'s {kv_heads} KV heads or be a "
+                         "multiple of them")
     needed = dep.devices_per_replica * dep.replicas
     system = system.sized_for(needed)
     if needed > system.total_devices:
@@ -178,6 +182,13 @@ def _pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, ca
     plan = policy.plan_memory(system.accelerator, model_cfg, dep, forward)
     if dep.max_model_len == -1:  # vLLM's auto-fit: the longest request the KV cache holds
         dep = dep.model_copy(update={"max_model_len": min(context, plan.usable_blocks * plan.block_size)})
+    window = model_cfg.sliding_window
+    if window and (dep.max_model_len or context) > window:
+        raise InputError(
+            f"{where}{model_cfg.name} attends to its last {window} tokens (sliding_window), and the simulator costs "
+            f"full attention over a KV cache that keeps every block: exact only for requests of up to {window} "
+            f"tokens, so set max_model_len {window} (or less), or drop sliding_window from a copy of the config to "
+            "cost full attention")
     calib = resolve_calibration(system, calibration)
     cost = CostModel(system, model_cfg, dep, calib, host_overlapped=policy.host_overlapped(dep),
                      budget_tokens=forward, graphs=policy.graph_plan(dep, forward),

@@ -308,8 +308,10 @@ def cmd_models(_: argparse.Namespace) -> int:
 
     for name in model_catalogue():
         m = load_model(name)
+        moe = f"  MoE {m.num_experts} experts top-{m.experts_per_token} in {m.moe_layers} layers" if m.is_moe else ""
+        window = f"  sliding window {m.sliding_window}" if m.sliding_window else ""
         print(f"{name:16} {m.total_params() / 1e9:6.2f} B params  {m.num_layers} layers  hidden {m.hidden_size}  "
-              f"heads {m.num_heads}/{m.num_kv_heads} kv")
+              f"heads {m.num_heads}/{m.num_kv_heads} kv ({m.attention_kind}){moe}{window}")
     return 0
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 import yaml
 
 from simulator.models.config import ModelConfig, load_model, model_catalogue
+from simulator.models.layers import DENSE, linear_layers
 
 
 def catalogue_model(source: str) -> ModelConfig:
@@ -37,15 +38,8 @@ def catalogue_model(source: str) -> ModelConfig:
 
 def gemm_shapes(model: ModelConfig, tp: int = 1) -> dict[str, tuple[int, int]]:
     """(n, k) of each linear layer of the model on one of `tp` devices."""
-    h, inter = model.hidden_size, model.intermediate_size // tp
-    q, kv = model.q_size // tp, max(model.kv_size // tp, model.head_dim)
-    return {
-        "qkv_proj": (q + 2 * kv, h),
-        "o_proj": (h, q),
-        "gate_up_proj": (2 * inter, h),
-        "down_proj": (h, inter),
-        "lm_head": (model.vocab_size // tp, h),
-    }
+    shapes = {lin.name: (lin.n, lin.k) for lin in linear_layers(model, tp, DENSE)}
+    return shapes | {"lm_head": (model.vocab_size // tp, model.hidden_size)}
 
 
 def table_sets(folder: Path) -> list[tuple[int, Path]]:
@@ -72,7 +66,7 @@ def convert(folder: str | Path) -> pd.DataFrame:
                     n, k = shapes[r.layer]
                     rows.append({"op": "gemm", "dtype": "bf16", "m": int(r.tokens), "n": n, "k": k,
                                  "time_us": float(r.time_us), "device": device, "source": f"{source}: {r.layer}"})
-        heads = {"heads": max(1, model.num_heads // tp), "kv_heads": max(1, model.num_kv_heads // tp),
+        heads = {"heads": model.heads_per_device(tp), "kv_heads": model.kv_heads_per_device(tp),
                  "head_dim": model.head_dim}
         attention = pd.read_csv(tables / "attention.csv")
         for r in attention.itertuples(index=False):

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from simulator.models.config import ModelConfig
+from simulator.models.layers import DENSE, MOE, linear_layers
 
 TP_DEGREES = (1, 2, 4, 8)
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
@@ -98,20 +99,10 @@ def log_grid(lo: int, hi: int, factor: int = 2) -> list[int]:
 
 def layer_gemms(model: ModelConfig, tp: int) -> list[tuple[str, int, int]]:
     """(name, n, k) of every linear layer of `model` on one device at tensor parallelism `tp`."""
-    h, d = model.hidden_size, model.head_dim
-    q = model.q_size // tp
-    kv = max(model.kv_size // tp, d)  # KV heads are replicated when tp > kv_heads
-    inter = model.intermediate_size // tp
-    out = [("qkv_proj", q + 2 * kv, h), ("o_proj", h, q)]
-    if model.num_experts > 1:
-        mats = 2 if model.gated_mlp else 1
-        out += [("router", model.num_experts, h), ("experts_up", mats * inter, h), ("experts_down", h, inter)]
-    elif model.gated_mlp:
-        out += [("gate_up_proj", 2 * inter, h), ("down_proj", h, inter)]
-    else:
-        out += [("fc1", inter, h), ("fc2", h, inter)]
-    out.append(("lm_head", model.vocab_size // tp, h))
-    return out
+    kinds = ([DENSE] if model.dense_layers else []) + ([MOE] if model.is_moe else [])
+    out = _dedup(((lin.name, lin.n, lin.k) for kind in kinds for lin in linear_layers(model, tp, kind)),
+                 key=lambda shape: shape)
+    return out + [("lm_head", model.vocab_size // tp, model.hidden_size)]
 
 
 def _dedup(shapes: Iterable, key) -> list:
@@ -153,8 +144,7 @@ def attention_heads(models: dict[str, ModelConfig], tps: Iterable[int] = TP_DEGR
     out = []
     for name, model in models.items():
         for tp in tps:
-            heads = max(1, model.num_heads // tp)
-            kv_heads = max(1, model.num_kv_heads // tp)
+            heads, kv_heads = model.heads_per_device(tp), model.kv_heads_per_device(tp)
             if heads % kv_heads:
                 continue  # no even split of query heads over KV heads at this TP degree
             out.append((heads, kv_heads, model.head_dim, f"{name} tp{tp}"))

@@ -2,7 +2,15 @@
 
 `load_model("llama-3.1-8b")` reads `workloads/models/llama-3.1-8b.yaml`; a path to a real
 `config.json` (or any YAML/JSON with the same keys) works too. Only the shape matters here:
-layer counts and widths give every operator's FLOPs and bytes (see `operators.py`).
+`ModelConfig` is the one description of a model (its attention: heads, KV heads, head size,
+sliding window; its feed-forward: dense, or routed experts with shared experts and dense
+layers), and `layers.py` derives from it the linear layers that the operators, the parameter
+counts, the memory plan and the measuring harness all use.
+
+What the simulator does not model is refused, never misread: a config whose keys describe
+multi-head latent attention, interleaved local/global or linear attention, state-space layers
+or a multimodal wrapper, or whose `model_type` is not one it reads, is an input error naming
+the keys (`unmodelled_features`).
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import yaml
 
 from ..errors import InputError
 from ..paths import MODELS_DIR
+from .layers import layer_small_params, linear_params
 
 # Bytes per element of each storage dtype the deployment may choose for weights or KV.
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "int2": 0.25}
@@ -37,9 +46,45 @@ class ModelConfig:
     tie_word_embeddings: bool
     gated_mlp: bool  # SwiGLU-style gate+up (3 matrices) versus fc1/fc2 (2 matrices)
     qkv_bias: bool
-    num_experts: int = 1  # MoE: experts per layer (1 = dense)
-    experts_per_token: int = 1
+    num_experts: int = 1  # MoE: routed experts per MoE layer (1 = dense)
+    experts_per_token: int = 1  # MoE: experts each token is routed to (top-k)
     qk_norm: bool = False  # RMSNorm of every query and key head before RoPE (Qwen3)
+    moe_intermediate_size: int = 0  # width of one routed expert (0: intermediate_size, as Mixtral)
+    shared_expert_intermediate_size: int = 0  # the always-on shared expert(s) of an MoE layer, summed
+    shared_expert_gate: bool = False  # a sigmoid gate on the shared expert's output (Qwen2-MoE)
+    moe_layers: int = -1  # layers with routed experts (-1: all of them when num_experts > 1)
+    sliding_window: int = 0  # every layer attends to at most this many tokens (0: full attention)
+
+    def __post_init__(self) -> None:
+        if self.moe_layers < 0:
+            object.__setattr__(self, "moe_layers", self.num_layers if self.num_experts > 1 else 0)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 1 and self.moe_layers > 0
+
+    @property
+    def dense_layers(self) -> int:
+        """Layers whose feed-forward is one dense MLP (all of a dense model's)."""
+        return self.num_layers - self.moe_layers
+
+    @property
+    def expert_intermediate_size(self) -> int:
+        return self.moe_intermediate_size or self.intermediate_size
+
+    @property
+    def attention_kind(self) -> str:
+        """mha (a KV head per query head), mqa (one KV head) or gqa (groups of query heads)."""
+        if self.num_kv_heads == self.num_heads:
+            return "mha"
+        return "mqa" if self.num_kv_heads == 1 else "gqa"
+
+    def heads_per_device(self, tp: int) -> int:
+        return max(1, self.num_heads // tp)
+
+    def kv_heads_per_device(self, tp: int) -> int:
+        """KV heads each of `tp` devices holds: split while there are enough, else replicated."""
+        return max(1, self.num_kv_heads // tp)
 
     @property
     def q_size(self) -> int:
@@ -49,28 +94,22 @@ class ModelConfig:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
-    def layer_params(self) -> int:
-        """Weights of one decoder layer (attention + MLP experts + two norms)."""
-        attn = self.hidden_size * (self.q_size + 2 * self.kv_size) + self.q_size * self.hidden_size
-        if self.qkv_bias:
-            attn += self.q_size + 2 * self.kv_size
-        mlp_mats = 3 if self.gated_mlp else 2
-        mlp = mlp_mats * self.hidden_size * self.intermediate_size * self.num_experts
-        router = self.hidden_size * self.num_experts if self.num_experts > 1 else 0
-        qk_norm = 2 * self.head_dim if self.qk_norm else 0
-        return attn + mlp + router + 2 * self.hidden_size + qk_norm
-
     def embedding_params(self) -> int:
         """Input embedding plus LM head (one matrix when tied) plus the final norm."""
         heads = 1 if self.tie_word_embeddings else 2
         return heads * self.vocab_size * self.hidden_size + self.hidden_size
 
     def total_params(self) -> int:
-        return self.num_layers * self.layer_params() + self.embedding_params()
+        """Every weight of the checkpoint: the layers' linear and small parameters
+        (`layers.py`, on one device) and the embeddings."""
+        return int(linear_params(self, 1, self.dense_layers, self.moe_layers)
+                   + self.num_layers * layer_small_params(self, 1) + self.embedding_params())
 
-    def kv_bytes_per_token(self, kv_dtype: str) -> float:
-        """KV-cache bytes one token occupies across all layers (K and V)."""
-        return 2 * self.num_layers * self.kv_size * DTYPE_BYTES[kv_dtype]
+    def kv_bytes_per_token(self, kv_dtype: str, tp: int = 1, layers: int | None = None) -> float:
+        """KV-cache bytes one token occupies on one of `tp` devices (K and V of its KV heads)
+        over `layers` layers (default: all)."""
+        layers = self.num_layers if layers is None else layers
+        return 2 * layers * self.kv_heads_per_device(tp) * self.head_dim * DTYPE_BYTES[kv_dtype]
 
 
 def _get(cfg: dict[str, Any], where: str, *keys: str, default: Any = None) -> Any:
@@ -90,24 +129,84 @@ def _positive_int(value: Any, where: str, key: str) -> int:
 
 # Model types whose attention normalises each query and key head (q_norm, k_norm) before RoPE.
 QK_NORM_TYPES = ("qwen3", "qwen3_moe")
+# The `model_type`s whose config.json keys this module reads as their checkpoints mean them
+# (a config without one is read as a Llama-style decoder).
+READ_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "opt")
+NON_GATED_TYPES = ("opt",)  # fc1/fc2 MLPs; every other type read here has a SwiGLU gate
+
+
+def _sliding(cfg: dict[str, Any], model_type: str) -> int:
+    """The attention window every layer uses (0: full attention). Qwen2 configs state a
+    window but switch it off (use_sliding_window false); Mistral's applies when given."""
+    window = cfg.get("sliding_window")
+    if not window or cfg.get("use_sliding_window") is False or model_type.startswith("qwen"):
+        return 0
+    return int(window)
+
+
+def unmodelled_features(cfg: dict[str, Any]) -> list[str]:
+    """What `cfg` describes that the simulator does not model, each with the keys that say so."""
+    found = []
+    if cfg.get("kv_lora_rank") or cfg.get("q_lora_rank"):
+        found.append("multi-head latent attention (kv_lora_rank, q_lora_rank)")
+    kinds = set(cfg.get("layer_types") or ()) - {"full_attention"}
+    if kinds:
+        found.append(f"per-layer attention kinds {sorted(kinds)} (layer_types)")
+    for key, what in (("sliding_window_pattern", "interleaved local and global attention"),
+                      ("full_attention_interval", "interleaved linear and full attention"),
+                      ("attention_chunk_size", "chunked local attention"),
+                      ("hybrid_override_pattern", "state-space (Mamba) layers"),
+                      ("ssm_state_size", "state-space (Mamba) layers"),
+                      ("text_config", "a multimodal wrapper (the language model is its text_config)")):
+        if cfg.get(key):
+            found.append(f"{what} ({key})")
+    if (cfg.get("moe_layer_freq") or 1) != 1:
+        found.append("MoE every few layers (moe_layer_freq)")
+    return found
+
+
+def _moe_layers(cfg: dict[str, Any], layers: int, experts: int, where: str) -> int:
+    """Layers with routed experts: all, less DeepSeek's first_k_dense_replace dense ones, or
+    Qwen-MoE's every decoder_sparse_step-th layer not in mlp_only_layers."""
+    if experts <= 1:
+        return 0
+    dense_first = cfg.get("first_k_dense_replace") or 0
+    step = cfg.get("decoder_sparse_step") or 1
+    only_mlp = set(cfg.get("mlp_only_layers") or ())
+    if not isinstance(dense_first, int) or not isinstance(step, int) or dense_first < 0 or step < 1:
+        raise InputError(f"{where}: first_k_dense_replace/decoder_sparse_step: not a layer count")
+    return sum(1 for i in range(dense_first, layers) if (i + 1) % step == 0 and i not in only_mlp)
 
 
 def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) -> ModelConfig:
-    """Build a ModelConfig from config.json keys (OPT's own names included)."""
+    """Build a ModelConfig from config.json keys (OPT's own names included); refuse what it
+    cannot model rather than misread it."""
+    model_type = str(cfg.get("model_type") or "llama").lower()
+    unmodelled = unmodelled_features(cfg)
+    if unmodelled:
+        raise InputError(f"{where}: not modelled: {'; '.join(unmodelled)}. The simulator costs dense and "
+                         "mixture-of-experts decoders with full or sliding-window attention; see docs/models.md")
+    if model_type not in READ_TYPES:
+        raise InputError(f"{where}: model_type {model_type!r} is not one the simulator reads (known: "
+                         f"{', '.join(READ_TYPES)}); for a decoder laid out like Llama, set model_type: llama "
+                         "in a copy of the config")
     hidden = _positive_int(_get(cfg, where, "hidden_size", "d_model"), where, "hidden_size")
     heads = _positive_int(_get(cfg, where, "num_attention_heads", "n_head"), where, "num_attention_heads")
     kv_heads = _positive_int(_get(cfg, where, "num_key_value_heads", default=heads), where, "num_key_value_heads")
     if heads % kv_heads:
         raise InputError(f"{where}: num_key_value_heads: {kv_heads} does not divide num_attention_heads {heads}")
-    model_type = str(cfg.get("model_type", "")).lower()
-    gated = model_type not in ("opt", "gpt2", "gpt_neox", "falcon", "bloom")
+    layers = _positive_int(_get(cfg, where, "num_hidden_layers", "n_layer"), where, "num_hidden_layers")
+    experts = _positive_int(cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts")
+                            or 1, where, "num_local_experts")
+    moe_inter = cfg.get("moe_intermediate_size") or 0
+    shared = cfg.get("shared_expert_intermediate_size") or (cfg.get("n_shared_experts") or 0) * moe_inter
     return ModelConfig(
         name=name or str(cfg.get("name") or cfg.get("_name_or_path") or where),
         hidden_size=hidden,
         intermediate_size=_positive_int(
             _get(cfg, where, "intermediate_size", "ffn_dim", "n_inner"), where, "intermediate_size"
         ),
-        num_layers=_positive_int(_get(cfg, where, "num_hidden_layers", "n_layer"), where, "num_hidden_layers"),
+        num_layers=layers,
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=_positive_int(_get(cfg, where, "head_dim", default=hidden // heads), where, "head_dim"),
@@ -116,11 +215,16 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
             _get(cfg, where, "max_position_embeddings", "n_positions", default=4096), where, "max_position_embeddings"
         ),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", model_type == "opt")),
-        gated_mlp=gated,
-        qkv_bias=bool(cfg.get("attention_bias", model_type in ("qwen2", "opt"))),
-        num_experts=_positive_int(cfg.get("num_local_experts") or cfg.get("num_experts") or 1, where, "num_local_experts"),
+        gated_mlp=model_type not in NON_GATED_TYPES,
+        qkv_bias=bool(cfg.get("attention_bias", model_type in ("qwen2", "qwen2_moe", "opt"))),
+        num_experts=experts,
         experts_per_token=_positive_int(cfg.get("num_experts_per_tok") or 1, where, "num_experts_per_tok"),
         qk_norm=model_type in QK_NORM_TYPES,
+        moe_intermediate_size=_positive_int(moe_inter, where, "moe_intermediate_size") if moe_inter else 0,
+        shared_expert_intermediate_size=int(shared),
+        shared_expert_gate=model_type == "qwen2_moe" and bool(shared),
+        moe_layers=_moe_layers(cfg, layers, experts, where),
+        sliding_window=_sliding(cfg, model_type),
     )
 
 

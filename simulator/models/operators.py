@@ -8,11 +8,11 @@ columns split `tp` ways) and per pipeline stage (layers split `pp` ways).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from .config import DTYPE_BYTES, ModelConfig
+from .layers import Linear, attention_linears, layers_per_stage, mlp_linears, moe_linears, stage_layer_kinds
 
 
 class Operator(NamedTuple):
@@ -64,6 +64,11 @@ def _gemm(name: str, m: int, n: int, k: int, prec: Precision, count: int) -> Ope
     )
 
 
+def _linear(lin: Linear, m: int, prec: Precision, count: int) -> Operator:
+    """The GEMM of weight matrix `lin` on m rows."""
+    return _gemm(lin.name, m, lin.n, lin.k, prec, count)
+
+
 def _elementwise(name: str, elements: float, passes: float, prec: Precision, count: int, flops_per: float = 1.0):
     """A bandwidth-bound kernel touching `elements` values `passes` times (reads + writes)."""
     ab = DTYPE_BYTES[prec.activations]
@@ -71,41 +76,28 @@ def _elementwise(name: str, elements: float, passes: float, prec: Precision, cou
                     dtype=prec.activations, count=count)
 
 
-def layers_per_stage(model: ModelConfig, shard: Sharding) -> int:
-    return math.ceil(model.num_layers / shard.pp)
-
-
 def dense_ops(model: ModelConfig, tokens: int, shard: Sharding, prec: Precision) -> list[Operator]:
-    """Per-layer token-parallel operators for T = `tokens` (projections, MLP, norms, TP collectives)."""
-    T, tp, L = tokens, shard.tp, layers_per_stage(model, shard)
+    """Per-layer token-parallel operators for T = `tokens` (projections, MLP or experts, norms,
+    TP collectives) of the busiest pipeline stage."""
+    T, tp, L = tokens, shard.tp, layers_per_stage(model, shard.pp)
+    dense_layers, moe_layers = stage_layer_kinds(model, shard.pp)
     h = model.hidden_size
-    q = model.q_size // tp
-    kv = max(model.kv_size // tp, model.head_dim)  # KV heads are replicated when tp > kv_heads
-    inter = model.intermediate_size // tp
+    qkv, o = attention_linears(model, tp)
+    rotated = T * (o.k + (qkv.n - o.k) // 2)  # query and key heads
     ops = [
         # the embedding lookup runs once per iteration (first stage), counted with the layers
         Operator("embedding", "elementwise", 0.0, T * h * DTYPE_BYTES[prec.activations] * 2, prec.activations),
         _elementwise("input_layernorm", T * h, 2, prec, L, flops_per=4),
-        _gemm("qkv_proj", T, q + 2 * kv, h, prec, L),
-        *([_elementwise("qk_norm", T * (q + kv), 2, prec, L, flops_per=4)] if model.qk_norm else []),
-        _elementwise("rotary_emb", T * (q + kv), 2, prec, L, flops_per=3),
-        _gemm("o_proj", T, h, q, prec, L),
+        _linear(qkv, T, prec, L),
+        *([_elementwise("qk_norm", rotated, 2, prec, L, flops_per=4)] if model.qk_norm else []),
+        _elementwise("rotary_emb", rotated, 2, prec, L, flops_per=3),
+        _linear(o, T, prec, L),
         _elementwise("post_attention_layernorm", T * h, 2, prec, L, flops_per=4),
     ]
-    if model.num_experts > 1:
-        ops += _moe_ops(model, T, inter, prec, L)
-    elif model.gated_mlp:
-        ops += [
-            _gemm("gate_up_proj", T, 2 * inter, h, prec, L),
-            _elementwise("act_fn", T * inter, 3, prec, L, flops_per=5),
-            _gemm("down_proj", T, h, inter, prec, L),
-        ]
-    else:
-        ops += [
-            _gemm("fc1", T, inter, h, prec, L),
-            _elementwise("act_fn", T * inter, 2, prec, L, flops_per=5),
-            _gemm("fc2", T, h, inter, prec, L),
-        ]
+    if dense_layers:
+        ops += _mlp_ops(mlp_linears(model, tp), T, model.gated_mlp, prec, dense_layers)
+    if moe_layers:
+        ops += _moe_ops(model, T, tp, prec, moe_layers)
     if tp > 1:
         # Megatron-style TP: one all-reduce after attention and one after the MLP.
         msg = T * h * DTYPE_BYTES[prec.activations]
@@ -113,19 +105,30 @@ def dense_ops(model: ModelConfig, tokens: int, shard: Sharding, prec: Precision)
     return ops
 
 
-def _moe_ops(model: ModelConfig, T: int, inter: int, prec: Precision, L: int) -> list[Operator]:
-    """Top-k routed experts: expected distinct experts touched by T tokens, balanced routing."""
-    E, k, h = model.num_experts, model.experts_per_token, model.hidden_size
+def _mlp_ops(linears: list[Linear], T: int, gated: bool, prec: Precision, count: int) -> list[Operator]:
+    """An MLP on T tokens, `count` times: up projection (gate and up fused), activation, down."""
+    up, down = linears[:2]
+    act = _elementwise("act_fn", T * down.k, 3 if gated else 2, prec, count, flops_per=5)
+    return [_linear(up, T, prec, count), act, _linear(down, T, prec, count)]
+
+
+def _moe_ops(model: ModelConfig, T: int, tp: int, prec: Precision, L: int) -> list[Operator]:
+    """Router, top-k routed experts and shared experts. The routed experts run as one GEMM per
+    expert touched: the expected number of distinct experts T tokens reach, each with its
+    share of the T x k routed rows (balanced routing)."""
+    E, k = model.num_experts, model.experts_per_token
+    router, up, down, *shared = moe_linears(model, tp)
     active = E * (1.0 - (1.0 - k / E) ** T)
     rows = max(1, round(T * k / active))
     n_active = max(1, round(active))
-    mats = 2 if model.gated_mlp else 1
-    return [
-        _gemm("router", T, E, h, prec, L),
-        _gemm("experts_up", rows, mats * inter, h, prec, L * n_active),
-        _elementwise("act_fn", T * k * inter, 3, prec, L, flops_per=5),
-        _gemm("experts_down", rows, h, inter, prec, L * n_active),
-    ]
+    ops = [_linear(router, T, prec, L),
+           _linear(up, rows, prec, L * n_active),
+           _elementwise("act_fn", T * k * down.k, 3 if model.gated_mlp else 2, prec, L, flops_per=5),
+           _linear(down, rows, prec, L * n_active)]
+    if shared:
+        ops += _mlp_ops(shared, T, model.gated_mlp, prec, L)
+        ops += [_linear(gate, T, prec, L) for gate in shared[2:]]
+    return ops
 
 
 def attention_prefill_op(
@@ -139,28 +142,26 @@ def attention_prefill_op(
     FLOPs are 4 * heads * head_dim per pair (QK^T and PV); bytes are the compulsory Q, K, V
     and O traffic (FlashAttention keeps the scores on chip; re-reads of K/V tiles hit L2).
     """
-    heads = max(1, model.num_heads // shard.tp)
-    kv_heads = max(1, model.num_kv_heads // shard.tp)
+    heads, kv_heads = model.heads_per_device(shard.tp), model.kv_heads_per_device(shard.tp)
     d = model.head_dim
     ab, kvb = DTYPE_BYTES[prec.activations], DTYPE_BYTES[prec.kv]
     flops = 4.0 * heads * d * pair_tokens
     nbytes = 2 * chunk_tokens * heads * d * ab + 2 * context_tokens * kv_heads * d * kvb
     return Operator("attn_prefill", "attn_prefill", flops, nbytes, prec.activations,
-                    count=layers_per_stage(model, shard), m=int(chunk_tokens))
+                    count=layers_per_stage(model, shard.pp), m=int(chunk_tokens))
 
 
 def attention_decode_op(
     model: ModelConfig, num_decodes: int, context_tokens: float, shard: Sharding, prec: Precision
 ) -> Operator:
     """One paged decode-attention call: every decode reads its whole KV cache once."""
-    heads = max(1, model.num_heads // shard.tp)
-    kv_heads = max(1, model.num_kv_heads // shard.tp)
+    heads, kv_heads = model.heads_per_device(shard.tp), model.kv_heads_per_device(shard.tp)
     d = model.head_dim
     ab, kvb = DTYPE_BYTES[prec.activations], DTYPE_BYTES[prec.kv]
     flops = 4.0 * heads * d * context_tokens
     nbytes = 2 * context_tokens * kv_heads * d * kvb + 2 * num_decodes * heads * d * ab
     return Operator("attn_decode", "attn_decode", flops, nbytes, prec.activations,
-                    count=layers_per_stage(model, shard), m=num_decodes)
+                    count=layers_per_stage(model, shard.pp), m=num_decodes)
 
 
 def head_ops(model: ModelConfig, sampled: int, shard: Sharding, prec: Precision) -> list[Operator]:

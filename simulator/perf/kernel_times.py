@@ -113,7 +113,7 @@ class KernelTimes:
 
     def __init__(self, system: System, model: ModelConfig, dep: Deployment):
         self.device = system.accelerator
-        heads, kv_heads = max(1, model.num_heads // dep.tp), max(1, model.num_kv_heads // dep.tp)
+        heads, kv_heads = model.heads_per_device(dep.tp), model.kv_heads_per_device(dep.tp)
         self._mixed_default = default_factor(heads, kv_heads, self.device.efficiency.mixed_decode_gqa_miss)
 
     def gpu_time_s(self, op: Operator):
@@ -144,7 +144,7 @@ class CalibratedKernelTimes(KernelTimes):
             for kind in ("allreduce", "allgather"):
                 calibration.route(kind, dep.activation_dtype)
         self.tp = dep.tp
-        self.heads = {"heads": max(1, model.num_heads // dep.tp), "kv_heads": max(1, model.num_kv_heads // dep.tp),
+        self.heads = {"heads": model.heads_per_device(dep.tp), "kv_heads": model.kv_heads_per_device(dep.tp),
                       "head_dim": model.head_dim}
         self.dtype = dep.activation_dtype
         # one layer of this deployment's attention, at the KV dtype stored and (if it differs) measured

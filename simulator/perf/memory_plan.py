@@ -37,7 +37,7 @@ from ..deployment import Deployment
 from ..errors import InputError
 from ..hardware.spec import DeviceSpec
 from ..models.config import DTYPE_BYTES, ModelConfig
-from ..models.operators import layers_per_stage
+from ..models.layers import layer_small_params, linear_params, stage_layer_kinds
 
 ENGINE = "vLLM 0.19"
 GiB = 2**30
@@ -102,39 +102,19 @@ def linear_bytes_per_param(dtype: str) -> float:
     return DTYPE_BYTES[dtype]
 
 
-def layer_linear_params(model: ModelConfig, tp: int) -> float:
-    """Weights of one layer's linear projections on one of `tp` devices (KV heads are
-    replicated when tp exceeds them)."""
-    h, d = model.hidden_size, model.head_dim
-    q = model.q_size // tp
-    kv = max(model.num_kv_heads // tp, 1) * d
-    attn = h * (q + 2 * kv) + q * h
-    mats = 3 if model.gated_mlp else 2
-    mlp = mats * h * model.intermediate_size * model.num_experts / tp
-    router = h * model.num_experts if model.num_experts > 1 else 0
-    return attn + mlp + router
-
-
-def layer_small_params(model: ModelConfig, tp: int) -> float:
-    """Biases and norms of one layer on one device: kept at 16 bits."""
-    q, kv = model.q_size // tp, max(model.num_kv_heads // tp, 1) * model.head_dim
-    bias = q + 2 * kv if model.qkv_bias else 0
-    return bias + 2 * model.hidden_size + (2 * model.head_dim if model.qk_norm else 0)
-
-
 def weights_bytes(model: ModelConfig, dep: Deployment) -> float:
     """What loading the model allocates on the busiest device of a replica: its stage's layers
     (1/tp of each linear layer), the embedding on the first stage and the LM head and final
     norm on the last (both with pp = 1; the larger side with pp > 1), and the rotary table."""
     tp, hp = dep.tp, DTYPE_BYTES[HIGH_PRECISION]
-    layers = layers_per_stage(model, dep.sharding)
-    per_layer = layer_linear_params(model, tp) * linear_bytes_per_param(dep.weight_dtype) \
-        + layer_small_params(model, tp) * hp
+    dense, moe = stage_layer_kinds(model, dep.pp)
+    layers = (linear_params(model, tp, dense, moe) * linear_bytes_per_param(dep.weight_dtype)
+              + (dense + moe) * layer_small_params(model, tp) * hp)
     vocab = padded_vocab(model, tp) * model.hidden_size * hp
     embedding, head = vocab, (0.0 if model.tie_word_embeddings else vocab) + model.hidden_size * hp
     ends = embedding + head if dep.pp == 1 else max(embedding, head)
     rotary = model.max_position_embeddings * model.head_dim * DTYPE_BYTES[dep.activation_dtype]
-    return layers * per_layer + ends + rotary
+    return layers + ends + rotary
 
 
 def forward_peak_bytes(model: ModelConfig, dep: Deployment, tokens: int) -> float:
@@ -142,7 +122,8 @@ def forward_peak_bytes(model: ModelConfig, dep: Deployment, tokens: int) -> floa
     residual stream, its normalised copy and the hidden state the runner keeps (3 x hidden),
     the MLP's input projection (gate and up, or fc1) and its activation output."""
     ab = DTYPE_BYTES[dep.activation_dtype]
-    inter = model.intermediate_size * model.experts_per_token / dep.tp
+    routed = model.expert_intermediate_size * model.experts_per_token + model.shared_expert_intermediate_size
+    inter = max(model.intermediate_size if model.dense_layers else 0, routed if model.is_moe else 0) / dep.tp
     projected = (2 if model.gated_mlp else 1) * inter
     return tokens * (3 * model.hidden_size + projected + inter) * ab
 
@@ -171,9 +152,8 @@ def activation_peak_bytes(model: ModelConfig, dep: Deployment, tokens: int, unit
 
 
 def kv_bytes_per_block(model: ModelConfig, dep: Deployment) -> float:
-    kv_heads = max(1, model.num_kv_heads // dep.tp)  # replicated when tp > kv heads
-    layers = layers_per_stage(model, dep.sharding)
-    return dep.block_size * 2 * kv_heads * model.head_dim * layers * DTYPE_BYTES[dep.kv_cache_dtype]
+    """One KV block on one device: its stage's layers, its share of the KV heads."""
+    return dep.block_size * model.kv_bytes_per_token(dep.kv_cache_dtype, dep.tp, sum(stage_layer_kinds(model, dep.pp)))
 
 
 def _gib(x: float) -> str:

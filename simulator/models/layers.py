@@ -1,0 +1,93 @@
+"""The linear layers of a model on one device: the one place their shapes are written down.
+
+A decoder layer is attention (the QKV and output projections) followed by a feed-forward
+block: one dense MLP, or a mixture of experts (a router, routed experts of which each token
+uses `experts_per_token`, and optionally shared experts every token uses). `linear_layers`
+lists every weight matrix of one layer kind as `Linear(name, n, k, copies, routed)`, split
+over `tp` devices as vLLM splits them (Megatron-style: QKV, gate/up and the experts by output
+columns, the output and down projections by input rows; KV heads replicated once `tp`
+exceeds them; the router replicated). From this one list derive the operators of a step
+(`operators.py`), the parameter count (`ModelConfig.total_params`), the weights in memory
+(`perf/memory_plan.py`) and the shapes the measuring harness times (`validation/shapes.py`).
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
+DENSE, MOE = "dense", "moe"  # the two layer kinds, by feed-forward block
+
+
+class Linear(NamedTuple):
+    """One weight matrix [k inputs -> n outputs] on one device, `copies` of it per layer;
+    a `routed` one (an expert) sees only the tokens routed to it."""
+
+    name: str
+    n: int
+    k: int
+    copies: int = 1
+    routed: bool = False
+
+
+def attention_linears(model: ModelConfig, tp: int) -> list[Linear]:
+    h, d = model.hidden_size, model.head_dim
+    q, kv = model.heads_per_device(tp) * d, model.kv_heads_per_device(tp) * d
+    return [Linear("qkv_proj", q + 2 * kv, h), Linear("o_proj", h, q)]
+
+
+def mlp_linears(model: ModelConfig, tp: int) -> list[Linear]:
+    """The dense MLP: gate and up fused (SwiGLU), or fc1/fc2."""
+    h, inter = model.hidden_size, model.intermediate_size // tp
+    if model.gated_mlp:
+        return [Linear("gate_up_proj", 2 * inter, h), Linear("down_proj", h, inter)]
+    return [Linear("fc1", inter, h), Linear("fc2", h, inter)]
+
+
+def moe_linears(model: ModelConfig, tp: int) -> list[Linear]:
+    """Router, routed experts (each split over tp, vLLM's fused-MoE layout) and shared experts."""
+    h, E = model.hidden_size, model.num_experts
+    inter = model.expert_intermediate_size // tp
+    mats = 2 if model.gated_mlp else 1
+    out = [Linear("router", E, h),
+           Linear("experts_up", mats * inter, h, E, routed=True),
+           Linear("experts_down", h, inter, E, routed=True)]
+    shared = model.shared_expert_intermediate_size // tp
+    if shared:
+        out += [Linear("shared_expert_up", mats * shared, h), Linear("shared_expert_down", h, shared)]
+        if model.shared_expert_gate:
+            out.append(Linear("shared_expert_gate", 1, h))
+    return out
+
+
+def linear_layers(model: ModelConfig, tp: int, kind: str) -> list[Linear]:
+    """Every weight matrix of one layer of `kind` (DENSE or MOE) on one of `tp` devices."""
+    return attention_linears(model, tp) + (moe_linears(model, tp) if kind == MOE else mlp_linears(model, tp))
+
+
+def linear_params(model: ModelConfig, tp: int, dense_layers: int, moe_layers: int) -> float:
+    """Linear weights of that many dense and MoE layers on one of `tp` devices."""
+    return sum(layers * sum(lin.n * lin.k * lin.copies for lin in linear_layers(model, tp, kind))
+               for kind, layers in ((DENSE, dense_layers), (MOE, moe_layers)) if layers)
+
+
+def layer_small_params(model: ModelConfig, tp: int) -> float:
+    """Biases and norms of one layer on one device (kept at 16 bits by quantised checkpoints)."""
+    d = model.head_dim
+    q, kv = model.heads_per_device(tp) * d, model.kv_heads_per_device(tp) * d
+    bias = q + 2 * kv if model.qkv_bias else 0
+    return bias + 2 * model.hidden_size + (2 * d if model.qk_norm else 0)
+
+
+def layers_per_stage(model: ModelConfig, pp: int) -> int:
+    return math.ceil(model.num_layers / pp)
+
+
+def stage_layer_kinds(model: ModelConfig, pp: int) -> tuple[int, int]:
+    """(dense, MoE) layers of the busiest of `pp` pipeline stages: a stage of ceil(L / pp)
+    layers, as many of them MoE as there are (the slowest stage paces the pipeline)."""
+    layers = layers_per_stage(model, pp)
+    moe = min(model.moe_layers, layers)
+    return layers - moe, moe

@@ -1,0 +1,119 @@
+"""One description per model: parameter counts, KV bytes and layer shapes from real configs,
+and configs the simulator does not model refused with the keys that say so.
+
+The configs below are the architecture keys of the models' Hugging Face `config.json`
+(repository named beside each); the parameter counts are the ones their model cards publish.
+"""
+from __future__ import annotations
+
+import pytest
+
+from simulator.errors import InputError
+from simulator.models.config import load_model, model_from_dict
+from simulator.models.layers import DENSE, MOE, linear_layers, stage_layer_kinds
+from simulator.models.operators import Precision, Sharding, dense_ops
+from validation.shapes import layer_gemms
+
+# mistralai/Mixtral-8x7B-v0.1
+MIXTRAL_8X7B = {
+    "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000, "max_position_embeddings": 32768,
+    "num_local_experts": 8, "num_experts_per_tok": 2, "tie_word_embeddings": False, "sliding_window": None,
+}
+# Qwen/Qwen1.5-MoE-A2.7B
+QWEN15_MOE = {
+    "model_type": "qwen2_moe", "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 24,
+    "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 151936, "max_position_embeddings": 8192,
+    "num_experts": 60, "num_experts_per_tok": 4, "moe_intermediate_size": 1408,
+    "shared_expert_intermediate_size": 5632, "decoder_sparse_step": 1, "mlp_only_layers": [],
+    "tie_word_embeddings": False, "sliding_window": 32768, "use_sliding_window": False,
+}
+# Qwen/Qwen3-30B-A3B
+QWEN3_30B_A3B = {
+    "model_type": "qwen3_moe", "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
+    "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "vocab_size": 151936,
+    "max_position_embeddings": 40960, "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768,
+    "decoder_sparse_step": 1, "mlp_only_layers": [], "tie_word_embeddings": False, "attention_bias": False,
+}
+# deepseek-ai/DeepSeek-V3 (the keys that matter here)
+DEEPSEEK_V3 = {
+    "model_type": "deepseek_v3", "hidden_size": 7168, "intermediate_size": 18432, "num_hidden_layers": 61,
+    "num_attention_heads": 128, "num_key_value_heads": 128, "vocab_size": 129280, "kv_lora_rank": 512,
+    "q_lora_rank": 1536, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128, "v_head_dim": 128,
+    "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8, "moe_intermediate_size": 2048,
+    "first_k_dense_replace": 3, "moe_layer_freq": 1,
+}
+
+
+@pytest.mark.parametrize("cfg, published, where", [
+    (MIXTRAL_8X7B, 46.7e9, "Mixtral-8x7B: 46.7B"),
+    (QWEN15_MOE, 14.3e9, "Qwen1.5-MoE-A2.7B: 14.3B"),
+    (QWEN3_30B_A3B, 30.5e9, "Qwen3-30B-A3B: 30.5B"),
+])
+def test_moe_parameter_counts_match_the_model_cards(cfg, published, where):
+    model = model_from_dict(cfg, where)
+    assert model.is_moe and model.dense_layers == 0
+    assert model.total_params() == pytest.approx(published, rel=0.01), where
+
+
+def test_dense_parameter_count_and_kv_bytes_are_exact():
+    model = load_model("llama-3.1-8b")  # model card: 8,030,261,248 parameters
+    assert model.total_params() == 8_030_261_248
+    assert model.attention_kind == "gqa"
+    # 32 layers x 8 KV heads x 128 x (K and V) x 2 bytes
+    assert model.kv_bytes_per_token("bf16") == 32 * 8 * 128 * 2 * 2
+    # at TP 16 the 8 KV heads are replicated: one per device
+    assert model.kv_bytes_per_token("bf16", tp=16) == 32 * 1 * 128 * 2 * 2
+
+
+def test_qwen_moe_shared_expert_and_routed_experts_are_their_own_layers():
+    model = model_from_dict(QWEN15_MOE, "qwen1.5-moe")
+    names = {lin.name: lin for lin in linear_layers(model, 2, MOE)}
+    assert names["experts_up"].n == 2 * 1408 // 2 and names["experts_up"].copies == 60
+    assert names["shared_expert_up"].n == 2 * 5632 // 2 and names["shared_expert_down"].k == 5632 // 2
+    assert names["shared_expert_gate"].n == 1
+    assert names["router"].n == 60  # replicated, not split
+    # the measuring harness times the same matrices the operators use
+    shapes = {name for name, _, _ in layer_gemms(model, 2)}
+    assert {"experts_up", "experts_down", "shared_expert_up", "shared_expert_down", "router"} <= shapes
+
+
+def test_dense_first_layers_of_an_moe_model():
+    cfg = dict(QWEN3_30B_A3B, mlp_only_layers=[0, 1])
+    model = model_from_dict(cfg, "qwen3-moe with two dense layers")
+    assert (model.dense_layers, model.moe_layers) == (2, 46)
+    # the busiest of two stages holds 24 layers, all MoE
+    assert stage_layer_kinds(model, 2) == (0, 24)
+    ops = {op.name: op for op in dense_ops(model, 64, Sharding(), Precision())}
+    assert ops["gate_up_proj"].count == 2 and ops["experts_up"].count % 46 == 0
+    # a routed expert's GEMM sees its share of the 64 x 8 routed rows
+    assert ops["experts_up"].m * ops["experts_up"].count // 46 == pytest.approx(64 * 8, rel=0.1)
+    dense_only = [lin.name for lin in linear_layers(model, 1, DENSE)]
+    assert dense_only == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+@pytest.mark.parametrize("cfg, named", [
+    (DEEPSEEK_V3, "kv_lora_rank"),
+    ({**MIXTRAL_8X7B, "model_type": "gemma3", "layer_types": ["sliding_attention", "full_attention"]}, "layer_types"),
+    ({**MIXTRAL_8X7B, "model_type": "qwen3_next", "full_attention_interval": 4}, "full_attention_interval"),
+    ({"model_type": "llava", "text_config": {"hidden_size": 4096}}, "text_config"),
+])
+def test_unmodelled_architectures_are_refused_naming_the_keys(cfg, named):
+    with pytest.raises(InputError, match=named):
+        model_from_dict(cfg, "config.json")
+
+
+def test_unknown_model_type_is_refused_with_the_known_ones():
+    with pytest.raises(InputError, match=r"model_type 'falcon' is not one the simulator reads \(known: llama"):
+        model_from_dict({**MIXTRAL_8X7B, "model_type": "falcon"}, "config.json")
+
+
+def test_sliding_window_runs_only_where_full_attention_is_exact():
+    from simulator.api import prepare
+
+    with pytest.raises(InputError, match=r"sliding_window.*set max_model_len 4096"):
+        prepare("h100-sxm", "mistral-7b", calibration="none")
+    setup = prepare("h100-sxm", "mistral-7b", calibration="none", knobs={"max_model_len": 4096})
+    assert setup.model.sliding_window == 4096
+    # Qwen2 configs state a window but switch it off
+    assert model_from_dict(QWEN15_MOE, "qwen").sliding_window == 0
