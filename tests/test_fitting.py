@@ -21,16 +21,9 @@ import pytest
 import yaml
 
 from simulator.hardware.loader import load_system
-from simulator.perf.fitting import (
-    FIT,
-    INTERPOLATION,
-    OpModel,
-    features,
-    fit_op,
-    kfold_errors,
-    transfer,
-    work,
-)
+from simulator.perf.fit_inputs import features, work
+from simulator.perf.fit_op_model import FIT, INTERPOLATION, OpModel
+from simulator.perf.fitting import fit_op, kfold_errors, transfer
 from simulator.perf.kernels import operator_for, roofline_us
 from simulator.perf.measurements import read_measurements
 from validation.accuracy import DATA, subset

@@ -32,7 +32,7 @@ from scipy.optimize import minimize
 
 from simulator.hardware.loader import load_system
 from simulator.hardware.spec import Efficiency
-from simulator.perf.fitting import features, work
+from simulator.perf.fit_inputs import features, work
 from simulator.perf.kernels import roofline_us
 from simulator.perf.measurements import read_measurements
 

@@ -40,7 +40,7 @@ class OpProfile:
 
     op: str
     dtype: str
-    model: Any  # fitting.OpModel
+    model: Any  # fit_op_model.OpModel
     heldout_error_pct: dict[str, float]  # median and p90 of |error| over k folds, and the folds
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,7 +83,7 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
-        from .fitting import OpModel
+        from .fit_op_model import OpModel
 
         path = Path(path)
         try:

@@ -48,7 +48,9 @@ from ..hardware.loader import System
 from ..paths import HARDWARE_DIR
 from .calibration import Calibration, read_header
 from .device_identity import fingerprint, same_device, spec_distance
-from .fitting import COLLECTIVE_OPS, FIT, INTERPOLATION, transfer
+from .fit_inputs import COLLECTIVE_OPS
+from .fit_op_model import FIT, INTERPOLATION
+from .fitting import transfer
 
 PROFILES_DIR = HARDWARE_DIR / "profiles"
 ERRORS_FILE = PROFILES_DIR / "transfer-errors.yaml"
