@@ -17,7 +17,9 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
-from simulator.report.planning_report import money, pareto_mask, sig, write_report
+from simulator.report.figures import pareto_mask
+from simulator.report.formatting import money, sig
+from simulator.report.planning_report import write_report
 
 REPO = Path(__file__).resolve().parent.parent
 RATES = (1.0, 2.0, 4.0, 6.0, 8.0, 10.0)
