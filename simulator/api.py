@@ -25,6 +25,7 @@ from .engine.pipeline import Pipeline
 from .engine.replica import Replica
 from .engine.request import Request
 from .engine.router import ROUTERS
+from .engine.swap_space import SwapSpace
 from .errors import InputError
 from .hardware.loader import System, load_system
 from .hardware.units import UnitError, parse_quantity
@@ -36,7 +37,7 @@ from .paths import shown_path
 from .perf.cost_model import CostModel
 from .perf.memory_plan import MemoryPlan
 from .perf.profile_use import AppliedProfile, resolve_calibration
-from .schedulers.base import SwapSpace, get_scheduler
+from .schedulers.base import get_scheduler
 from .workloads.trace import TraceIndex
 
 if TYPE_CHECKING:  # pandas is imported only when frames are asked for (start-up time)

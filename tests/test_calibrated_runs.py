@@ -144,7 +144,7 @@ def test_calibrated_h100_keeps_the_hand_bounds():
     """With the shipped H100 profile, a single Llama-3.1-8B decode step still costs between
     weights / HBM bandwidth (16.06 GB / 3.35 TB/s = 4.79 ms) and 1.4x that, and an 8k-token
     prefill stays within 1.6x of FLOPs / peak: measured kernels sit inside the roofline's bounds."""
-    from simulator.perf.cost_model import BatchShape
+    from simulator.engine.batch import BatchShape
 
     setup = prepare("h100-sxm", "llama-3.1-8b")
     assert setup.calibration is not None
@@ -162,7 +162,7 @@ def test_an_fp8_kv_cache_speeds_up_calibrated_decode_attention():
     the cache: stored in fp8 it moves about half the bytes, so the calibrated time is scaled
     by the roofline's ratio (close to 0.5 here: 64 decodes of 4000 tokens, the queries are a
     sliver of the bytes) and says so; prefill attention, compute bound, barely changes."""
-    from simulator.perf.cost_model import BatchShape
+    from simulator.engine.batch import BatchShape
     from simulator.perf.kernel_times import SCALED
 
     decode = BatchShape(num_decodes=64, decode_context=64 * 4000, sampled=64)

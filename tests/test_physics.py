@@ -33,11 +33,12 @@ import numpy as np
 import pytest
 
 from simulator.api import prepare, simulate
+from simulator.engine.batch import BatchShape
 from simulator.errors import InputError
 from simulator.hardware.spec import Link
 from simulator.models.operators import Operator, Precision, Sharding, attention_decode_op, dense_ops
 from simulator.perf.collectives import allreduce_time_s
-from simulator.perf.cost_model import BatchShape, CostModel
+from simulator.perf.cost_model import CostModel
 from simulator.perf.roofline import compute_time_s, memory_time_s, operator_time_s, wave_efficiency
 
 # --- the spec numbers, typed in from the YAML ------------------------------------------------------

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from simulator.api import prepare, simulate_setup
+from simulator.engine.batch import BatchShape
 from simulator.hardware.loader import load_system
 from simulator.perf.calibration import Calibration, predict_rows
-from simulator.perf.cost_model import BatchShape
 from simulator.perf.device_identity import fingerprint, measured_elsewhere, same_device
 from simulator.perf.kernel_times import HOST
 from simulator.perf.measurements import read_measurements

@@ -34,9 +34,9 @@ from test_policies import check_static_batches
 from test_scheduler_vllm import by_id, req, write_trace
 
 from simulator.api import prepare, run_setup
+from simulator.engine.batch import BatchShape
 from simulator.errors import InputError
 from simulator.hardware.loader import load_system
-from simulator.perf.cost_model import BatchShape
 from simulator.perf.memory_plan import NON_TORCH_BYTES, weights_bytes
 from simulator.perf.trtllm_plan import TrtllmGraphPlan, graph_batch_sizes
 from simulator.workloads.trace import TraceIndex

@@ -22,8 +22,8 @@ import heapq
 from collections import deque
 from dataclasses import dataclass
 
-from ..schedulers.base import BatchOutcome
 from ..schedulers.disagg import PrefillScheduler
+from .batch import BatchOutcome
 
 
 @dataclass(frozen=True)

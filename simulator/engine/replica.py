@@ -12,7 +12,8 @@ import simpy
 
 from ..metrics.recorder import Recorder
 from ..perf.cost_model import CostModel, IterationCost
-from ..schedulers.base import ScheduledBatch, Scheduler, SpanPlan
+from ..schedulers.base import Scheduler
+from .batch import ScheduledBatch, SpanPlan
 from .pipeline import Pipeline
 
 # Longest span planned at once (steps); a longer quiet stretch is simply several spans.

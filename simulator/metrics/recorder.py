@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from ..engine.batch import BatchOutcome, ScheduledBatch
 from ..engine.request import Request
 from ..perf.cost_model import IterationCost
 from ..perf.kernel_times import SOURCES
-from ..schedulers.base import BatchOutcome, ScheduledBatch
 from .distribution import WeightedSamples
 from .slo import SloSpec, judge
 

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..deployment import Deployment
+from ..engine.batch import BatchShape
 from ..hardware.loader import System
 from ..hardware.spec import Link
 from ..models.config import DTYPE_BYTES, ModelConfig
@@ -51,27 +52,6 @@ _SOURCE_IDS = np.arange(len(SOURCES))[:, None]
 # bytes that grow with the batch size rather than the context; the fixed part's sources.
 _TIME, _FLOPS, _BYTES, _GAP, _LAUNCH, _BATCH_BYTES = range(6)
 _SOURCE_ROWS = slice(6, 6 + len(SOURCES))
-
-
-class BatchShape(NamedTuple):
-    """What the cost model needs to know about a mixed batch, aggregated.
-
-    prefill_tokens: new prompt tokens over all chunks; prefill_context: KV tokens the chunks
-    attend to (cached context + the chunk itself); prefill_pairs: causal query-key pairs;
-    decode_context: KV tokens read by all decodes; sampled: sequences producing a token.
-    A NamedTuple: schedulers build one per step, and it is cheaper than a frozen dataclass.
-    """
-
-    prefill_tokens: int = 0
-    prefill_context: float = 0.0
-    prefill_pairs: float = 0.0
-    num_decodes: int = 0
-    decode_context: float = 0.0
-    sampled: int = 0
-
-    @property
-    def tokens(self) -> int:
-        return self.prefill_tokens + self.num_decodes
 
 
 class IterationCost(NamedTuple):

@@ -1,7 +1,7 @@
 """The scheduler interface every serving policy implements, and the registry of policies.
 
-A policy owns one replica's waiting queue, running set (`RequestTable`) and KV blocks
-(`BlockManager`), and answers three calls from the engine:
+A policy owns one replica's waiting queue, running set (`RequestTable`) and KV cache
+(`KVCacheManager`, of which it sees block counts), and answers three calls from the engine:
 - `admit(req, now)`: accept a new request (or return the reason it can never be served);
 - `next_batch(now)`: pick the next iteration's work, allocating KV blocks, or None if idle;
 - `on_batch_done(batch, now)`: apply the iteration's progress (tokens computed, tokens
@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..deployment import TRTLLM_KNOBS, Deployment
-from ..engine.kv_cache import BlockManager
-from ..engine.prefix_cache import block_keys
+from ..engine.batch import BatchOutcome, BatchShape, ScheduledBatch, SpanPlan, gaps
+from ..engine.kv_cache import KVCacheManager
 from ..engine.request import Request, RequestTable
+from ..engine.swap_space import SwapSpace
 from ..errors import InputError
 from ..hardware.spec import DeviceSpec
 from ..models.config import ModelConfig
-from ..perf.cost_model import BatchShape
 from ..perf.cuda_graphs import GraphPlan
 from ..perf.memory_plan import MemoryPlan, plan_memory
+from .spans import SpanSteps
 
 REGISTRY: dict[str, type[Scheduler]] = {}
 
@@ -59,38 +59,7 @@ def _import_policies() -> None:
             importlib.import_module(f"{__package__}.{info.name}")
 
 
-@dataclass(slots=True)
-class ScheduledBatch:
-    """One iteration's work: the running-table rows `rows` with their `scheduled` tokens.
-
-    Every row decodes one token except the prefill rows, listed by table index (a few per
-    step): `completing` finish their prompt and sample a token, `partial` run a chunk that
-    stops short of it and sample nothing.
-    """
-
-    rows: slice
-    shape: BatchShape
-    prefill_tokens: int
-    decode_tokens: int
-    kv_blocks_used: int
-    completing: list[int]
-    partial: list[int]
-    transfer_s: float = 0.0  # host-link copies (swap out/in) on the step's critical path
-
-    @property
-    def batch_size(self) -> int:
-        return self.rows.stop - self.rows.start
-
-
-@dataclass(slots=True)
-class BatchOutcome:
-    """What an iteration (or a span) produced: finished requests and inter-token gaps."""
-
-    finished: list[Request] | None  # each with last_token_s = its finish time
-    gaps: list[tuple]  # (gap values in s, how many tokens saw each) pairs, see `gaps`
-
-
-class Scheduler:
+class Scheduler(SpanSteps):
     name = "base"
     role = "mixed"  # what its replica runs: prefill and decode ("mixed"), or one of them
     prompt_only = False  # a request leaves after its prompt and first token (prefill pools)
@@ -164,13 +133,12 @@ class Scheduler:
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         self.dep = dep
         self.block_size = plan.block_size
-        self.blocks = BlockManager(plan.usable_blocks, plan.block_size, self.caches_prefixes(dep))
+        self.blocks = KVCacheManager(plan.usable_blocks, plan.block_size, self.caches_prefixes(dep))
         self.running = RequestTable(capacity=min(dep.max_num_seqs, 1024))
         self.waiting: deque[Request] = deque()
         self.waiting_work_tokens = 0
         self.max_model_len = min(self.longest_request(dep, model), plan.usable_blocks * plan.block_size)
         self.preemptions = 0
-        self._named_prefixes = False  # whether a request has named prompt blocks (to register)
         self.swap: SwapSpace | None = None  # set by the engine when preemption_mode is swap
         self.swapped: deque[Request] = deque()  # preempted to host memory, FCFS
         self.span_in_flight: tuple[np.ndarray, SpanPlan] | None = None  # (step ends, the span's plan)
@@ -206,11 +174,7 @@ class Scheduler:
 
     def prefix_hit_tokens(self, record) -> int:
         """Prompt tokens of `record` whose KV this replica holds (in use or cached)."""
-        cache = self.blocks.cache
-        if cache is None or not record.prefix_hashes:
-            return 0
-        keys = block_keys(record.prefix_hashes, record.prefix_block_tokens, record.input_tokens, self.block_size)
-        return cache.matching(keys, (record.input_tokens - 1) // self.block_size) * self.block_size
+        return self.blocks.prefix_hit_tokens(record)
 
     def outstanding_work_tokens(self, now_s: float) -> int:
         """Tokens still to compute on this replica (prompts and outputs, waiting and running).
@@ -254,91 +218,31 @@ class Scheduler:
         blocks still cached (`PrefixCache.keep_run`); at least its last token is computed.
         """
         req = self.waiting[0]
-        cache = self.blocks.cache
-        hits = revived = own = 0
-        if cache is not None and (req.preemptions or req.record.prefix_hashes):  # else nothing can hit
-            hits, revived, own = self._cached_start(req)
+        kv = self.blocks
+        hits, revived, own = kv.computed_blocks(req)
         computed = req.num_computed + (hits + own) * self.block_size
         remaining = req.num_tokens - computed
         if remaining > budget and whole:
             return 0
         take = min(remaining, budget)
-        total = self.blocks.blocks_for(max(computed + take, reserve_tokens))
+        total = kv.blocks_for(max(computed + take, reserve_tokens))
         needed = max(total, -(-req.num_tokens // self.block_size)) if full_prompt else total
-        if not self.blocks.can_allocate(needed - hits + revived, watermark):
+        if not kv.can_allocate(needed - hits + revived, watermark):
             return 0
         self._pop_waiting()
         first_start = math.isnan(req.first_scheduled_s)
-        if cache is not None and req.num_computed == 0:
-            if hits:
-                req.held_keys = req.prefix_keys[:hits]
-                cache.acquire(req.held_keys)
-                self.blocks.revive(revived)
-            if req.preemptions:
-                cache.take_run(req)  # blocks beyond `own` are free again, without content
-                self.blocks.revive(own)
-                cache.resumed_tokens += own * self.block_size
+        if kv.cache is not None and req.num_computed == 0:
+            kv.start(req, hits, revived, own, first_start)
             req.num_computed = computed
-            if first_start and req.record.prefix_hashes:
-                cache.lookup_tokens += req.record.input_tokens
-                cache.hit_tokens += hits * self.block_size
-        self.blocks.allocate(total - hits - own)
+        kv.allocate(total - hits - own)
         if first_start:
             req.first_scheduled_s = now_s
         self.running.append(req, total, take, self._stop_at(req))
         return take
 
-    def _cached_start(self, req: Request) -> tuple[int, int, int]:
-        """What the prefix cache holds of `req` if it started now, in blocks: its named prompt
-        blocks present (hits), of those the ones no request uses (revived), and, after a
-        preemption, its own run still cached (own). At least its last token is left to compute."""
-        cache = self.blocks.cache
-        hits = revived = own = 0
-        if cache is not None and req.num_computed == 0:
-            limit = (req.num_tokens - 1) // self.block_size  # blocks that may be hits
-            keys = self._prefix_keys(req) if req.record.prefix_hashes else ()
-            if keys:
-                hits = cache.matching(keys, limit)
-                revived = sum(key in cache.cached for key in keys[:hits])
-            if req.preemptions and hits == len(keys):
-                own = min(cache.cached.get(("run", req), 0), limit - hits)
-        return hits, revived, own
-
     def _stop_at(self, req: Request) -> int | None:
         """Tokens at which `req` leaves this replica: None for all of its output."""
         return req.record.input_tokens + 1 if self.prompt_only else None
-
-    def _prefix_keys(self, req: Request) -> list[tuple]:
-        if req.prefix_keys is None:
-            rec = req.record
-            req.prefix_keys = block_keys(rec.prefix_hashes, rec.prefix_block_tokens, rec.input_tokens, self.block_size)
-            self._named_prefixes = self._named_prefixes or bool(req.prefix_keys)
-        return req.prefix_keys
-
-    def _register_prefixes(self, completing: list[int]) -> None:
-        """Name the prompt blocks of requests that just finished their prompt, for reuse."""
-        cache, requests = self.blocks.cache, self.running.requests
-        for i in completing:
-            req = requests[i]
-            if req.prefix_keys:
-                req.held_keys = req.held_keys + cache.register(req.prefix_keys[len(req.held_keys):])
-
-    def _release(self, req: Request, blocks: int, computed: int, finished: bool = False) -> None:
-        """Give back a request's `blocks`, of which `computed` tokens hold KV: private ones are
-        freed, named ones drop a reference. With prefix caching the full private blocks stay
-        cached as the request's run (anonymous once it is `finished`), freed before its named
-        blocks (vLLM frees a request's blocks tail first), so they are evicted first."""
-        cache = self.blocks.cache
-        if cache is None:
-            self.blocks.release(blocks)
-            return
-        shared = len(req.held_keys)
-        private = blocks - shared
-        cache.keep_run(None if finished else req, min(private, computed // self.block_size - shared))
-        if shared:
-            private += cache.release(req.held_keys)
-            req.held_keys = []
-        self.blocks.release(private)
 
     def _preempt_last(self, now_s: float) -> None:
         """Preempt the lowest-priority running request (vLLM's policy): swap its KV blocks
@@ -349,12 +253,12 @@ class Scheduler:
         req.preemptions += 1
         self.preemptions += 1
         if self.swap is not None and self.swap.swap_out(blocks):
-            self._release(req, blocks, 0)  # the GPU copy is gone either way; the host holds it
+            self.blocks.free_request(req, blocks, 0)  # the GPU copy is gone either way; the host holds it
             req.swapped_blocks = blocks
             self.swapped.append(req)
             self.waiting_work_tokens += req.remaining_work_tokens
             return
-        self._release(req, blocks, req.num_computed)
+        self.blocks.free_request(req, blocks, req.num_computed)
         req.num_computed = 0
         self._push_waiting(req, front=True)
 
@@ -414,8 +318,8 @@ class Scheduler:
         self.blocks.tick(now_s)
         t.num_computed[rows] += t.scheduled[rows]
         t.scheduled[rows] = 0
-        if self._named_prefixes:
-            self._register_prefixes(batch.completing)
+        if self.blocks.named_prefixes:
+            self.blocks.cache_prompt_blocks(self.running.requests, batch.completing)
         first = self._first_tokens(batch.completing, now_s)
         last = t.last_token_s
         kept = [last.item(i) for i in partial]  # partial rows sample nothing: no gap, no new time
@@ -453,228 +357,4 @@ class Scheduler:
 
     def _give_back(self, gone: np.ndarray) -> None:
         """Free the KV blocks of the finished rows `gone`."""
-        t, cache = self.running, self.blocks.cache
-        if cache is None:
-            self.blocks.release(sum(map(t.blocks.item, gone.tolist())))
-        elif not cache.refs:
-            self._give_back_private(gone)
-        else:
-            for i in gone.tolist():
-                self._release(t.requests[i], t.blocks.item(i), t.num_computed.item(i), finished=True)
-
-    def _give_back_private(self, gone: np.ndarray) -> list[int]:
-        """`_release` of finished rows while no named block is in use (so none holds one), all
-        at once: each leaves its full blocks cached as an anonymous run, and consecutive such
-        runs are one (PrefixCache.keep_run). Returns each row's run, in blocks. (A loop:
-        a step finishes a few rows, fewer than make numpy's per-call cost worth it.)"""
-        blocks, computed, bs = self.running.blocks, self.running.num_computed, self.block_size
-        runs, freed = [], 0
-        for i in gone.tolist():
-            held = blocks.item(i)
-            runs.append(min(held, computed.item(i) // bs))
-            freed += held
-        self.blocks.cache.keep_run(None, sum(runs))
-        self.blocks.release(freed)
-        return runs
-
-    # -- spans: a step, then decode steps of the same sequences until they finish --------
-    def plan_span(self, batch: ScheduledBatch, max_steps: int) -> SpanPlan | None:
-        """Plan `batch` followed by up to max_steps-1 pure-decode steps of its sequences.
-
-        Valid while every running sequence samples a token every step (so `batch` completes
-        each prompt it touches), nothing waits, and KV blocks suffice without preemption;
-        sequences drop out as they finish. Returns None when no second step qualifies.
-        """
-        t, n = self.running, self.running.n
-        if max_steps < 2 or self.may_start_waiting() or batch.rows != slice(0, n) or batch.shape.sampled != n:
-            return None
-        ntok = t.num_tokens[:n]  # all sampled at step 0, so computed + scheduled = ntok
-        remaining = t.final_tokens[:n] - ntok  # steps each samples in, >= 1
-        steps = int(min(np.maximum.reduce(remaining), max_steps))
-        if steps < 2:
-            return None
-        lo = int(np.minimum.reduce(remaining))
-        # Step j >= 1 decodes the sequences with remaining > j, each reading ntok + j tokens.
-        step_index = np.arange(steps, dtype=np.float64)  # float: the contexts are float sums
-        if lo >= steps:  # nobody finishes inside the span: the common short span
-            active = np.full(steps, n)
-            context = np.add.reduce(ntok) + step_index * n
-        else:  # those done by step j: cumulative counts (and ntok sums) by remaining
-            active = n - np.bincount(remaining, minlength=steps)[:steps].cumsum()
-            ntok_done = np.bincount(remaining, weights=ntok, minlength=steps)[:steps].cumsum()
-            context = (np.add.reduce(ntok) - ntok_done) + step_index * active
-        # KV blocks: after step 0 sequence i holds ntok_i tokens; step j needs ceil((ntok_i + j) / bs)
-        # blocks, a new one first at j0 = blocks*bs - ntok_i + 1, then every bs steps, while it is
-        # active (j < remaining). A finished sequence frees all its blocks.
-        bs = self.block_size
-        j0 = t.blocks[:n] * bs - ntok + 1
-        grows = np.maximum((np.minimum(remaining, steps) - j0 + (bs - 1)) // bs, 0)  # new blocks within the span
-        # +1 at j0 and -1 at j0 + grows*bs on every bs-th step (a row that never grows cancels out)
-        width = -(-(steps + bs) // bs) * bs
-        comb = (np.bincount(j0, minlength=width) - np.bincount(j0 + grows * bs, minlength=width))[:width]
-        new_per_step = comb.reshape(-1, bs).cumsum(axis=0).ravel()[:steps]
-        held = self.blocks.used + new_per_step.cumsum()  # before releases
-        used = held
-        if lo < steps:
-            gone = t.blocks[:n] + grows
-            if self.blocks.cache is not None and self.blocks.cache.refs:
-                gone = gone - self._still_shared(remaining, steps)
-            freed = np.bincount(remaining, weights=gone, minlength=steps)[:steps]
-            used = held - freed.cumsum().astype(np.int64)
-        if np.maximum.reduce(used) > self.blocks.num_blocks:
-            steps = int((used > self.blocks.num_blocks).nonzero()[0][0])
-            if steps < 2:
-                return None
-        return SpanPlan(batch, steps, active[:steps], context[:steps], used[:steps], held[:steps], remaining, lo)
-
-    def apply_span(self, plan: SpanPlan, ends_s: np.ndarray) -> BatchOutcome:
-        """Apply the first k = len(ends_s) steps of `plan`; sequences finish at their own step."""
-        t, n, k = self.running, self.running.n, len(ends_s)
-        starts = np.concatenate(([self.blocks.since_s], ends_s[:-1]))
-        self.blocks.advance(plan.used[:k], ends_s - starts, float(ends_s[-1]), int(plan.held[k - 1]))
-        first_end = float(ends_s[0])
-        if self._named_prefixes:
-            self._register_prefixes(plan.batch.completing)
-        first = self._first_tokens(plan.batch.completing, first_end)  # every row samples at step 0
-        # gaps: at step 0 since each row's last token, then one step long for each active row
-        span_gaps = [gaps(first_end, t.last_token_s[:n], n - first), (ends_s[1:] - ends_s[:-1], plan.active[1:k])]
-        if plan.min_remaining <= k:  # some finish: each row samples in min(remaining, k) steps
-            steps_in = np.minimum(plan.remaining, k)
-            t.num_tokens[:n] += steps_in
-            t.last_token_s[:n] = ends_s[steps_in - 1]
-        else:
-            t.num_tokens[:n] += k
-            t.last_token_s[:n] = ends_s[-1]
-        comp = t.num_computed[:n]
-        np.subtract(t.num_tokens[:n], 1, out=comp)  # each row sampled at its last step
-        t.scheduled[:n] = 0
-        np.maximum(t.blocks[:n], (comp + (self.block_size - 1)) // self.block_size, out=t.blocks[:n])
-        cached = self.blocks.cache is not None
-        if cached:
-            self._span_prefix_cache(plan, k)  # gives back the finished rows' blocks
-        finished = self._take_finished(give_back=not cached) if plan.min_remaining <= k else None
-        return BatchOutcome(finished, span_gaps)
-
-    def _still_shared(self, remaining: np.ndarray, steps: int) -> np.ndarray:
-        """Per running row: how many of its named blocks other sequences still use when it
-        finishes within `steps` steps; they stay in use (only a reference is dropped).
-        Finishers release in the order `_span_prefix_cache` gives their blocks back."""
-        t, n, refs = self.running, self.running.n, self.blocks.cache.refs
-        kept = np.zeros(n, dtype=np.int64)
-        gone = (remaining[:n] < steps).nonzero()[0]
-        dropped: dict[tuple, int] = {}
-        for i in gone[np.argsort(remaining[gone], kind="stable")].tolist():
-            for key in t.requests[i].held_keys:
-                dropped[key] = dropped.get(key, 0) + 1
-                kept[i] += refs[key] > dropped[key]
-        return kept
-
-    def _span_prefix_cache(self, plan: SpanPlan, k: int) -> None:
-        """The prefix cache after the first k steps of a span, exactly as single steps would
-        leave it: the blocks of the sequences that finished are given back in order of
-        finishing (their named blocks join the LRU tail in that order), and as many cached
-        blocks are evicted as the span's steps needed room for, finishers or not (the new
-        blocks of growing sequences need it too; eviction takes the LRU head, so evicting
-        late picks the same blocks as evicting step by step)."""
-        t, n, cache = self.running, self.running.n, self.blocks.cache
-        if plan.min_remaining > k:  # nobody finished: only the growing sequences need room
-            if k > 1:
-                over = int(np.maximum.reduce(plan.used[1:k])) + cache.cached_blocks - self.blocks.num_blocks
-                if over > 0:
-                    cache.evict(over)
-            return
-        gone = (plan.remaining[:n] <= k).nonzero()[0]
-        after = plan.remaining[gone]  # a finisher's blocks are free from this step on
-        if not cache.refs:  # only private blocks: each finisher adds its run, in any order
-            runs = self._give_back_private(gone)
-            cached_at = cache.cached_blocks - sum(runs) + np.bincount(
-                after, weights=runs, minlength=k + 1).cumsum()[1:k]
-        else:
-            order = np.argsort(after, kind="stable")
-            cached = [cache.cached_blocks]
-            for i in gone[order].tolist():
-                self._release(t.requests[i], t.blocks.item(i), t.num_computed.item(i), finished=True)
-                cached.append(cache.cached_blocks)
-            cached_at = np.array(cached)[after[order].searchsorted(np.arange(1, k), side="right")]
-        if k > 1:
-            over = int(np.maximum.reduce(plan.used[1:k] + cached_at)) - self.blocks.num_blocks
-            if over > 0:
-                cache.evict(over)
-
-
-@dataclass(slots=True)
-class SpanPlan:
-    """Per-step arrays (index j = step j, step 0 being the scheduled batch) of a span."""
-
-    batch: ScheduledBatch  # step 0
-    steps: int
-    active: np.ndarray  # sequences in step j
-    decode_context: np.ndarray  # KV tokens read by step j's decodes (j >= 1)
-    used: np.ndarray  # KV blocks in use during step j
-    held: np.ndarray  # KV blocks held by the span's sequences at step j, before any is freed
-    remaining: np.ndarray  # per running row: steps it samples in before it finishes
-    min_remaining: int
-
-    def work_done(self, steps: int) -> int:
-        """Tokens of outstanding work (see outstanding_work_tokens) done by the first `steps`
-        steps: step 0's scheduled tokens, one per active sequence in each later step, and the
-        one token of context a sequence leaves behind when it finishes."""
-        if steps == 0:
-            return 0
-        return (self.batch.shape.tokens + int(np.add.reduce(self.active[1:steps]))
-                + int(np.count_nonzero(self.remaining <= steps)))
-
-
-def gaps(now_s: float, last_token_s: np.ndarray, count: int) -> tuple:
-    """Inter-token gaps ending now, as (distinct values, counts), from the `count` entries of
-    last_token_s that are not NaN (NaN: no earlier token). Usually all share one value, and
-    then the pair is of 1-tuples (cheaper than arrays for one step's single gap)."""
-    if count == 0:
-        return (), ()
-    lo = np.fmin.reduce(last_token_s)
-    if lo == np.fmax.reduce(last_token_s):
-        return (float(now_s - lo),), (count,)
-    return np.unique(now_s - last_token_s[~np.isnan(last_token_s)], return_counts=True)
-
-
-class SwapSpace:
-    """Host memory for swapped-out KV blocks of one replica, and the host link that copies them.
-
-    Capacity is `swap_space` GiB per device (vLLM's knob), no more than the host memory's
-    share per device. Copies block the step that makes them (vLLM v0 issues them on the
-    compute stream before the step's kernels): each direction with bytes costs the link's
-    latency plus bytes / bandwidth, added to that step's duration.
-    """
-
-    def __init__(self, capacity_blocks: int, bytes_per_block: float, bandwidth: float, latency_s: float):
-        self.capacity_blocks, self.bytes_per_block = capacity_blocks, bytes_per_block
-        self.bandwidth, self.latency_s = bandwidth, latency_s
-        self.used_blocks = 0
-        self.out_count = self.in_count = 0
-        self.out_bytes = self.in_bytes = 0.0
-        self.time_s = 0.0
-        self.full = 0  # preemptions that found no swap space and recomputed instead
-        self._pending = [0.0, 0.0]  # bytes out, bytes in, not yet charged to a step
-
-    def swap_out(self, blocks: int) -> bool:
-        if self.used_blocks + blocks > self.capacity_blocks:
-            self.full += 1
-            return False
-        self.used_blocks += blocks
-        self.out_count += 1
-        self.out_bytes += blocks * self.bytes_per_block
-        self._pending[0] += blocks * self.bytes_per_block
-        return True
-
-    def swap_in(self, blocks: int) -> None:
-        self.used_blocks -= blocks
-        self.in_count += 1
-        self.in_bytes += blocks * self.bytes_per_block
-        self._pending[1] += blocks * self.bytes_per_block
-
-    def take_transfer_s(self) -> float:
-        """Copy time the next step carries: the copies made since the last step."""
-        seconds = sum(self.latency_s + b / self.bandwidth for b in self._pending if b)
-        self._pending = [0.0, 0.0]
-        self.time_s += seconds
-        return seconds
+        self.blocks.free_finished(self.running, gone)

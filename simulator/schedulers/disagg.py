@@ -55,7 +55,7 @@ class PrefillScheduler(VLLMScheduler):
     def release_sent(self, req: Request, blocks: int, now_s: float) -> None:
         """The decode side has read the request's KV: free its blocks here."""
         self.blocks.tick(now_s)
-        self._release(req, blocks, 0)  # its private blocks are the decode side's now
+        self.blocks.free_request(req, blocks, 0)  # its private blocks are the decode side's now
         self.sending -= 1
 
 

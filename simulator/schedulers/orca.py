@@ -40,10 +40,11 @@ Knobs and defaults: `max_num_seqs` (256) is Orca's maximum batch size;
 from __future__ import annotations
 
 from ..deployment import Deployment
+from ..engine.batch import ScheduledBatch
 from ..engine.request import Request
 from ..models.config import ModelConfig
 from ..perf.memory_plan import MemoryPlan
-from .base import ScheduledBatch, Scheduler, register
+from .base import Scheduler, register
 
 
 @register("orca")

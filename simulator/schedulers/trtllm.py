@@ -59,12 +59,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..deployment import VLLM_ENGINE_KNOBS, Deployment
+from ..engine.batch import ScheduledBatch, SpanPlan
 from ..engine.request import Request
 from ..hardware.spec import DeviceSpec
 from ..models.config import ModelConfig
 from ..perf.memory_plan import MemoryPlan
 from ..perf.trtllm_plan import TrtllmGraphPlan, TrtllmMemoryPlan, plan_trtllm_memory
-from .base import ScheduledBatch, Scheduler, SpanPlan, register
+from .base import Scheduler, register
 
 MAX_UTILIZATION, STATIC_BATCH = "max_utilization", "static_batch"
 
@@ -245,7 +246,7 @@ class TrtllmScheduler(Scheduler):
     def _tokens_to_compute(self, req: Request) -> int:
         """Prompt tokens a waiting request would compute if it started now (less what the
         cache holds of it)."""
-        hits, _, own = self._cached_start(req)
+        hits, _, own = self.blocks.computed_blocks(req)
         return req.num_tokens - req.num_computed - (hits + own) * self.block_size
 
     # -- the overlap scheduler's late release ---------------------------------------------------
@@ -260,7 +261,7 @@ class TrtllmScheduler(Scheduler):
 
     def _retire(self) -> None:
         for req, blocks, computed in self.retiring:
-            self._release(req, blocks, computed, finished=True)
+            self.blocks.free_request(req, blocks, computed, finished=True)
         self.retiring.clear()
 
     # -- spans ----------------------------------------------------------------------------------

@@ -32,10 +32,11 @@ import math
 import numpy as np
 
 from ..deployment import Deployment
+from ..engine.batch import ScheduledBatch
 from ..engine.request import Request
 from ..models.config import ModelConfig
 from ..perf.memory_plan import MemoryPlan
-from .base import ScheduledBatch, Scheduler, register
+from .base import Scheduler, register
 
 # vLLM v0's BlockSpaceManager keeps 1 % of blocks free when admitting prompts.
 V0_WATERMARK = 0.01
