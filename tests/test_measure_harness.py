@@ -19,7 +19,9 @@ from simulator.models.config import load_model, model_catalogue
 from simulator.models.operators import Precision, Sharding, dense_ops, head_ops
 from simulator.perf.measurements import read_measurements
 from validation import shapes as S
-from validation.measure import CUDA_NEEDS_TORCH, cpu_model_name, meta_path
+from validation.measure import CUDA_NEEDS_TORCH
+from validation.measuring.host import cpu_model_name
+from validation.measuring.output import meta_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
