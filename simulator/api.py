@@ -6,7 +6,6 @@ Outputs are written into a temporary sibling directory and moved into place at t
 """
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import tempfile
@@ -20,62 +19,29 @@ import simpy
 
 from .deployment import Deployment, build_deployment, knob_where, set_in_yaml
 from .engine.frontend import OUTPUT_S, ApiServer
-from .engine.kv_transfer import KvTransfer, TransferLink
+from .engine.kv_transfer import KvTransfer
 from .engine.pipeline import Pipeline
 from .engine.replica import Replica
 from .engine.request import Request
 from .engine.router import ROUTERS
-from .engine.swap_space import SwapSpace
 from .errors import InputError
 from .hardware.loader import System, load_system
-from .hardware.units import UnitError, parse_quantity
-from .metrics.recorder import Recorder, ReplicaHardware
+from .metrics.recorder import Recorder
 from .metrics.slo import SloSpec
 from .metrics.summary import build_summary
 from .models.config import ModelConfig, load_model
 from .paths import shown_path
 from .perf.cost_model import CostModel
 from .perf.memory_plan import MemoryPlan
-from .perf.profile_use import AppliedProfile, resolve_calibration
+from .perf.profile_use import AppliedProfile
 from .schedulers.base import get_scheduler
+from .schedulers.disagg import for_role
+from .topology.disaggregated import Disaggregation, connect, disaggregated_pools
+from .topology.pools import Pool, build_pool, replica_hardware, swap_space
 from .workloads.trace import TraceIndex
 
 if TYPE_CHECKING:  # pandas is imported only when frames are asked for (start-up time)
     import pandas as pd
-
-
-@dataclass
-class Pool:
-    """Replicas of one role on one kind of hardware: the whole deployment when colocated,
-    or the prefill or decode pool of a disaggregated one."""
-
-    role: str  # "mixed", "prefill" or "decode"
-    system: System
-    deployment: Deployment  # this pool's tp, pp and replicas
-    plan: MemoryPlan
-    cost: CostModel
-    calibration: AppliedProfile | None = None
-
-    @property
-    def devices(self) -> int:
-        return self.deployment.devices_per_replica * self.deployment.replicas
-
-    @property
-    def engines(self) -> int:
-        """Virtual engines per replica: pp with `pipeline_overlap` (engine/pipeline.py), else 1."""
-        dep = self.deployment
-        return dep.pp if dep.pp > 1 and dep.pipeline_overlap else 1
-
-
-@dataclass
-class Disaggregation:
-    """The two pools of `scheduler: disagg` and the link their KV copies take."""
-
-    prefill: Pool
-    decode: Pool
-    link: TransferLink
-    kv_bytes_per_token: float  # the whole model's KV for one token
-    parallel_pairs: int  # device pairs copying shards side by side: min(prefill tp, decode tp)
 
 
 @dataclass
@@ -113,32 +79,17 @@ def prepare(hardware: str | Path, model: str | None = None, scheduler: str | Non
     dep = build_deployment(*layers, yaml_file=system.source_file)
     try:
         model_cfg = load_model(dep.model)
-        dep = get_scheduler(dep.scheduler).resolve(dep)
+        policy = get_scheduler(dep.scheduler)
+        dep = policy.resolve(dep)
     except InputError as exc:
         raise _named_in_yaml(exc, dep, layers, system.source_file) from None
     if dep.router not in ROUTERS:
         raise InputError(f"router: {dep.router!r} unknown (known: {', '.join(ROUTERS)})")
-    if dep.scheduler != "disagg":
-        pool = _pool("mixed", system, dep, model_cfg, calibration)
+    if policy.topology != "disaggregated":
+        pool = build_pool("mixed", system, dep, model_cfg, calibration)
         return Setup(system, model_cfg, pool.deployment, pool.plan, pool.cost, pool.calibration)
-    pools = []
-    for role, other_hw, pool_tp, count in (("prefill", dep.prefill_hardware, dep.prefill_tp, dep.prefill_replicas),
-                                           ("decode", dep.decode_hardware, dep.decode_tp, dep.decode_replicas)):
-        pool_system = load_system(other_hw) if other_hw else system
-        same = pool_system.source_file == system.source_file
-        pool_dep = dep.model_copy(update={"tp": pool_tp or dep.tp, "replicas": count})
-        pools.append(_pool(role, pool_system, pool_dep, model_cfg, calibration if same else None))
-    prefill, decode = pools
-    same_node = prefill.system.source_file == decode.system.source_file
-    if same_node and prefill.devices + decode.devices > prefill.system.sized_for(1).total_devices \
-            and not prefill.system.standalone:
-        raise InputError(f"{system.source_file}: {system.name} has {system.total_devices} devices but the prefill "
-                         f"({prefill.devices}) and decode ({decode.devices}) pools need "
-                         f"{prefill.devices + decode.devices}; lower prefill_replicas/decode_replicas or add nodes")
-    link = transfer_link(dep, prefill.system, decode.system, same_node and prefill.devices + decode.devices
-                         <= prefill.system.devices_per_node)
-    per_token = model_cfg.kv_bytes_per_token(dep.kv_cache_dtype)
-    split = Disaggregation(prefill, decode, link, per_token, min(prefill.deployment.tp, decode.deployment.tp))
+    split = disaggregated_pools(system, dep, model_cfg, calibration)
+    prefill = split.prefill
     return Setup(prefill.system, model_cfg, dep, prefill.plan, prefill.cost, prefill.calibration, split)
 
 
@@ -153,93 +104,6 @@ def _named_in_yaml(exc: InputError, dep: Deployment, layers: tuple[dict[str, Any
             if message.startswith(given) and set_in_yaml(key, layers):
                 return InputError(f"{knob_where(key, layers, yaml_file=yaml_file)}: {message.removeprefix(given)}")
     return exc
-
-
-def _pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, calibration: str | None) -> Pool:
-    """Validate one pool's parallelism against its hardware and plan its memory."""
-    where = "" if role == "mixed" else f"{role} pool: "
-    if model_cfg.num_heads % dep.tp:
-        raise InputError(f"{where}--tp {dep.tp}: must divide {model_cfg.name}'s {model_cfg.num_heads} attention heads")
-    kv_heads = model_cfg.num_kv_heads
-    if kv_heads % dep.tp and dep.tp % kv_heads:  # vLLM splits KV heads, or replicates them evenly
-        raise InputError(f"{where}--tp {dep.tp}: must divide {model_cfg.name}'s {kv_heads} KV heads or be a "
-                         "multiple of them")
-    needed = dep.devices_per_replica * dep.replicas
-    system = system.sized_for(needed)
-    if needed > system.total_devices:
-        raise InputError(
-            f"{system.source_file}: {where}{system.name} has {system.total_devices} devices but tp={dep.tp} x "
-            f"pp={dep.pp} x replicas={dep.replicas} needs {needed}; lower them or add nodes"
-        )
-    if dep.devices_per_replica > 1 and system.fabric is None and system.network is None:
-        raise InputError(f"{system.source_file}: links: {system.name} has no link for tp/pp; add nvlink or pcie")
-    if dep.preemption_mode == "swap" and system.host_link is None:
-        raise InputError(f"{system.source_file}: {where}preemption_mode=swap needs a host link (pcie or nvlink_c2c) "
-                         f"on {system.accelerator.name}; add one or use preemption_mode=recompute")
-    context = model_cfg.max_position_embeddings
-    longest = context if dep.max_model_len in (None, -1) else dep.max_model_len
-    policy = get_scheduler(dep.scheduler)
-    forward = policy.forward_tokens(dep, longest)
-    plan = policy.plan_memory(system.accelerator, model_cfg, dep, forward)
-    if dep.max_model_len == -1:  # vLLM's auto-fit: the longest request the KV cache holds
-        dep = dep.model_copy(update={"max_model_len": min(context, plan.usable_blocks * plan.block_size)})
-    window = model_cfg.sliding_window
-    if window and (dep.max_model_len or context) > window:
-        raise InputError(
-            f"{where}{model_cfg.name} attends to its last {window} tokens (sliding_window), and the simulator costs "
-            f"full attention over a KV cache that keeps every block: exact only for requests of up to {window} "
-            f"tokens, so set max_model_len {window} (or less), or drop sliding_window from a copy of the config to "
-            "cost full attention")
-    calib = resolve_calibration(system, calibration)
-    cost = CostModel(system, model_cfg, dep, calib, host_overlapped=policy.host_overlapped(dep),
-                     budget_tokens=forward, graphs=policy.graph_plan(dep, forward),
-                     mixed_decode_slowdown=policy.mixed_decode_slowdown)
-    pool = Pool(role, system, dep, plan, cost, calib)
-    if plan.num_blocks // pool.engines < 2:  # each engine needs a block besides vLLM's null block
-        raise InputError(f"{where}pp={dep.pp}: {plan.num_blocks} KV block(s) per device cannot be split among "
-                         f"{pool.engines} virtual engines; lower max_num_batched_tokens, raise "
-                         "gpu_memory_utilization or set pipeline_overlap=false")
-    return pool
-
-
-def transfer_link(dep: Deployment, prefill: System, decode: System, one_node: bool) -> TransferLink:
-    """The link KV copies between the pools take (`kv_transfer_link`, `auto` by default:
-    the accelerator fabric when both pools fit one node, else the network between nodes,
-    else through the hosts over PCIe), with `kv_transfer_bandwidth`/`_latency` overrides."""
-    kind = dep.kv_transfer_link
-    if kind == "auto":
-        kind = ("nvlink" if one_node and prefill.fabric is not None and prefill.fabric_name != "pcie" else
-                "network" if prefill.network is not None and decode.network is not None else "pcie")
-    where = f"{prefill.source_file}: kv_transfer_link={kind}"
-    if kind == "nvlink":
-        if not one_node or prefill.fabric is None:
-            raise InputError(f"{where}: the pools are not on one node with an accelerator fabric; "
-                             "use kv_transfer_link=network or pcie")
-        name, bandwidth, latency = prefill.fabric_name or "fabric", prefill.fabric.bandwidth, prefill.fabric.latency
-    elif kind == "network":
-        if prefill.network is None or decode.network is None:
-            raise InputError(f"{where}: a pool's system has no network; add `network:` to the system YAML "
-                             "or use kv_transfer_link=pcie")
-        name = "network"
-        bandwidth = min(prefill.network.bandwidth, decode.network.bandwidth)
-        latency = max(prefill.network.latency, decode.network.latency)
-    else:  # device -> host memory -> device: both host links, one after the other
-        if prefill.host_link is None or decode.host_link is None:
-            raise InputError(f"{where}: a pool's accelerator has no host link (pcie) in its spec")
-        name = "pcie (through the host)"
-        bandwidth = min(prefill.host_link.bandwidth, decode.host_link.bandwidth)
-        latency = prefill.host_link.latency + decode.host_link.latency
-    try:
-        if dep.kv_transfer_bandwidth is not None:
-            bandwidth = parse_quantity(dep.kv_transfer_bandwidth, "bandwidth")
-            name += f" at {dep.kv_transfer_bandwidth}"
-        if dep.kv_transfer_latency is not None:
-            latency = parse_quantity(dep.kv_transfer_latency, "time")
-    except UnitError as exc:
-        raise InputError(f"deployment: kv_transfer_bandwidth/latency: {exc}") from None
-    if bandwidth <= 0:
-        raise InputError("deployment: kv_transfer_bandwidth: must be > 0")
-    return TransferLink(name, bandwidth, latency)
 
 
 @dataclass
@@ -294,8 +158,7 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     started = time.perf_counter()
     dep = setup.deployment
     pools = setup.pools()
-    policy = get_scheduler(dep.scheduler)
-    hardware = [_replica_hardware(pool) for pool in pools for _ in range(pool.deployment.replicas * pool.engines)]
+    hardware = [replica_hardware(pool) for pool in pools for _ in range(pool.deployment.replicas * pool.engines)]
     recorder = Recorder(out_dir, keep_frames, hardware, slo, output_delay_s=OUTPUT_S if dep.api_server else 0.0)
     env = simpy.Environment()
 
@@ -306,24 +169,20 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     arrivals = Arrivals(trace.requests(), ApiServer() if dep.api_server else None)
     by_role: dict[str, list[Replica]] = {}
     for pool in pools:
-        cls = policy.decode_class if pool.role == "decode" else policy
+        cls = for_role(get_scheduler(pool.deployment.scheduler), pool.role)
         plan = replace(pool.plan, num_blocks=pool.plan.num_blocks // pool.engines)  # vLLM v0 splits the blocks
         for _ in range(pool.deployment.replicas):
             pipeline = Pipeline(pool.deployment.pp) if pool.engines > 1 else None
             for _ in range(pool.engines):
                 sched = cls(pool.deployment, plan, setup.model)
-                sched.swap = _swap_space(pool)
+                sched.swap = swap_space(pool)
                 index = sum(len(r) for r in by_role.values())
                 by_role.setdefault(pool.role, []).append(Replica(
                     env, index, sched, pool.cost, recorder, arrivals.horizon_s, report, fast_forward, pipeline))
     replicas = [r for group in by_role.values() for r in group]
     transfer = None
     if setup.disagg is not None:
-        split = setup.disagg
-        transfer = KvTransfer(env, split.link, split.kv_bytes_per_token, split.parallel_pairs, by_role["prefill"],
-                              by_role["decode"], recorder, arrivals.horizon_s)
-        for i, replica in enumerate(by_role["decode"]):
-            replica.horizon_s = functools.partial(transfer.horizon_s, i)
+        transfer = connect(env, setup.disagg, by_role["prefill"], by_role["decode"], recorder, arrivals.horizon_s)
     entry = by_role.get("prefill") or by_role["mixed"]  # where arriving requests go
     env.process(arrivals.process(env, entry, ROUTERS[dep.router](seed)))
     for replica in replicas:
@@ -356,34 +215,6 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     return Result(summary, *frames, out_dir)
 
 
-def _replica_hardware(pool: Pool) -> ReplicaHardware:
-    """A replica's devices, or a virtual engine's share of them (one stage group)."""
-    device, dep = pool.system.accelerator, pool.deployment
-    power, eff = device.power, device.efficiency
-    return ReplicaHardware(
-        role=pool.role, devices=dep.devices_per_replica // pool.engines,
-        peak_flops=device.peak_flops(pool.cost.prec.gemm_compute),
-        bandwidth=device.main_memory.bandwidth, idle_w=power.idle if power else 0.0, tdp_w=power.tdp if power else 0.0,
-        compute_max=eff.compute_max, memory_max=eff.memory_max,
-        price_per_hour=pool.system.device_price_per_hour or 0.0)
-
-
-def _swap_space(pool: Pool) -> SwapSpace | None:
-    """Host swap space of one virtual engine (a replica's, split evenly among its engines):
-    `swap_space` GiB per device, at most its share of the host memory; the copies use the
-    accelerator's host link."""
-    dep, system = pool.deployment, pool.system
-    if dep.preemption_mode != "swap":
-        return None
-    per_device = dep.swap_space * 2**30
-    if system.host is not None:
-        host_bytes = system.host.main_memory.capacity * system.hosts_per_node / system.devices_per_node
-        per_device = min(per_device, host_bytes)
-    blocks = int(per_device // pool.plan.kv_bytes_per_block) // pool.engines
-    link = system.host_link
-    return SwapSpace(blocks, pool.plan.kv_bytes_per_block, link.bandwidth, link.latency)
-
-
 def _policy_blocks(setup: Setup, schedulers: list, transfer: KvTransfer | None) -> dict[str, Any]:
     """summary.json blocks of the optional mechanisms that this run used."""
     blocks: dict[str, Any] = {}
@@ -401,7 +232,8 @@ def _policy_blocks(setup: Setup, schedulers: list, transfer: KvTransfer | None) 
                            "recomputed_for_lack_of_space": sum(w.full for w in swaps)}
     if transfer is not None:
         blocks["kv_transfer"] = transfer.summary()
-        blocks["pools"] = {pool.role: {"hardware": pool.system.name, "tp": pool.deployment.tp,
+        blocks["pools"] = {pool.role: {"hardware": pool.system.name, "scheduler": pool.deployment.scheduler,
+                                       "tp": pool.deployment.tp,
                                        "replicas": pool.deployment.replicas, "memory": pool.plan.summary()}
                            for pool in setup.pools()}
     return blocks

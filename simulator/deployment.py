@@ -72,6 +72,8 @@ class Deployment(BaseModel):
     decode_tp: int | None = Field(None, ge=1)
     prefill_hardware: str | None = None  # catalogue name or path; default: the run's hardware
     decode_hardware: str | None = None
+    prefill_scheduler: str = "vllm"  # each pool's policy (schedulers/disagg.py: POOL_POLICIES)
+    decode_scheduler: str = "vllm"
     kv_transfer_link: Literal["auto", "nvlink", "pcie", "network"] = "auto"
     kv_transfer_bandwidth: str | None = None  # overrides the link's, with a unit ("25 GB/s")
     kv_transfer_latency: str | None = None  # overrides the link's, with a unit ("10 us")

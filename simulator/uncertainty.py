@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .api import Pool, Setup, run_setup
+from .api import Setup, run_setup
 from .perf.cost_model import CostModel
 from .perf.kernel_times import SOURCES
+from .topology.pools import Pool
 from .workloads.trace import TraceIndex
 
 BAND_METRICS = (("ttft_s", "mean"), ("ttft_s", "p90"), ("tpot_s", "mean"), ("tpot_s", "p90"), ("e2e_s", "mean"),

@@ -115,8 +115,8 @@ def test_disagg_ttft_includes_exactly_the_modelled_kv_transfer(tmp_path):
     assert its[its["role"] == "prefill"]["decode_tokens"].sum() == 0  # the prefill pool never decodes
     assert its[its["role"] == "decode"]["prefill_tokens"].sum() == 0
     assert {role: {k: v for k, v in pool.items() if k != "memory"} for role, pool in summary["pools"].items()} == {
-        "prefill": {"hardware": "DGX-H100", "tp": 1, "replicas": 1},
-        "decode": {"hardware": "DGX-H100", "tp": 1, "replicas": 1}}
+        "prefill": {"hardware": "DGX-H100", "scheduler": "vllm", "tp": 1, "replicas": 1},
+        "decode": {"hardware": "DGX-H100", "scheduler": "vllm", "tp": 1, "replicas": 1}}
     assert summary["pools"]["prefill"]["memory"] == summary["memory"]  # each pool's own plan
 
 

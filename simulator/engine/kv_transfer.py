@@ -22,7 +22,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass
 
-from ..schedulers.disagg import PrefillScheduler
+from ..schedulers.disagg import PrefillRole
 from .batch import BatchOutcome
 
 
@@ -38,8 +38,8 @@ class TransferLink:
 class KvTransfer:
     def __init__(self, env, link: TransferLink, kv_bytes_per_token: float, parallel_pairs: int,
                  prefill: list, decode: list, recorder, arrivals_horizon_s):
-        """`prefill` and `decode` are the pools' Replicas (their schedulers are the
-        disagg Prefill/DecodeSchedulers)."""
+        """`prefill` and `decode` are the pools' Replicas (their schedulers play the prefill
+        and decode roles of schedulers/disagg.py)."""
         self.env, self.link, self.kv_bytes_per_token = env, link, kv_bytes_per_token
         self.bandwidth = link.bandwidth * parallel_pairs
         self.prefill, self.decode = prefill, decode
@@ -57,7 +57,7 @@ class KvTransfer:
             replica.scheduler.pull = functools.partial(self.pull, target)
 
     def _handoff_from(self, index: int):
-        def handoff(sched: PrefillScheduler, req, blocks: int) -> None:
+        def handoff(sched: PrefillRole, req, blocks: int) -> None:
             if req.record.output_tokens == 1:  # nothing to decode: done with its first token
                 sched.release_sent(req, blocks, self.env.now)
                 self.recorder.outcome(BatchOutcome([req], []))

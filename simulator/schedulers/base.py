@@ -62,6 +62,7 @@ def _import_policies() -> None:
 class Scheduler(SpanSteps):
     name = "base"
     role = "mixed"  # what its replica runs: prefill and decode ("mixed"), or one of them
+    topology = "colocated"  # or "disaggregated": the name picks pools, each with its own policy
     prompt_only = False  # a request leaves after its prompt and first token (prefill pools)
     # Policies that chunk every prompt (`enable_chunked_prefill` ignored) set `always_chunked`
     # and their own default token budget.

@@ -1,0 +1,121 @@
+"""A pool: replicas of one role on one kind of hardware, with what they need to run.
+
+The whole deployment when colocated, or the prefill or decode pool of a disaggregated one.
+`build_pool` validates the pool's parallelism against its hardware and builds its memory
+plan and cost model with its policy; the engine then makes one scheduler per virtual engine
+of each replica (its policy in its role, schedulers/disagg.py `for_role`), with its host swap space (`swap_space`), and the recorder
+one hardware row each (`replica_hardware`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..deployment import Deployment
+from ..engine.swap_space import SwapSpace
+from ..errors import InputError
+from ..hardware.loader import System
+from ..metrics.recorder import ReplicaHardware
+from ..models.config import ModelConfig
+from ..perf.cost_model import CostModel
+from ..perf.memory_plan import MemoryPlan
+from ..perf.profile_use import AppliedProfile, resolve_calibration
+from ..schedulers.base import get_scheduler
+
+
+@dataclass
+class Pool:
+    """Replicas of one role on one kind of hardware: the whole deployment when colocated,
+    or the prefill or decode pool of a disaggregated one."""
+
+    role: str  # "mixed", "prefill" or "decode"
+    system: System
+    deployment: Deployment  # this pool's tp, pp and replicas
+    plan: MemoryPlan
+    cost: CostModel
+    calibration: AppliedProfile | None = None
+
+    @property
+    def devices(self) -> int:
+        return self.deployment.devices_per_replica * self.deployment.replicas
+
+    @property
+    def engines(self) -> int:
+        """Virtual engines per replica: pp with `pipeline_overlap` (engine/pipeline.py), else 1."""
+        dep = self.deployment
+        return dep.pp if dep.pp > 1 and dep.pipeline_overlap else 1
+
+
+def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, calibration: str | None) -> Pool:
+    """Validate one pool's parallelism against its hardware, plan its memory and cost model
+    with its policy (`dep.scheduler`)."""
+    where = "" if role == "mixed" else f"{role} pool: "
+    if model_cfg.num_heads % dep.tp:
+        raise InputError(f"{where}--tp {dep.tp}: must divide {model_cfg.name}'s {model_cfg.num_heads} attention heads")
+    kv_heads = model_cfg.num_kv_heads
+    if kv_heads % dep.tp and dep.tp % kv_heads:  # vLLM splits KV heads, or replicates them evenly
+        raise InputError(f"{where}--tp {dep.tp}: must divide {model_cfg.name}'s {kv_heads} KV heads or be a "
+                         "multiple of them")
+    needed = dep.devices_per_replica * dep.replicas
+    system = system.sized_for(needed)
+    if needed > system.total_devices:
+        raise InputError(
+            f"{system.source_file}: {where}{system.name} has {system.total_devices} devices but tp={dep.tp} x "
+            f"pp={dep.pp} x replicas={dep.replicas} needs {needed}; lower them or add nodes"
+        )
+    if dep.devices_per_replica > 1 and system.fabric is None and system.network is None:
+        raise InputError(f"{system.source_file}: links: {system.name} has no link for tp/pp; add nvlink or pcie")
+    if dep.preemption_mode == "swap" and system.host_link is None:
+        raise InputError(f"{system.source_file}: {where}preemption_mode=swap needs a host link (pcie or nvlink_c2c) "
+                         f"on {system.accelerator.name}; add one or use preemption_mode=recompute")
+    context = model_cfg.max_position_embeddings
+    longest = context if dep.max_model_len in (None, -1) else dep.max_model_len
+    policy = get_scheduler(dep.scheduler)
+    forward = policy.forward_tokens(dep, longest)
+    plan = policy.plan_memory(system.accelerator, model_cfg, dep, forward)
+    if dep.max_model_len == -1:  # vLLM's auto-fit: the longest request the KV cache holds
+        dep = dep.model_copy(update={"max_model_len": min(context, plan.usable_blocks * plan.block_size)})
+    window = model_cfg.sliding_window
+    if window and (dep.max_model_len or context) > window:
+        raise InputError(
+            f"{where}{model_cfg.name} attends to its last {window} tokens (sliding_window), and the simulator costs "
+            f"full attention over a KV cache that keeps every block: exact only for requests of up to {window} "
+            f"tokens, so set max_model_len {window} (or less), or drop sliding_window from a copy of the config to "
+            "cost full attention")
+    calib = resolve_calibration(system, calibration)
+    cost = CostModel(system, model_cfg, dep, calib, host_overlapped=policy.host_overlapped(dep),
+                     budget_tokens=forward, graphs=policy.graph_plan(dep, forward),
+                     mixed_decode_slowdown=policy.mixed_decode_slowdown)
+    pool = Pool(role, system, dep, plan, cost, calib)
+    if plan.num_blocks // pool.engines < 2:  # each engine needs a block besides vLLM's null block
+        raise InputError(f"{where}pp={dep.pp}: {plan.num_blocks} KV block(s) per device cannot be split among "
+                         f"{pool.engines} virtual engines; lower max_num_batched_tokens, raise "
+                         "gpu_memory_utilization or set pipeline_overlap=false")
+    return pool
+
+
+def replica_hardware(pool: Pool) -> ReplicaHardware:
+    """A replica's devices, or a virtual engine's share of them (one stage group)."""
+    device, dep = pool.system.accelerator, pool.deployment
+    power, eff = device.power, device.efficiency
+    return ReplicaHardware(
+        role=pool.role, devices=dep.devices_per_replica // pool.engines,
+        peak_flops=device.peak_flops(pool.cost.prec.gemm_compute),
+        bandwidth=device.main_memory.bandwidth, idle_w=power.idle if power else 0.0, tdp_w=power.tdp if power else 0.0,
+        compute_max=eff.compute_max, memory_max=eff.memory_max,
+        price_per_hour=pool.system.device_price_per_hour or 0.0)
+
+
+def swap_space(pool: Pool) -> SwapSpace | None:
+    """Host swap space of one virtual engine (a replica's, split evenly among its engines):
+    `swap_space` GiB per device, at most its share of the host memory; the copies use the
+    accelerator's host link."""
+    dep, system = pool.deployment, pool.system
+    if dep.preemption_mode != "swap":
+        return None
+    per_device = dep.swap_space * 2**30
+    if system.host is not None:
+        host_bytes = system.host.main_memory.capacity * system.hosts_per_node / system.devices_per_node
+        per_device = min(per_device, host_bytes)
+    blocks = int(per_device // pool.plan.kv_bytes_per_block) // pool.engines
+    link = system.host_link
+    return SwapSpace(blocks, pool.plan.kv_bytes_per_block, link.bandwidth, link.latency)
