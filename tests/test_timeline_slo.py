@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator.cli import _extra_lines, main
+from simulator.cli import main
+from simulator.cli.run_summary import _extra_lines
 from simulator.errors import InputError
 from simulator.metrics.slo import SloSpec, judge, parse_slo, slo_block
 from simulator.metrics.timeline import COUNTER_RESOLUTION, write_timeline

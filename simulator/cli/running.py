@@ -1,0 +1,75 @@
+"""The commands that simulate and the traces they replay: `simulate run` (replay a trace on a
+deployment, write the run's outputs, print its summary) and `simulate trace` (convert a
+published trace to the contract JSONL, or generate a seeded synthetic one).
+
+Only argument handling and output are here; the simulation is `api`'s, the traces are
+`workloads`'.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from ..errors import InputError
+from .progress import ProgressBar
+from .run_summary import print_run_summary
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..api import OUTPUT_FILES, check_out_dir, prepare, simulate_setup
+    from ..deployment import parse_set
+    from ..metrics.slo import parse_slo
+
+    knobs = parse_set(args.set)
+    slo = parse_slo(args.slo)
+    timeline = Path(args.timeline) if args.timeline else None
+    # the run's own --out directory is created by the run, so it is a valid place too
+    if timeline is not None and not timeline.parent.is_dir() and not (
+            args.out and timeline.parent.resolve() == Path(args.out).resolve()):
+        raise InputError(f"--timeline {timeline}: directory {timeline.parent} does not exist; create it first")
+    setup = prepare(args.hardware, args.model, args.scheduler, args.tp, args.pp, args.replicas, knobs,
+                    args.calibration)
+    out = args.out or f"runs/{Path(setup.system.source_file).stem}-{Path(setup.deployment.model).stem}-" \
+                      f"{time.strftime('%Y%m%d-%H%M%S')}"
+    # a timeline written into the run's directory belongs to the run (a re-run replaces it)
+    extra = (timeline.name,) if timeline is not None and timeline.parent.resolve() == Path(out).resolve() else ()
+    check_out_dir(Path(out), OUTPUT_FILES + extra)
+    progress = ProgressBar(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        result = simulate_setup(setup, args.trace, out=out, keep_frames=False, progress=progress,
+                                uncertainty=args.uncertainty, slo=slo, seed=args.seed, extra_outputs=extra)
+    finally:
+        progress.close()
+    if timeline is not None:
+        from ..metrics.timeline import write_timeline
+
+        write_timeline(result.out_dir / "iterations.csv", timeline)
+    if not args.quiet:
+        print_run_summary(result.summary, result.out_dir)
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from ..workloads.generate import generate, write_jsonl
+    from ..workloads.trace import TraceIndex
+
+    if args.trace_command == "convert":
+        index = TraceIndex.build(args.input, args.format)
+        records = ({k: v for k, v in (("id", r.id), ("arrival_s", r.arrival_s), ("input_tokens", r.input_tokens),
+                                       ("output_tokens", r.output_tokens), ("prefix_hashes", r.prefix_hashes),
+                                       ("prefix_block_tokens", r.prefix_block_tokens if r.prefix_hashes else None),
+                                       ("slo_ttft_s", r.slo_ttft_s), ("slo_tpot_s", r.slo_tpot_s))
+                    if v is not None} for r in index.requests())
+        count = write_jsonl(records, args.output)
+        skipped = Counter(index.skipped)
+        note = f"; skipped {sum(skipped.values())} rows: {dict(skipped)}" if skipped else ""
+        print(f"wrote {count} requests to {args.output}{note}")
+    else:
+        records = generate(args.requests, args.rate, arrival=args.arrival, cv=args.cv, input=args.input,
+                           output=args.output_lengths, seed=args.seed)
+        count = write_jsonl(records, args.output)
+        print(f"wrote {count} requests to {args.output}")
+    return 0
