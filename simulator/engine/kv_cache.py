@@ -97,6 +97,7 @@ class KVCacheManager:
         """The names of `req`'s prompt blocks that its trace hashes cover (computed once)."""
         if req.prefix_keys is None:
             rec = req.record
+            assert rec.prefix_hashes is not None  # asked only of requests whose trace names blocks
             req.prefix_keys = block_keys(rec.prefix_hashes, rec.prefix_block_tokens, rec.input_tokens, self.block_size)
             self.named_prefixes = self.named_prefixes or bool(req.prefix_keys)
         return req.prefix_keys
@@ -130,7 +131,9 @@ class KVCacheManager:
         take back its own run (blocks beyond `own` are free again, without content), count
         the lookup. The caller then allocates the blocks it computes into."""
         cache = self.cache
+        assert cache is not None  # called only with prefix caching
         if hits:
+            assert req.prefix_keys is not None  # hits are among its named blocks
             req.held_keys = req.prefix_keys[:hits]
             cache.acquire(req.held_keys)
             self.revive(revived)
@@ -145,6 +148,7 @@ class KVCacheManager:
     def cache_prompt_blocks(self, requests: list[Request], rows: list[int]) -> None:
         """Name the prompt blocks of the requests at `rows` that just finished their prompt."""
         cache = self.cache
+        assert cache is not None  # blocks are named only with prefix caching
         for i in rows:
             req = requests[i]
             if req.prefix_keys:
@@ -189,6 +193,7 @@ class KVCacheManager:
             held = blocks.item(i)
             runs.append(min(held, computed.item(i) // bs))
             freed += held
+        assert self.cache is not None  # called only with prefix caching
         self.cache.keep_run(None, sum(runs))
         self.release(freed)
         return runs
@@ -197,6 +202,7 @@ class KVCacheManager:
         """Per running row: how many of its named blocks other sequences still use when it
         finishes within `steps` steps of a span; they stay in use (only a reference is
         dropped). Finishers release in the order `free_span_finishers` gives them back."""
+        assert self.cache is not None  # called only with prefix caching
         n, refs = table.n, self.cache.refs
         kept = np.zeros(n, dtype=np.int64)
         gone = (remaining[:n] < steps).nonzero()[0]
@@ -215,6 +221,7 @@ class KVCacheManager:
         blocks of growing sequences need it too; eviction takes the LRU head, so evicting
         late picks the same blocks as evicting step by step)."""
         n, cache, used = table.n, self.cache, plan.used
+        assert cache is not None  # called only with prefix caching
         if plan.min_remaining > k:  # nobody finished: only the growing sequences need room
             if k > 1:
                 over = int(np.maximum.reduce(used[1:k])) + cache.cached_blocks - self.num_blocks

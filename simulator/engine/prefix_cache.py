@@ -110,6 +110,7 @@ class PrefixCache:
         if blocks <= 0:
             return
         cached = self.cached
+        key: tuple[str, object]
         if owner is None:
             # Finished runs are never hit, so one that lands right after another joins it: the
             # LRU order of everything else is unchanged and eviction stays a short walk.

@@ -6,6 +6,7 @@ The replica never computes times itself (the cost model does) and never decides 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import simpy
@@ -118,7 +119,8 @@ class Replica:
         if plan is None:
             return None
         rest = self.cost.decode_span(plan.active[1:], plan.decode_context[1:])
-        ends = start + np.concatenate(([first.time_s], rest.time_s)).cumsum()
+        # a step's cost holds floats, a span's arrays (IterationCost)
+        ends = start + np.concatenate(([cast(float, first.time_s)], cast(np.ndarray, rest.time_s))).cumsum()
         k = 1 + int(ends[:-1].searchsorted(horizon, side="left")) + ahead
         if k == 1:
             return None

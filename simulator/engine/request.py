@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from ..workloads.trace import TraceRecord
 
@@ -70,6 +71,15 @@ class RequestTable:
     Each column of COLUMNS is an attribute (a numpy array with spare capacity); rows
     [0, n) are live. `requests` lists the rows' Request objects.
     """
+
+    # the columns of COLUMNS, set by __init__ and _grow through setattr
+    input_tokens: npt.NDArray[np.int64]
+    final_tokens: npt.NDArray[np.int64]
+    num_tokens: npt.NDArray[np.int64]
+    num_computed: npt.NDArray[np.int64]
+    blocks: npt.NDArray[np.int64]
+    scheduled: npt.NDArray[np.int64]
+    last_token_s: npt.NDArray[np.float64]
 
     def __init__(self, capacity: int):
         self.n = 0

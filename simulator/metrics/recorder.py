@@ -13,7 +13,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pyarrow as pa
@@ -78,6 +78,7 @@ class _CsvSink:
         table = pa.Table.from_arrays(arrays, schema=self.schema)
         if self.writer is not None:
             self._wait()
+            assert self._thread is not None  # started with the writer
             self._in_flight = self._thread.submit(self.writer.write_table, table)
         if self.keep:
             self.tables.append(table)
@@ -90,6 +91,7 @@ class _CsvSink:
     def close(self) -> None:
         if self.writer is not None:
             self._wait()
+            assert self._thread is not None  # started with the writer
             self._thread.shutdown()
             self.writer.close()
             self.writer = None
@@ -171,8 +173,11 @@ class Recorder:
         active[j] sequences holding kv_used[j] blocks; `cost` covers them (and maybe more)."""
         k = len(starts_s)
         self.iteration_count += k
-        self._spans.append((len(self._steps), replica, starts_s, cost.time_s[:k], cost.flops[:k], cost.bytes[:k],
-                            active, kv_used, cost.sources_s[:, :k]))
+        # a span's cost holds arrays (IterationCost)
+        time_s, flops = cast(np.ndarray, cost.time_s), cast(np.ndarray, cost.flops)
+        nbytes, sources = cast(np.ndarray, cost.bytes), cast(np.ndarray, cost.sources_s)
+        self._spans.append((len(self._steps), replica, starts_s, time_s[:k], flops[:k], nbytes[:k],
+                            active, kv_used, sources[:, :k]))
         self._pending_steps += k
         if self._pending_steps >= FLUSH_ROWS:
             self._record_steps()

@@ -274,6 +274,7 @@ class Scheduler(SpanSteps):
                 break
             self.swapped.popleft()
             self.waiting_work_tokens -= req.remaining_work_tokens
+            assert self.swap is not None  # only requests swapped out wait in `swapped`
             self.swap.swap_in(req.swapped_blocks)
             self.blocks.allocate(need)
             t.append(req, need, take, self._stop_at(req))

@@ -10,15 +10,35 @@ test `test_engine_invariants_and_fast_forward_is_exact` holds this to 1e-9). A m
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 import numpy as np
 
 from ..engine.batch import BatchOutcome, ScheduledBatch, SpanPlan, gaps
+
+if TYPE_CHECKING:
+    from ..engine.kv_cache import KVCacheManager
+    from ..engine.request import Request, RequestTable
+
+
+class _Policy(Protocol):
+    """What the mixin reads of the policy it is mixed into (`Scheduler`)."""
+
+    running: RequestTable
+    blocks: KVCacheManager
+    block_size: int
+
+    def may_start_waiting(self) -> bool: ...
+
+    def _first_tokens(self, completing: list[int], now_s: float) -> int: ...
+
+    def _take_finished(self, give_back: bool = True) -> list[Request] | None: ...
 
 
 class SpanSteps:
     """`plan_span` and `apply_span` for a policy (see the module docstring)."""
 
-    def plan_span(self, batch: ScheduledBatch, max_steps: int) -> SpanPlan | None:
+    def plan_span(self: _Policy, batch: ScheduledBatch, max_steps: int) -> SpanPlan | None:
         """Plan `batch` followed by up to max_steps-1 pure-decode steps of its sequences.
 
         Valid while every running sequence samples a token every step (so `batch` completes
@@ -67,7 +87,7 @@ class SpanSteps:
                 return None
         return SpanPlan(batch, steps, active[:steps], context[:steps], used[:steps], held[:steps], remaining, lo)
 
-    def apply_span(self, plan: SpanPlan, ends_s: np.ndarray) -> BatchOutcome:
+    def apply_span(self: _Policy, plan: SpanPlan, ends_s: np.ndarray) -> BatchOutcome:
         """Apply the first k = len(ends_s) steps of `plan`; sequences finish at their own step."""
         t, n, k = self.running, self.running.n, len(ends_s)
         starts = np.concatenate(([self.blocks.since_s], ends_s[:-1]))
