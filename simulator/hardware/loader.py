@@ -134,8 +134,10 @@ def _fields_beside(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 @lru_cache(maxsize=64)
 def _load(path: Path) -> DeviceSpec | SystemSpec:
     data = _raw(path)
-    kind = data.get("kind")
-    model = {"gpu": DeviceSpec, "cpu": DeviceSpec, "system": SystemSpec}.get(kind)
+    kind: Any = data.get("kind")  # whatever the YAML says
+    models: dict[str, type[DeviceSpec] | type[SystemSpec]] = {
+        "gpu": DeviceSpec, "cpu": DeviceSpec, "system": SystemSpec}
+    model = models.get(kind)
     if model is None:
         hint = "wafer-scale meshes are not supported yet; " if kind == "wafer" else ""
         raise InputError(f"{path}: kind: {kind!r} is not one of gpu, cpu, system ({hint}set kind:)")
@@ -225,6 +227,7 @@ def load_system(name_or_path: str | Path) -> System:
             f"{path}: node.accelerator.fabric: {accel.name} has no link named "
             f"{spec.node.accelerator.fabric!r} (has {sorted(accel.links)})"
         )
+    host: DeviceSpec | SystemSpec | None
     host = host_link = None
     if spec.node.host is not None:
         host_path = resolve_path(spec.node.host.spec, path)

@@ -51,7 +51,7 @@ class Link(_Strict):
 
     bandwidth: Bandwidth
     latency: Duration = 0.0
-    efficiency: float | None = Field(None, gt=0, le=1)
+    efficiency: float | None = Field(default=None, gt=0, le=1)
 
 
 class MemoryTier(_Strict):
@@ -140,14 +140,14 @@ class Efficiency(_Strict):
     tests/test_roofline_defaults.py, validation/README.md).
     """
 
-    compute_max: float = Field(0.82, gt=0, le=1)
-    memory_max: float = Field(0.76, gt=0, le=1)
+    compute_max: float = Field(default=0.82, gt=0, le=1)
+    memory_max: float = Field(default=0.76, gt=0, le=1)
     tile_m: PositiveInt = 128
     tile_n: PositiveInt = 128
-    attention_compute_max: float = Field(0.50, gt=0, le=1)
-    small_bytes_half: float = Field(2e6, ge=0)
-    network_efficiency: float = Field(0.41, gt=0, le=1)
-    mixed_decode_gqa_miss: float = Field(0.2, ge=0)
+    attention_compute_max: float = Field(default=0.50, gt=0, le=1)
+    small_bytes_half: float = Field(default=2e6, ge=0)
+    network_efficiency: float = Field(default=0.41, gt=0, le=1)
+    mixed_decode_gqa_miss: float = Field(default=0.2, ge=0)
 
 
 class DeviceSpec(_Strict):

@@ -102,8 +102,9 @@ def _resolve(plan: Plan, where: str, spec: CandidateSpec) -> Candidate:
     knobs = spec.deployment_knobs()
     flags = {"model": model, "scheduler": spec.scheduler, "tp": spec.tp, "pp": spec.pp}
     deployment = build_deployment(system.deployment, flags, knobs, where=f"{at}.knobs", yaml_file=system.source_file)
-    args = {"hardware": hardware, **flags, "replicas": None if deployment.scheduler == "disagg" else 1,
-            "knobs": knobs, "calibration": calibration}
+    args: dict[str, Any] = {"hardware": hardware, **flags,
+                            "replicas": None if deployment.scheduler == "disagg" else 1,
+                            "knobs": knobs, "calibration": calibration}
     try:
         setup = prepare(**args)
     except InputError as exc:

@@ -6,11 +6,19 @@ as the bracketing rounds end. It is drawn on stderr, only on a terminal.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .run_plan import PlanOutcome
+
+if TYPE_CHECKING:  # rich is imported only when a bar is drawn
+    from rich.progress import Progress, TaskID
 
 
 class PointProgress:
     """A rich progress bar with ETA over a plan's points; does nothing when disabled."""
+
+    bar: Progress | None
+    task: TaskID | None  # set with `bar`
 
     def __init__(self, enabled: bool):
         self.enabled, self.bar, self.task = enabled, None, None
@@ -25,6 +33,7 @@ class PointProgress:
                                 TextColumn("{task.fields[cached]} cached"), TimeRemainingColumn(), transient=True)
             self.bar.start()
             self.task = self.bar.add_task("plan", total=expected, cached=0)
+        assert self.task is not None  # added with the bar
         self.bar.update(self.task, completed=done, total=expected, cached=cached)
 
     def close(self) -> None:

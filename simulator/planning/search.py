@@ -56,6 +56,7 @@ class CapacitySearch:
             return self._new([middle / 2, middle, middle * 2])
         passed, fail = self.bracket
         if passed is None:
+            assert fail is not None  # outcomes hold a pass or a failure
             return [] if fail <= self.low else self._new([fail / EXPAND, fail / EXPAND**2])
         if fail is None:
             return [] if passed >= self.high else self._new([passed * EXPAND, passed * EXPAND**2])

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..metrics.slo import SloSpec
 from .candidates import Candidate
@@ -73,14 +73,15 @@ def size(candidate: Candidate, search: CapacitySearch | None, points: dict[float
     if search.max_rate is None:
         return Sizing(candidate, reason=_miss_reason(search.low, points[search.low], slo))
     max_rate, best = search.max_rate, points[search.max_rate]
-    replica_cost = candidate.cost_per_replica_hour
+    replica_cost, devices = candidate.cost_per_replica_hour, candidate.devices_per_replica
+    assert replica_cost is not None and devices is not None  # searched candidates are feasible and priced
     replicas = math.ceil(target_rate / max_rate - 1e-9)
     cost_per_hour = replicas * replica_cost
     tokens_per_hour = target_rate * mean_output_tokens * 3600
     produced = best["output_tokens_per_s"] * best["makespan_s"]
     reason = (f"capacity is at least {max_rate:g} req/s (rates.max); raise rates.max to measure it"
               if search.capped else "")
-    return Sizing(candidate, reason, max_rate, replicas, replicas * candidate.devices_per_replica, cost_per_hour,
+    return Sizing(candidate, reason, max_rate, replicas, replicas * devices, cost_per_hour,
                   cost_per_hour / tokens_per_hour * 1e6, best["energy_j"] / produced if produced else None,
                   max_rate * 3600 / replica_cost if replica_cost else None, best.get("time_by_source"),
                   replicas * max_rate / target_rate - 1.0)
@@ -101,7 +102,8 @@ def rank(sizings: list[Sizing], objective: str) -> dict[str, Any]:
     {"runner_up", "metric", "value", "relative"}, value and relative None without a runner-up."""
     metric, sign = OBJECTIVE_METRICS[objective]
     ranked = sorted((s for s in sizings if s.feasible and s.metric(metric) is not None),  # stable: plan order
-                    key=lambda s: (sign * s.metric(metric), s.cost_per_hour, -s.max_rate))
+                    key=lambda s: (sign * cast(float, s.metric(metric)), s.cost_per_hour,
+                                   -cast(float, s.max_rate)))
     for position, sizing in enumerate(ranked, start=1):
         sizing.rank = position
     margin: dict[str, Any] = {"runner_up": None, "metric": metric, "value": None, "relative": None}
@@ -110,6 +112,7 @@ def rank(sizings: list[Sizing], objective: str) -> dict[str, Any]:
         margin.update(_uncertainty(ranked[0], ranked[1] if len(ranked) > 1 else None))
     if len(ranked) > 1:
         best, runner_up = ranked[0].metric(metric), ranked[1].metric(metric)
+        assert best is not None and runner_up is not None  # ranked ones have the metric
         value = abs(runner_up - best)
         margin.update(runner_up=ranked[1].candidate.name, value=value,
                       relative=value / abs(runner_up) if runner_up else None)
@@ -126,7 +129,8 @@ def _uncertainty(best: Sizing, runner_up: Sizing | None) -> dict[str, Any]:
     error would miss the target). `margin_within_uncertainty` is set by `rank`."""
     pair = [best] + ([runner_up] if runner_up is not None else [])
     errors = [s.candidate.calibration_error_p90 for s in pair]
-    own = errors[0]
-    return {"uncertainty": None if None in errors else max(errors), "margin_within_uncertainty": None,
-            "headroom_over_target": best.headroom,
-            "headroom_within_uncertainty": None if own is None else best.headroom <= own}
+    own, headroom = errors[0], best.headroom
+    assert headroom is not None  # the recommended candidate is feasible
+    return {"uncertainty": None if None in errors else max(cast("list[float]", errors)),
+            "margin_within_uncertainty": None, "headroom_over_target": headroom,
+            "headroom_within_uncertainty": None if own is None else headroom <= own}

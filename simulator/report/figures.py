@@ -138,7 +138,7 @@ def attainment_figure(data: PlanOutput, out_dir: Path) -> Figure:
     fig, axes = _new_figure(1, 1, 3.8)
     ax = axes[0, 0]
     _per_candidate(ax, data, "attainment", scale=100.0)
-    required = data.slo.get("attainment")
+    required: Any = data.slo.get("attainment")  # a fraction, or None/NaN when unset
     if not missing(required):
         ax.axhline(100 * required, color="red", linestyle="--", linewidth=1.0, label="required attainment")
         _capacity_ticks(ax, data, 100 * required)
@@ -217,6 +217,7 @@ def _binned(iterations: pd.DataFrame) -> pd.DataFrame:
 
 
 def utilisation_figure(data: PlanOutput, out_dir: Path) -> Figure:
+    assert data.iterations is not None  # `figures` draws it only when the file was read
     binned = _binned(data.iterations)
     fig, axes = _new_figure(2, 1, 6.0)
     util_ax, kv_ax = axes[:, 0]

@@ -6,6 +6,8 @@ meeting the SLO means (attainment, goodput), and where every simulated number ca
 """
 from __future__ import annotations
 
+from typing import Any
+
 from .blocks import Bullets, Link
 from .describe import targets_text
 from .formatting import integer, percent, sig
@@ -20,7 +22,7 @@ OBJECTIVES = {
 
 def notes(data: PlanOutput) -> Bullets:
     plan = data.plan
-    objective = plan.get("objective")
+    objective: Any = plan.get("objective")  # plan.json's
     workload = plan.get("workload") or {}
     cached = int(data.results["cached"].sum())
     return Bullets((

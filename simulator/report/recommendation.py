@@ -7,6 +7,8 @@ When none meets the SLO: that, and the closest candidate with its best simulated
 """
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from .blocks import Block, Paragraph
@@ -23,7 +25,7 @@ _METRICS = {  # plan.json margin metric → (label, formatter)
 
 
 def _margin_text(data: PlanOutput) -> str:
-    margin = data.plan.get("margin") or {}
+    margin: Any = data.plan.get("margin") or {}  # plan.json's: values None or NaN where unset
     if margin.get("runner_up") is None:
         return "No other candidate meets the SLO, so there is no runner-up to compare with."
     label, fmt = _METRICS.get(margin.get("metric"), (str(margin.get("metric")).replace("_", " "), sig))
@@ -39,7 +41,7 @@ def _trust_text(data: PlanOutput, row: pd.Series) -> str:
     basis = f"Performance model of the recommended configuration: {calibration_text(row)}."
     if row["reason"]:
         basis += f" Planner's note on it: {row['reason']}."
-    margin = data.plan.get("margin") or {}
+    margin: Any = data.plan.get("margin") or {}  # plan.json's: values None or NaN where unset
     relative = margin.get("relative")
     runner = data.row(margin.get("runner_up"))
     if missing(relative) or runner is None:

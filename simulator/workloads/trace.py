@@ -16,7 +16,7 @@ import json
 import math
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,8 @@ def _checked_record(rec: Any, where: str, line: int) -> TraceRecord:
     )
 
 
-_scan = json.JSONDecoder().scan_once  # the C scanner under json.loads
+# the C scanner under json.loads (set by JSONDecoder.__init__; the stubs omit it)
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _parse_line(raw: bytes, path: Path, line: int) -> dict[str, Any]:
