@@ -25,7 +25,7 @@ class Operator(NamedTuple):
     """
 
     name: str
-    kind: str  # gemm | elementwise | attn_prefill | attn_decode | allreduce | allgather
+    kind: str  # a key of op_kinds.OP_KINDS: gemm | elementwise | attn_prefill | attn_decode | allreduce | ...
     flops: float
     bytes: float
     dtype: str

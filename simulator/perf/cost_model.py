@@ -35,13 +35,13 @@ from ..engine.batch import BatchShape
 from ..hardware.loader import System
 from ..hardware.spec import Link
 from ..models.config import DTYPE_BYTES, ModelConfig
+from ..models.op_kinds import COLLECTIVE_KINDS
 from ..models.operators import Operator, attention_decode_op, attention_prefill_op, dense_ops, head_ops
-from .collectives import allgather_time_s, allreduce_time_s, p2p_time_s
+from .collectives import TIME_MODELS, p2p_time_s
 from .cuda_graphs import GraphPlan
 from .kernel_times import GEMM_TABLE_ROWS, HOST, ROOFLINE, SOURCES, grown_size, kernel_times
 from .profile_use import AppliedProfile
 
-COLLECTIVES = ("allreduce", "allgather")
 # Eager steps of up to this many tokens have their dense part tabulated (`_eager_dense`);
 # the calibrated GEMM tables reach as far.
 EAGER_TABLE_TOKENS = GEMM_TABLE_ROWS
@@ -140,7 +140,7 @@ class CostModel:
         it the kernels (or the collective) take themselves, and the source of that part
         (kernel_times.SOURCES). The rest is host overhead. `factor` scales the kernel time
         (decodes in a step with prefill chunks, perf/mixed_attention.py)."""
-        if op.kind in COLLECTIVES:
+        if op.kind in COLLECTIVE_KINDS:
             one, source = self._collective_s(op)
             return op.count * one, op.count * one, source
         gpu, source = self.kernels.gpu_time_s(op)
@@ -160,7 +160,7 @@ class CostModel:
             one, source = measured
         else:
             link = self._require_link(self.tp_link, f"tensor-parallel {op.kind}")
-            model = allreduce_time_s if op.kind == "allreduce" else allgather_time_s
+            model = TIME_MODELS[op.kind]
             one, source = model(op.bytes, world, link, self.device.efficiency.network_efficiency), ROOFLINE
         if self.kernel_scale is not None:
             one *= self.kernel_scale.get((source, op.kind), 1.0)
@@ -177,7 +177,7 @@ class CostModel:
             sources[source] += device
             sources[HOST] += total - device
             flops += op.flops * op.count
-            if op.kind not in COLLECTIVES:
+            if op.kind not in COLLECTIVE_KINDS:
                 nbytes += op.bytes * op.count
         return _Part(time_s, flops, nbytes, sources)
 
@@ -214,7 +214,7 @@ class CostModel:
         sources = np.zeros((len(SOURCES), width))
         gap, launch = self._kernel_overheads(False)
         for op in ops:
-            if op.kind in COLLECTIVES:
+            if op.kind in COLLECTIVE_KINDS:
                 one, source = self._collective_many(op)
                 total = device = op.count * one
             else:
@@ -230,7 +230,7 @@ class CostModel:
                 sources[source] += device
             sources[HOST] += total - device
             flops += op.flops * op.count
-            if op.kind not in COLLECTIVES:
+            if op.kind not in COLLECTIVE_KINDS:
                 nbytes += op.bytes * op.count
         return np.vstack([time_s, flops, nbytes, sources])
 
@@ -241,7 +241,7 @@ class CostModel:
             if measured is not None:
                 return measured
         link = self._require_link(self.tp_link, f"tensor-parallel {op.kind}")
-        model = allreduce_time_s if op.kind == "allreduce" else allgather_time_s
+        model = TIME_MODELS[op.kind]
         return model(op.bytes, self.dep.tp, link, self.device.efficiency.network_efficiency), ROOFLINE
 
     def _head_part(self, sampled: int) -> _Part:

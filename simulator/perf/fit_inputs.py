@@ -16,24 +16,17 @@ import numpy as np
 import pandas as pd
 
 from ..hardware.loader import System
+from ..models.op_kinds import ATTENTION, COLLECTIVE_KINDS, GEMM, OP_KINDS, TABLE_AXES, kinds_of
 
-COMPUTE_OPS = ("gemm", "attn_prefill", "attn_decode")
-COLLECTIVE_OPS = ("allreduce", "allgather", "reducescatter", "alltoall")
+COLLECTIVE_OPS = COLLECTIVE_KINDS
 DIRECTIONS = ("h2d", "d2h", "d2d")
 DTYPE_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
-# table axes per op: (feature, log offset, kind) with kind "mono" (size axis, forced
-# non-decreasing), "free" (interpolated, not forced) or "cat" (categorical: exact match)
-AXES: dict[str, tuple[tuple[str, float, str], ...]] = {
-    "gemm": (("m", 0.0, "mono"), ("n", 0.0, "mono"), ("k", 0.0, "mono")),
-    "attn_prefill": (("batch", 0.0, "mono"), ("seq_len", 0.0, "mono"), ("context", 1.0, "mono"),
-                     ("heads", 0.0, "mono"), ("kv_heads", 0.0, "free"), ("head_dim", 0.0, "free")),
-    "attn_decode": (("batch", 0.0, "mono"), ("kv_len", 0.0, "mono"), ("heads", 0.0, "mono"),
-                    ("kv_heads", 0.0, "free"), ("head_dim", 0.0, "free")),
-    **{op: (("bytes", 0.0, "mono"), ("world_size", 0.0, "cat")) for op in COLLECTIVE_OPS},
-    "memcpy": (("bytes", 0.0, "mono"), ("direction", 0.0, "cat")),
-}
-MONOTONE = {op: tuple(name for name, _, kind in axes if kind == "mono") for op, axes in AXES.items()}
+# table axes per op (models/op_kinds.py): (feature, log offset, kind) with kind "mono" (size
+# axis, forced non-decreasing), "free" (interpolated, not forced) or "cat" (categorical)
+AXES = TABLE_AXES
+MONOTONE = {op: OP_KINDS[op].monotone for op in AXES}
+COMPUTE_OPS = tuple(op for op in kinds_of(GEMM, ATTENTION) if op in AXES)  # timed by a roofline fit
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ import pandas as pd
 from ..hardware.loader import System
 from ..hardware.spec import DeviceSpec
 from ..models.config import DTYPE_BYTES, ModelConfig
+from ..models.op_kinds import COLLECTIVE, COPY, OP_KINDS
 from ..models.operators import Operator, Precision, Sharding, attention_decode_op, attention_prefill_op
-from .collectives import allgather_time_s, allreduce_time_s
+from .collectives import TIME_MODELS
 from .roofline import operator_time_s
 
 
@@ -67,17 +68,12 @@ def roofline_us(frame: pd.DataFrame, system: System) -> np.ndarray:
     eff = device.efficiency.network_efficiency
     out = np.empty(len(frame))
     for i, row in enumerate(frame.itertuples(index=False)):
-        if row.op in ("gemm", "attn_prefill", "attn_decode"):
-            out[i] = operator_time_s(device, operator_for(row)) * 1e6
-        elif row.op in ("allreduce", "allgather", "reducescatter"):
-            world = int(row.world_size)
-            fn = allreduce_time_s if row.op == "allreduce" else allgather_time_s
-            out[i] = fn(float(row.bytes), world, _collective_link(system.sized_for(world), world), eff) * 1e6
-        elif row.op == "alltoall":
+        family = OP_KINDS[row.op].family
+        if family == COLLECTIVE:
             world = int(row.world_size)
             link = _collective_link(system.sized_for(world), world)
-            out[i] = ((world - 1) * link.latency + (world - 1) / world * float(row.bytes) / (link.bandwidth * eff)) * 1e6
-        elif row.op == "memcpy":
+            out[i] = TIME_MODELS[row.op](float(row.bytes), world, link, eff) * 1e6
+        elif family == COPY:
             nbytes = float(row.bytes)
             if row.direction == "d2d":  # read and write device memory
                 out[i] = 2 * nbytes / (device.main_memory.bandwidth * device.efficiency.memory_max) * 1e6
@@ -87,5 +83,5 @@ def roofline_us(frame: pd.DataFrame, system: System) -> np.ndarray:
                     raise ValueError(f"{system.name} has no host link for {row.direction} copies")
                 out[i] = (link.latency + nbytes / (link.bandwidth * eff)) * 1e6
         else:
-            raise ValueError(f"unknown op {row.op}")
+            out[i] = operator_time_s(device, operator_for(row)) * 1e6
     return out

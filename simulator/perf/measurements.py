@@ -13,21 +13,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..models.op_kinds import MEASURED
 
-# op -> its shape parameters, in the order the contract lists them
-OP_PARAMS: dict[str, tuple[str, ...]] = {
-    "gemm": ("m", "n", "k"),
-    "attn_prefill": ("batch", "seq_len", "kv_len", "heads", "kv_heads", "head_dim"),
-    "attn_decode": ("batch", "kv_len", "heads", "kv_heads", "head_dim"),
-    # one step's attention over `batch` decodes of kv_len tokens each and one prefill chunk
-    # of seq_len tokens attending to prefill_kv_len (the chunk and the context before it)
-    "attn_mixed": ("batch", "kv_len", "seq_len", "prefill_kv_len", "heads", "kv_heads", "head_dim"),
-    "allreduce": ("bytes", "world_size"),
-    "allgather": ("bytes", "world_size"),
-    "reducescatter": ("bytes", "world_size"),
-    "alltoall": ("bytes", "world_size"),
-    "memcpy": ("bytes", "direction"),
-}
+OP_PARAMS = MEASURED  # op -> its shape parameters, in the order the contract lists them (models/op_kinds.py)
 REQUIRED = ("op", "dtype", "time_us", "device")
 DIRECTIONS = ("h2d", "d2h", "d2d")
 

@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from ..hardware.spec import DeviceSpec
+from ..models.op_kinds import ATTENTION, GEMM, OP_KINDS
 from ..models.operators import Operator
 
 
@@ -34,10 +35,12 @@ def wave_efficiency(m, n: int, tile_m: int, tile_n: int, units: int):
 
 
 def compute_efficiency(device: DeviceSpec, op: Operator) -> float:
+    """The compute efficiency of the operator's family (models/op_kinds.py)."""
     eff = device.efficiency
-    if op.kind == "gemm":
+    family = OP_KINDS[op.kind].family
+    if family == GEMM:
         return eff.compute_max * wave_efficiency(op.m, op.n, eff.tile_m, eff.tile_n, device.compute.units)
-    if op.kind in ("attn_prefill", "attn_decode"):
+    if family == ATTENTION:
         return eff.attention_compute_max
     return eff.compute_max
 

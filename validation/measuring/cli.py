@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from simulator.models.op_kinds import COLLECTIVE_KINDS
+
 OPS = ("gemm", "attn_prefill", "attn_decode", "allreduce", "allgather", "reducescatter", "alltoall", "memcpy")
 DEFAULT_OPS = ("gemm", "attn_prefill", "attn_decode", "allreduce", "memcpy")
-COLLECTIVES = ("allreduce", "allgather", "reducescatter", "alltoall")
+COLLECTIVES = COLLECTIVE_KINDS
 DTYPES = ("bf16", "fp16", "fp8", "fp32")
 DEFAULT_DTYPES = {"cuda": ("bf16", "fp8"), "cpu": ("fp32",)}
 

@@ -1,0 +1,67 @@
+"""The kinds of operator the simulator costs, measures and calibrates: one entry each.
+
+An `OpKind` gives a kind its family (a tiled GEMM, an attention kernel, a bandwidth-bound
+elementwise kernel, a collective over a link, a copy between memories), which fixes its
+roofline (`perf/roofline.py`: the wave-quantised GEMM efficiency, the attention kernels'
+own ceiling, or the plain one; collectives and copies go over links, not the roofline);
+the shape parameters a measurement row of it carries (the measurement CSV's columns,
+docs/contracts.md section 6); and the axes a calibration table of it interpolates over
+(`perf/fit_inputs.py`: size axes kept non-decreasing, free axes, categorical axes).
+
+A new kind (an all-to-all, MLA attention, a mesh collective) is one entry here, plus the
+formulas of its FLOPs and bytes where its operators are built (`operators.py`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GEMM, ATTENTION, ELEMENTWISE, COLLECTIVE, COPY = "gemm", "attention", "elementwise", "collective", "copy"
+
+# table axis: (feature, log offset, kind), kind "mono" (a size axis, forced non-decreasing),
+# "free" (interpolated, not forced) or "cat" (categorical: exact match)
+Axis = tuple[str, float, str]
+_HEADS: tuple[Axis, ...] = (("heads", 0.0, "mono"), ("kv_heads", 0.0, "free"), ("head_dim", 0.0, "free"))
+_LINK: tuple[Axis, ...] = (("bytes", 0.0, "mono"), ("world_size", 0.0, "cat"))
+
+
+@dataclass(frozen=True)
+class OpKind:
+    name: str
+    family: str
+    params: tuple[str, ...] = ()  # measurement CSV columns of its shape, in the contract's order
+    axes: tuple[Axis, ...] = ()  # calibration table axes; () if a table of it is not fitted
+
+    @property
+    def monotone(self) -> tuple[str, ...]:
+        """The size axes a table keeps non-decreasing."""
+        return tuple(name for name, _, kind in self.axes if kind == "mono")
+
+
+OP_KINDS: dict[str, OpKind] = {k.name: k for k in (
+    OpKind("gemm", GEMM, ("m", "n", "k"), (("m", 0.0, "mono"), ("n", 0.0, "mono"), ("k", 0.0, "mono"))),
+    OpKind("attn_prefill", ATTENTION, ("batch", "seq_len", "kv_len", "heads", "kv_heads", "head_dim"),
+           (("batch", 0.0, "mono"), ("seq_len", 0.0, "mono"), ("context", 1.0, "mono"), *_HEADS)),
+    OpKind("attn_decode", ATTENTION, ("batch", "kv_len", "heads", "kv_heads", "head_dim"),
+           (("batch", 0.0, "mono"), ("kv_len", 0.0, "mono"), *_HEADS)),
+    # one step's attention over `batch` decodes of kv_len tokens each and one prefill chunk of
+    # seq_len tokens attending to prefill_kv_len (the chunk and the context before it): fitted
+    # as a slowdown of the two alone (perf/mixed_attention.py), not as a table
+    OpKind("attn_mixed", ATTENTION, ("batch", "kv_len", "seq_len", "prefill_kv_len", "heads", "kv_heads", "head_dim")),
+    OpKind("elementwise", ELEMENTWISE),
+    OpKind("allreduce", COLLECTIVE, ("bytes", "world_size"), _LINK),
+    OpKind("allgather", COLLECTIVE, ("bytes", "world_size"), _LINK),
+    OpKind("reducescatter", COLLECTIVE, ("bytes", "world_size"), _LINK),
+    OpKind("alltoall", COLLECTIVE, ("bytes", "world_size"), _LINK),
+    OpKind("memcpy", COPY, ("bytes", "direction"), (("bytes", 0.0, "mono"), ("direction", 0.0, "cat"))),
+)}
+
+
+def kinds_of(*families: str) -> tuple[str, ...]:
+    """The kinds of the given families, in registry order."""
+    return tuple(name for name, kind in OP_KINDS.items() if kind.family in families)
+
+
+COLLECTIVE_KINDS = kinds_of(COLLECTIVE)
+# what a measurement CSV may hold, and the tables calibration fits
+MEASURED = {name: kind.params for name, kind in OP_KINDS.items() if kind.params}
+TABLE_AXES = {name: kind.axes for name, kind in OP_KINDS.items() if kind.axes}
