@@ -27,7 +27,7 @@ from .outputs import write_atomic
 
 SEED = 0  # every point runs with the simulator's default seed
 # parts of the package that cannot change a simulation's result
-_NOT_SIMULATION = ("planning", "report", "cli.py")
+_NOT_SIMULATION = ("planning", "report", "cli")
 
 
 @lru_cache(maxsize=1)
