@@ -6,6 +6,8 @@ Outputs are written into a temporary sibling directory and moved into place at t
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import shutil
 import tempfile
@@ -146,6 +148,20 @@ class Arrivals:
         self.next_s = float("inf")
 
 
+@contextlib.contextmanager
+def _rare_cycle_collection():
+    """The event loop allocates many short-lived objects and few reference cycles; Python's
+    cycle collector, run every 700 net allocations by default, then costs several percent of
+    a run while finding almost nothing. Run it 30 times less often while simulating, as
+    before afterwards (the cycles a run does leave are still collected)."""
+    saved = gc.get_threshold()
+    gc.set_threshold(20_000, *saved[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
+
+
 def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep_frames: bool = True,
               progress: Callable[[int, int], None] | None = None, fast_forward: bool = True,
               slo: SloSpec | None = None, seed: int = 0) -> Result:
@@ -187,7 +203,8 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     env.process(arrivals.process(env, entry, ROUTERS[dep.router](seed)))
     for replica in replicas:
         env.process(replica.run())
-    env.run()
+    with _rare_cycle_collection():
+        env.run()
     recorder.close()
     report()
     lost = trace.count - recorder.completed - recorder.rejected
