@@ -65,6 +65,8 @@ class Deployment(BaseModel):
     # preemption when KV blocks run out: recompute (vLLM v1) or swap to host memory (vLLM v0)
     preemption_mode: Literal["recompute", "swap"] = "recompute"
     swap_space: float = Field(4.0, ge=0)  # GiB of host memory per device for swapped KV (vLLM's default 4)
+    # the KV cache of vLLM's CPU backend, GiB (VLLM_CPU_KVCACHE_SPACE; unset there: 4)
+    cpu_kvcache_space: float = Field(4.0, gt=0)
     # disaggregated prefill/decode (scheduler: disagg): each pool's replicas, TP and hardware
     prefill_replicas: int = Field(1, ge=1)
     decode_replicas: int = Field(1, ge=1)

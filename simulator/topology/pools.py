@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..backends import backend_for
 from ..deployment import Deployment
 from ..engine.swap_space import SwapSpace
 from ..errors import InputError
@@ -70,8 +71,10 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
     context = model_cfg.max_position_embeddings
     longest = context if dep.max_model_len in (None, -1) else dep.max_model_len
     policy = get_scheduler(dep.scheduler)
+    backend = backend_for(system.accelerator)
+    backend.check(dep, system, where)
     forward = policy.forward_tokens(dep, longest)
-    plan = policy.plan_memory(system.accelerator, model_cfg, dep, forward)
+    plan = backend.plan_memory(policy, system.accelerator, model_cfg, dep, forward)
     if dep.max_model_len == -1:  # vLLM's auto-fit: the longest request the KV cache holds
         dep = dep.model_copy(update={"max_model_len": min(context, plan.usable_blocks * plan.block_size)})
     window = model_cfg.sliding_window
@@ -83,7 +86,7 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
             "cost full attention")
     calib = resolve_calibration(system, calibration)
     cost = CostModel(system, model_cfg, dep, calib, host_overlapped=policy.host_overlapped(dep),
-                     budget_tokens=forward, graphs=policy.graph_plan(dep, forward),
+                     budget_tokens=forward, graphs=backend.graph_plan(policy, dep, forward),
                      mixed_decode_slowdown=policy.mixed_decode_slowdown)
     pool = Pool(role, system, dep, plan, cost, calib)
     if plan.num_blocks // pool.engines < 2:  # each engine needs a block besides vLLM's null block
@@ -118,4 +121,5 @@ def swap_space(pool: Pool) -> SwapSpace | None:
         per_device = min(per_device, host_bytes)
     blocks = int(per_device // pool.plan.kv_bytes_per_block) // pool.engines
     link = system.host_link
+    assert link is not None  # build_pool refuses swap without a host link
     return SwapSpace(blocks, pool.plan.kv_bytes_per_block, link.bandwidth, link.latency)
