@@ -185,7 +185,8 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     arrivals = Arrivals(trace.requests(), ApiServer() if dep.api_server else None)
     by_role: dict[str, list[Replica]] = {}
     for pool in pools:
-        cls = for_role(get_scheduler(pool.deployment.scheduler), pool.role)
+        # a class is hashable; mypy misreads type[X] against Hashable (python/mypy#20409)
+        cls = for_role(get_scheduler(pool.deployment.scheduler), pool.role)  # type: ignore[arg-type]
         plan = replace(pool.plan, num_blocks=pool.plan.num_blocks // pool.engines)  # vLLM v0 splits the blocks
         for _ in range(pool.deployment.replicas):
             pipeline = Pipeline(pool.deployment.pp) if pool.engines > 1 else None
@@ -214,6 +215,10 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     schedulers = [r.scheduler for r in replicas]
     blocks = [s.blocks for s in schedulers]
     first = pools[0].deployment
+    profile_file = None
+    if setup.calibration is not None:
+        assert setup.calibration.path is not None  # a run's profile is read from its file
+        profile_file = shown_path(setup.calibration.path)
     summary = build_summary(
         rec=recorder, total=trace.count, hardware=setup.system.name, model=setup.model.name,
         scheduler=dep.scheduler,
@@ -224,12 +229,12 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
         preemptions=sum(s.preemptions for s in schedulers),
         skipped=dict(trace.skipped), wall_s=time.perf_counter() - started,
         events=recorder.iteration_count + trace.count,
-        calibration=shown_path(setup.calibration.path) if setup.calibration is not None else None,
+        calibration=profile_file,
         calibration_use=setup.calibration.use if setup.calibration is not None else None,
         extra={"memory": pools[0].plan.summary(), **_policy_blocks(setup, schedulers, transfer)},
     )
-    frames = (recorder.requests.frame(), recorder.iterations.frame()) if keep_frames else (None, None)
-    return Result(summary, *frames, out_dir)
+    requests, iterations = (recorder.requests.frame(), recorder.iterations.frame()) if keep_frames else (None, None)
+    return Result(summary, requests, iterations, out_dir)
 
 
 def _policy_blocks(setup: Setup, schedulers: list, transfer: KvTransfer | None) -> dict[str, Any]:

@@ -4,6 +4,10 @@ stay quiet."""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 class ProgressBar:
@@ -12,7 +16,9 @@ class ProgressBar:
     DELAY_S = 2.0
 
     def __init__(self, enabled: bool, label: str = "simulating"):
-        self.enabled, self.started, self.bar, self.task = enabled, time.monotonic(), None, None
+        self.enabled, self.started = enabled, time.monotonic()
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
         self.label = label
 
     def __call__(self, done: int, total: int) -> None:
@@ -27,6 +33,7 @@ class ProgressBar:
                                 TimeRemainingColumn(), transient=True)
             self.bar.start()
             self.task = self.bar.add_task("run", total=total)
+        assert self.task is not None  # added with the bar
         self.bar.update(self.task, completed=done)
 
     def close(self) -> None:

@@ -11,7 +11,9 @@ import argparse
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from .progress import ProgressBar
@@ -46,6 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if timeline is not None:
         from ..metrics.timeline import write_timeline
 
+        assert result.out_dir is not None  # the run was given its directory (`out`)
         write_timeline(result.out_dir / "iterations.csv", timeline)
     if not args.quiet:
         print_run_summary(result.summary, result.out_dir)
@@ -56,6 +59,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from ..workloads.generate import generate, write_jsonl
     from ..workloads.trace import TraceIndex
 
+    records: Iterable[dict[str, Any]]
     if args.trace_command == "convert":
         index = TraceIndex.build(args.input, args.format)
         records = ({k: v for k, v in (("id", r.id), ("arrival_s", r.arrival_s), ("input_tokens", r.input_tokens),

@@ -6,19 +6,21 @@ The replica never computes times itself (the cost model does) and never decides 
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import TypeVar
 
 import numpy as np
 import simpy
 
 from ..metrics.recorder import Recorder
-from ..perf.cost_model import CostModel, IterationCost
+from ..perf.cost_model import CostModel, IterationCost, SpanCost
 from ..schedulers.base import Scheduler
 from .batch import ScheduledBatch, SpanPlan
 from .pipeline import Pipeline
 
 # Longest span planned at once (steps); a longer quiet stretch is simply several spans.
 MAX_SPAN_STEPS = 4096
+
+AnyCost = TypeVar("AnyCost", IterationCost, SpanCost)  # a step's cost or a span's
 
 
 class Replica:
@@ -99,7 +101,7 @@ class Replica:
             self._report()
 
     def _plan_span(self, batch: ScheduledBatch, first: IterationCost,
-                   start: float) -> tuple[SpanPlan, IterationCost, np.ndarray] | None:
+                   start: float) -> tuple[SpanPlan, SpanCost, np.ndarray] | None:
         """Plan `batch` and the decode steps after it that start before the next arrival.
 
         An arrival is seen by the scheduler at the first iteration boundary at or after it,
@@ -119,15 +121,14 @@ class Replica:
         if plan is None:
             return None
         rest = self.cost.decode_span(plan.active[1:], plan.decode_context[1:])
-        # a step's cost holds floats, a span's arrays (IterationCost)
-        ends = start + np.concatenate(([cast(float, first.time_s)], cast(np.ndarray, rest.time_s))).cumsum()
+        ends = start + np.concatenate(([first.time_s], rest.time_s)).cumsum()
         k = 1 + int(ends[:-1].searchsorted(horizon, side="left")) + ahead
         if k == 1:
             return None
         return plan, rest, ends[:k]
 
     def _run_span(self, batch: ScheduledBatch, first: IterationCost, start: float, plan: SpanPlan,
-                  rest: IterationCost, ends: np.ndarray):
+                  rest: SpanCost, ends: np.ndarray):
         """Run a planned span: its k steps end at `ends`; steps 1.. are `rest`'s decode steps."""
         sched, rec = self.scheduler, self.recorder
         sched.span_in_flight = (ends, plan)
@@ -142,7 +143,7 @@ class Replica:
         rec.decode_steps(self.index, ends[:-1], self._recorded(rest), plan.active[1:k], plan.used[1:k])
         rec.outcome(outcome)
 
-    def _recorded(self, cost: IterationCost) -> IterationCost:
+    def _recorded(self, cost: AnyCost) -> AnyCost:
         """The cost as recorded: a virtual engine counts as one stage group's devices busy
         for its whole step, so its rows carry every stage's work (per device)."""
         if self.pipeline is None:

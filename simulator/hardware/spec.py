@@ -7,7 +7,7 @@ bandwidths, capacities and peaks) is enforced at load so nothing fails mid-run.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
 
@@ -60,6 +60,17 @@ class MemoryTier(_Strict):
     name: str
     capacity: Bytes
     bandwidth: Bandwidth | None = None
+
+
+class MainMemory(Protocol):
+    """A device's main memory (`DeviceSpec.main_memory`): a memory tier whose bandwidth is set."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def capacity(self) -> float: ...
+    @property
+    def bandwidth(self) -> float: ...
 
 
 class Compute(_Strict):
@@ -176,8 +187,8 @@ class DeviceSpec(_Strict):
         return self
 
     @property
-    def main_memory(self) -> MemoryTier:
-        return self.memory[0]
+    def main_memory(self) -> MainMemory:
+        return cast(MainMemory, self.memory[0])  # its bandwidth is set (_main_memory_has_bandwidth)
 
     def peak_flops(self, dtype: str) -> float:
         """Peak FLOP/s for `dtype`, falling back to the nearest wider dtype the device has."""

@@ -13,7 +13,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 
 from ..engine.batch import BatchOutcome, ScheduledBatch
 from ..engine.request import Request
-from ..perf.cost_model import IterationCost
+from ..perf.cost_model import IterationCost, SpanCost
 from ..perf.kernel_times import SOURCES
 from .distribution import WeightedSamples
 from .slo import SloSpec, judge
@@ -167,17 +167,14 @@ class Recorder:
         if self._pending_steps >= FLUSH_ROWS:
             self._record_steps()
 
-    def decode_steps(self, replica: int, starts_s: np.ndarray, cost: IterationCost, active: np.ndarray,
+    def decode_steps(self, replica: int, starts_s: np.ndarray, cost: SpanCost, active: np.ndarray,
                      kv_used: np.ndarray) -> None:
         """The decode steps of a span after its first: step j starts at starts_s[j] and decodes
         active[j] sequences holding kv_used[j] blocks; `cost` covers them (and maybe more)."""
         k = len(starts_s)
         self.iteration_count += k
-        # a span's cost holds arrays (IterationCost)
-        time_s, flops = cast(np.ndarray, cost.time_s), cast(np.ndarray, cost.flops)
-        nbytes, sources = cast(np.ndarray, cost.bytes), cast(np.ndarray, cost.sources_s)
-        self._spans.append((len(self._steps), replica, starts_s, time_s[:k], flops[:k], nbytes[:k],
-                            active, kv_used, sources[:, :k]))
+        self._spans.append((len(self._steps), replica, starts_s, cost.time_s[:k], cost.flops[:k], cost.bytes[:k],
+                            active, kv_used, cost.sources_s[:, :k]))
         self._pending_steps += k
         if self._pending_steps >= FLUSH_ROWS:
             self._record_steps()

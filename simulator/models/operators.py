@@ -9,10 +9,13 @@ columns split `tp` ways) and per pipeline stage (layers split `pp` ways).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from .config import DTYPE_BYTES, ModelConfig
 from .layers import Linear, attention_linears, layers_per_stage, mlp_linears, moe_linears, stage_layer_kinds
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Operator(NamedTuple):
@@ -22,15 +25,19 @@ class Operator(NamedTuple):
     For GEMMs m, n, k are the output rows, output columns and reduction size; for
     collectives `bytes` is the message size per device. A NamedTuple: every iteration builds
     its attention operators, and a frozen dataclass costs five times as much to create.
+    flops, bytes and m are arrays (one entry per token count or per step) where the cost
+    model costs many shapes at once (`CostModel._eager_dense`, `CostModel.decode_span`, the
+    calibrated attention tables of perf/kernel_times.py); floats and ints everywhere else.
     """
 
     name: str
     kind: str  # a key of op_kinds.OP_KINDS: gemm | elementwise | attn_prefill | attn_decode | allreduce | ...
-    flops: float
-    bytes: float
+    flops: float | np.ndarray
+    bytes: float | np.ndarray
     dtype: str
-    count: int = 1
-    m: int = 0
+    # shadows tuple.count (used nowhere); mypy refuses a NamedTuple field over a tuple method
+    count: int = 1  # type: ignore[assignment]
+    m: int | np.ndarray = 0
     n: int = 0
     k: int = 0
 
@@ -56,7 +63,7 @@ class Sharding:
     pp: int = 1
 
 
-def _gemm(name: str, m: int, n: int, k: int, prec: Precision, count: int) -> Operator:
+def _gemm(name: str, m: int | np.ndarray, n: int, k: int, prec: Precision, count: int) -> Operator:
     wb, ab = DTYPE_BYTES[prec.weights], DTYPE_BYTES[prec.activations]
     return Operator(
         name, "gemm", flops=2.0 * m * n * k, bytes=k * n * wb + m * k * ab + m * n * ab,
@@ -64,21 +71,23 @@ def _gemm(name: str, m: int, n: int, k: int, prec: Precision, count: int) -> Ope
     )
 
 
-def _linear(lin: Linear, m: int, prec: Precision, count: int) -> Operator:
+def _linear(lin: Linear, m: int | np.ndarray, prec: Precision, count: int) -> Operator:
     """The GEMM of weight matrix `lin` on m rows."""
     return _gemm(lin.name, m, lin.n, lin.k, prec, count)
 
 
-def _elementwise(name: str, elements: float, passes: float, prec: Precision, count: int, flops_per: float = 1.0):
+def _elementwise(name: str, elements: float | np.ndarray, passes: float, prec: Precision, count: int,
+                 flops_per: float = 1.0) -> Operator:
     """A bandwidth-bound kernel touching `elements` values `passes` times (reads + writes)."""
     ab = DTYPE_BYTES[prec.activations]
     return Operator(name, "elementwise", flops=elements * flops_per, bytes=elements * passes * ab,
                     dtype=prec.activations, count=count)
 
 
-def dense_ops(model: ModelConfig, tokens: int, shard: Sharding, prec: Precision) -> list[Operator]:
+def dense_ops(model: ModelConfig, tokens: int | np.ndarray, shard: Sharding, prec: Precision) -> list[Operator]:
     """Per-layer token-parallel operators for T = `tokens` (projections, MLP or experts, norms,
-    TP collectives) of the busiest pipeline stage."""
+    TP collectives) of the busiest pipeline stage; `tokens` an array of token counts gives
+    operators whose shapes are arrays (a model without experts only)."""
     T, tp, L = tokens, shard.tp, layers_per_stage(model, shard.pp)
     dense_layers, moe_layers = stage_layer_kinds(model, shard.pp)
     h = model.hidden_size
@@ -97,7 +106,7 @@ def dense_ops(model: ModelConfig, tokens: int, shard: Sharding, prec: Precision)
     if dense_layers:
         ops += _mlp_ops(mlp_linears(model, tp), T, model.gated_mlp, prec, dense_layers)
     if moe_layers:
-        ops += _moe_ops(model, T, tp, prec, moe_layers)
+        ops += _moe_ops(model, cast(int, T), tp, prec, moe_layers)  # experts: one token count at a time
     if tp > 1:
         # Megatron-style TP: one all-reduce after attention and one after the MLP.
         msg = T * h * DTYPE_BYTES[prec.activations]
@@ -105,7 +114,7 @@ def dense_ops(model: ModelConfig, tokens: int, shard: Sharding, prec: Precision)
     return ops
 
 
-def _mlp_ops(linears: list[Linear], T: int, gated: bool, prec: Precision, count: int) -> list[Operator]:
+def _mlp_ops(linears: list[Linear], T: int | np.ndarray, gated: bool, prec: Precision, count: int) -> list[Operator]:
     """An MLP on T tokens, `count` times: up projection (gate and up fused), activation, down."""
     up, down = linears[:2]
     act = _elementwise("act_fn", T * down.k, 3 if gated else 2, prec, count, flops_per=5)
@@ -152,9 +161,11 @@ def attention_prefill_op(
 
 
 def attention_decode_op(
-    model: ModelConfig, num_decodes: int, context_tokens: float, shard: Sharding, prec: Precision
+    model: ModelConfig, num_decodes: int | np.ndarray, context_tokens: float | np.ndarray, shard: Sharding,
+    prec: Precision
 ) -> Operator:
-    """One paged decode-attention call: every decode reads its whole KV cache once."""
+    """One paged decode-attention call: every decode reads its whole KV cache once (arrays of
+    batch sizes and contexts: one call per entry)."""
     heads, kv_heads = model.heads_per_device(shard.tp), model.kv_heads_per_device(shard.tp)
     d = model.head_dim
     ab, kvb = DTYPE_BYTES[prec.activations], DTYPE_BYTES[prec.kv]

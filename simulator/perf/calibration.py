@@ -16,7 +16,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -193,7 +193,8 @@ def predict_rows(frame: pd.DataFrame, system: System, calib) -> tuple[np.ndarray
 
     predicted = np.empty(len(frame))
     source = np.empty(len(frame), dtype=object)
-    for (op, dtype), index in frame.groupby(["op", "dtype"], sort=False).groups.items():
+    groups = cast("dict[tuple[str, str], pd.Index]", frame.groupby(["op", "dtype"], sort=False).groups)
+    for (op, dtype), index in groups.items():
         rows = frame.loc[index]
         where = frame.index.get_indexer(index)
         if op == "attn_mixed":

@@ -26,7 +26,7 @@ looked up by its batch size (`_decode_columns`).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import NamedTuple
+from typing import NamedTuple, cast, overload
 
 import numpy as np
 
@@ -55,18 +55,28 @@ _SOURCE_ROWS = slice(6, 6 + len(SOURCES))
 
 
 class IterationCost(NamedTuple):
-    """Cost of one iteration (floats) or of a span of iterations (numpy arrays).
+    """Cost of one iteration (`CostModel.iteration`).
 
     sources_s splits time_s by where it came from (kernel_times.SOURCES): a list of S floats
-    for one iteration (the recorder takes them as they are), an (S, k) array for a span, S
-    being the number of sources.
+    (the recorder takes them as they are), S being the number of sources.
     """
 
-    time_s: float | np.ndarray
-    flops: float | np.ndarray  # per device
-    bytes: float | np.ndarray  # per device, main memory traffic
+    time_s: float
+    flops: float  # per device
+    bytes: float  # per device, main memory traffic
     compute_dtype: str
-    sources_s: list[float] | np.ndarray
+    sources_s: list[float]
+
+
+class SpanCost(NamedTuple):
+    """Cost of a span of k decode iterations (`CostModel.decode_span`): IterationCost's fields
+    as arrays of k entries, one per step; sources_s an (S, k) array."""
+
+    time_s: np.ndarray
+    flops: np.ndarray  # per device
+    bytes: np.ndarray  # per device, main memory traffic
+    compute_dtype: str
+    sources_s: np.ndarray
 
 
 class _Part(NamedTuple):
@@ -155,7 +165,7 @@ class CostModel:
         it, else the alpha-beta model over the tensor-parallel link."""
         world = self.dep.tp
         measured = (self.kernels.calibration is not None
-                    and self.kernels.collective_time_s(op.kind, op.bytes, world))
+                    and self.kernels.collective_time_s(op.kind, cast(float, op.bytes), world))
         if measured:
             one, source = measured
         else:
@@ -176,9 +186,9 @@ class CostModel:
             time_s += total
             sources[source] += device
             sources[HOST] += total - device
-            flops += op.flops * op.count
+            flops += cast(float, op.flops) * op.count  # operators of one shape: floats
             if op.kind not in COLLECTIVE_KINDS:
-                nbytes += op.bytes * op.count
+                nbytes += cast(float, op.bytes) * op.count
         return _Part(time_s, flops, nbytes, sources)
 
     def _dense_part(self, padded_tokens: int, graphed: bool) -> _Part:
@@ -208,7 +218,7 @@ class CostModel:
     def _sum_many(self, ops: list[Operator]) -> np.ndarray | None:
         """`_sum` of eager operators whose shapes are arrays (one entry per token count), as
         rows time, FLOPs, bytes, then time by source; None if one cannot be costed so."""
-        width = len(ops[0].bytes)
+        width = len(cast(np.ndarray, ops[0].bytes))
         columns = np.arange(width)
         time_s, flops, nbytes = np.zeros(width), np.zeros(width), np.zeros(width)
         sources = np.zeros((len(SOURCES), width))
@@ -237,7 +247,7 @@ class CostModel:
     def _collective_many(self, op: Operator) -> tuple[np.ndarray, np.ndarray | int]:
         """`_collective_s` of a collective whose message sizes are an array."""
         if self.kernels.calibration is not None:
-            measured = self.kernels.collective_times_many(op.kind, op.bytes, self.dep.tp)
+            measured = self.kernels.collective_times_many(op.kind, cast(np.ndarray, op.bytes), self.dep.tp)
             if measured is not None:
                 return measured
         link = self._require_link(self.tp_link, f"tensor-parallel {op.kind}")
@@ -259,7 +269,11 @@ class CostModel:
         return _Part(pp * dense.time_s + head.time_s + send, dense.flops + head.flops / pp,
                      dense.bytes + head.bytes / pp, sources)
 
-    def with_host(self, gpu_s):
+    @overload
+    def with_host(self, gpu_s: float) -> float: ...
+    @overload
+    def with_host(self, gpu_s: np.ndarray) -> np.ndarray: ...
+    def with_host(self, gpu_s: float | np.ndarray) -> float | np.ndarray:
         """A step's time from its GPU time: the engine's CPU time added, or overlapped."""
         if self.host_overlapped:
             return np.maximum(gpu_s, self.host_s) if isinstance(gpu_s, np.ndarray) else max(gpu_s, self.host_s)
@@ -301,7 +315,7 @@ class CostModel:
         return IterationCost(time_s, fixed.flops + attn.flops, fixed.bytes + attn.bytes,
                              self.prec.gemm_compute, sources)
 
-    def decode_span(self, num_decodes: np.ndarray, context: np.ndarray) -> IterationCost:
+    def decode_span(self, num_decodes: np.ndarray, context: np.ndarray) -> SpanCost:
         """Many decode-only iterations at once: step j decodes num_decodes[j] sequences that
         read context[j] KV tokens in all. Each step costs what `iteration` gives for that
         batch, up to float rounding: the same formulas on arrays. The decode-attention
@@ -331,8 +345,8 @@ class CostModel:
                 sources += (_SOURCE_IDS == source) * device
         else:
             sources[source] += device
-        return IterationCost(step_s, columns[_FLOPS] + op.flops * op.count,
-                             columns[_BYTES] + op.bytes * op.count, self.prec.gemm_compute, sources)
+        return SpanCost(step_s, columns[_FLOPS] + op.flops * op.count,
+                        columns[_BYTES] + op.bytes * op.count, self.prec.gemm_compute, sources)
 
     def _decode_columns(self, most: int) -> np.ndarray:
         """The decode table: column n describes a decode step of n sequences (`_decode_column`),
@@ -347,7 +361,7 @@ class CostModel:
     def _decode_column(self, n: int) -> list[float]:
         """The decode table's column for a decode step of n sequences (rows: see _TIME...)."""
         fixed = self._fixed(n, n, True)
-        batch_bytes = attention_decode_op(self.model, n, 0.0, self.shard, self.prec).bytes
+        batch_bytes = cast(float, attention_decode_op(self.model, n, 0.0, self.shard, self.prec).bytes)
         return [fixed.time_s, fixed.flops, fixed.bytes, *self._kernel_overheads(self.graphs.graphed(n)), batch_bytes,
                 *fixed.sources_s]
 

@@ -25,6 +25,8 @@ another device: ratios to the spec's peak and bandwidth, sizes and overheads.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from .fit_inputs import DTYPE_BYTES, work
@@ -107,9 +109,10 @@ _COMPUTE_SPECS: dict[str, list[Param]] = {
                     Param("small_bytes_half", 1e6, 1e3, 1e9), Param("sharpness", 4.0, 1.0, 30.0)],
 }
 _COMPUTE_TIME = {"gemm": _gemm_time, "attn_prefill": _prefill_time, "attn_decode": _decode_time}
-_DISCRETE = {"gemm": [{"tile_m": a, "tile_n": b} for a in (64.0, 128.0) for b in (64.0, 128.0)],
-             "attn_prefill": [{"tile_q": 64.0}, {"tile_q": 128.0}],
-             "attn_decode": [{}]}
+_DISCRETE: dict[str, list[dict[str, float]]] = {
+    "gemm": [{"tile_m": a, "tile_n": b} for a in (64.0, 128.0) for b in (64.0, 128.0)],
+    "attn_prefill": [{"tile_q": 64.0}, {"tile_q": 128.0}],
+    "attn_decode": [{}]}
 
 
 # a second start from a soft, inefficient corner: the fits have a few local minima
@@ -143,7 +146,8 @@ def fit_compute(op: str, dtype: str, f: dict[str, np.ndarray], log_t: np.ndarray
 
         return robust_fit(residual, spec, starts=starts)
 
-    best, best_cost, fixed_best = None, np.inf, {}
+    best: dict[str, float] | None = None
+    best_cost, fixed_best = np.inf, {}
     pick = order[:_PICK_ROWS]
     for fixed in choices:
         q, cost = fit_on(pick, fixed, _STARTS)
@@ -151,4 +155,5 @@ def fit_compute(op: str, dtype: str, f: dict[str, np.ndarray], log_t: np.ndarray
             best, best_cost, fixed_best = q, cost, fixed
     if len(log_t) > len(pick) or len(choices) > 1:
         best, _ = fit_on(order[:_FIT_ROWS], fixed_best, [best])
-    return {**best, **fixed_best}
+    # best stays None only where every start of every choice failed (robust_fit's cost inf)
+    return {**cast(dict[str, float], best), **fixed_best}

@@ -185,7 +185,8 @@ class Table:
                     idx[i] = lows[i] + 1
                 w = w * (ups[i] if bit else 1.0 - ups[i])
             flat = np.ravel_multi_index(idx, self.values.shape)
-            corners[(slice(None), *pos)] = vflat[flat]
+            at: tuple[slice | int, ...] = (slice(None), *pos)
+            corners[at] = vflat[flat]
             supported &= (w <= 1e-12) | sflat[flat]
         # successive linear interpolations, last axis first: exact at the nodes and on flat
         # stretches, and monotone in each coordinate

@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import replace
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -126,6 +127,10 @@ class KernelTimes:
             return None
         return operator_time_s(self.device, op), ROOFLINE
 
+    def collective_time_s(self, kind: str, nbytes: float, world: int) -> tuple[float, int] | None:
+        """Measured time of one collective and its source; None: not measured (the roofline's)."""
+        return None
+
     def collective_times_many(self, kind: str, nbytes: np.ndarray, world: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Measured times of a collective of many sizes; None: not measured (the roofline's)."""
         return None
@@ -136,6 +141,8 @@ class KernelTimes:
 
 
 class CalibratedKernelTimes(KernelTimes):
+    calibration: AppliedProfile
+
     def __init__(self, system: System, model: ModelConfig, dep: Deployment, calibration: AppliedProfile):
         super().__init__(system, model, dep)
         self.calibration = calibration
@@ -273,9 +280,11 @@ class CalibratedKernelTimes(KernelTimes):
     def _rows(self, batch: int) -> _DecodeRows:
         """The decode rows, grown to cover batch size `batch`: by doubling, up to the largest
         batch the deployment schedules, so that a few rebuilds cover a run."""
-        if batch >= self._decode_rows.sizes:
-            self._decode_rows = _DecodeRows(self._decode, grown_size(self._decode_rows.sizes, batch, self._max_batch))
-        return self._decode_rows
+        rows = cast(_DecodeRows, self._decode_rows)  # set with the decode table, which decode attention needs
+        if batch >= rows.sizes:
+            rows = self._decode_rows = _DecodeRows(cast(_Table, self._decode),
+                                                   grown_size(rows.sizes, batch, self._max_batch))
+        return rows
 
     def _attention_decode_s(self, op: Operator):
         """Decode attention of `op.m` (at least one) sequences reading `context` KV tokens in all:
@@ -284,9 +293,9 @@ class CalibratedKernelTimes(KernelTimes):
         if isinstance(op.m, np.ndarray):  # the steps of a span
             rows = self._rows(int(op.m.max()))
             y = np.log2(np.maximum(op.flops / per_token / op.m, 1.0))
-            h = _HALF_EDGES.searchsorted(y, side="right")
-            cell = op.m * rows.width + h
-            return np.exp(rows.log_t[cell] + (y - _HALF_START[h]) * rows.slope[cell]), rows.sources[cell]
+            halves = _HALF_EDGES.searchsorted(y, side="right")
+            cells = op.m * rows.width + halves
+            return np.exp(rows.log_t[cells] + (y - _HALF_START[halves]) * rows.slope[cells]), rows.sources[cells]
         rows = self._rows(op.m)
         y = math.log2(max(op.flops / per_token / op.m, 1.0))
         h = bisect.bisect_right(_HALF_EDGES_LIST, y)
@@ -295,7 +304,7 @@ class CalibratedKernelTimes(KernelTimes):
 
     def _attention_prefill_s(self, op: Operator):
         """Prefill attention of a batch's chunks as one sequence with the same FLOPs and chunk."""
-        table = self._prefill
+        table = cast(_Table, self._prefill)  # gpu_time_s comes here only with a prefill table
         per_pair = 4.0 * self.heads["head_dim"] * self.heads["heads"]
         pairs = op.flops / per_pair
         chunk = max(float(op.m), 1.0)  # new tokens of all chunks

@@ -8,6 +8,8 @@ the uncalibrated prediction with the spec's named default efficiencies.
 """
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import pandas as pd
 
@@ -51,8 +53,9 @@ def operator_for(row) -> Operator:
 
 
 def ideal_compute_us(device: DeviceSpec, op: Operator) -> tuple[float, float]:
-    """(FLOPs / peak, bytes / bandwidth) in microseconds, no efficiencies."""
-    return (op.flops / device.peak_flops(op.dtype) * 1e6, op.bytes / device.main_memory.bandwidth * 1e6)
+    """(FLOPs / peak, bytes / bandwidth) in microseconds, no efficiencies (`op` of one shape)."""
+    flops, nbytes = cast(float, op.flops), cast(float, op.bytes)
+    return (flops / device.peak_flops(op.dtype) * 1e6, nbytes / device.main_memory.bandwidth * 1e6)
 
 
 def _collective_link(system: System, world: int):
@@ -67,6 +70,7 @@ def roofline_us(frame: pd.DataFrame, system: System) -> np.ndarray:
     device = system.accelerator
     eff = device.efficiency.network_efficiency
     out = np.empty(len(frame))
+    row: Any  # a namedtuple of one row, its fields of whatever types the frame's columns hold
     for i, row in enumerate(frame.itertuples(index=False)):
         family = OP_KINDS[row.op].family
         if family == COLLECTIVE:

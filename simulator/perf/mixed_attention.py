@@ -21,12 +21,19 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 HEAD_KEYS = ("heads", "kv_heads", "head_dim")
+
+
+def _shape_key(values: Iterable[Any]) -> tuple[int, int, int]:
+    """An attention shape's key, from its values in HEAD_KEYS' order."""
+    heads, kv_heads, head_dim = (int(v) for v in values)
+    return heads, kv_heads, head_dim
 
 
 def default_factor(heads: int, kv_heads: int, gqa_miss: float) -> float:
@@ -85,11 +92,11 @@ class MixedAttention:
         decode = pd.DataFrame({"batch": rows["batch"], "kv_len": rows["kv_len"], **{k: rows[k] for k in HEAD_KEYS}})
         factor = (rows["time_us"].to_numpy() - np.asarray(prefill_us(prefill))) / np.asarray(decode_us(decode))
         frame = rows.assign(log_factor=np.log(np.clip(factor, 0.5, 10.0)))
-        tables = {}
+        tables: dict[tuple[int, int, int], FactorTable] = {}
         for shape, group in frame.groupby(list(HEAD_KEYS)):
             cells = group.groupby(["batch", "kv_len"])["log_factor"].median().unstack()
             cells = cells.apply(lambda col: col.fillna(col.median())).fillna(cells.stack().median())
-            tables[tuple(int(v) for v in shape)] = FactorTable(
+            tables[_shape_key(shape)] = FactorTable(
                 [math.log2(float(b)) for b in cells.index], [math.log2(float(k)) for k in cells.columns],
                 cells.to_numpy().tolist())
         return cls(tables, len(rows))
@@ -101,5 +108,5 @@ class MixedAttention:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MixedAttention:
-        return cls({tuple(int(s[k]) for k in HEAD_KEYS): FactorTable.from_dict(s) for s in d["shapes"]},
+        return cls({_shape_key(s[k] for k in HEAD_KEYS): FactorTable.from_dict(s) for s in d["shapes"]},
                    int(d.get("rows", 0)))
