@@ -48,3 +48,10 @@ def test_what_vllms_cpu_backend_refuses(knobs, message):
 def test_tensorrt_llm_has_no_cpu_backend():
     with pytest.raises(InputError, match="TensorRT-LLM has no CPU backend"):
         prepare("xeon-8480", "qwen3-0.6b", scheduler="trtllm", knobs={"max_seq_len": 8192}, calibration="none")
+
+
+def test_a_cpu_spec_states_no_cuda_graph_overhead(tmp_path):
+    spec = tmp_path / "cpu.yaml"
+    spec.write_text("extends: xeon-8480\nname: X\noverheads: {graph_kernel_gap: 2 us}\nsources: [test]\n")
+    with pytest.raises(InputError, match="graph_kernel_gap: a CPU replays no CUDA graphs"):
+        prepare(str(spec), "qwen3-0.6b", knobs={"max_model_len": 8192}, calibration="none")

@@ -186,6 +186,13 @@ class DeviceSpec(_Strict):
             raise ValueError("memory[0] is the main memory and needs a bandwidth, e.g. 3.35 TB/s")
         return self
 
+    @model_validator(mode="after")
+    def _no_cuda_graphs_on_a_cpu(self) -> DeviceSpec:
+        if self.kind == "cpu" and "graph_kernel_gap" in self.overheads.model_fields_set:
+            raise ValueError("overheads.graph_kernel_gap: a CPU replays no CUDA graphs (every operator is one "
+                             "dispatch, kernel_launch); remove it")
+        return self
+
     @property
     def main_memory(self) -> MainMemory:
         return cast(MainMemory, self.memory[0])  # its bandwidth is set (_main_memory_has_bandwidth)
