@@ -62,6 +62,10 @@ CASES = [
      31.75, 80, {"weight_dtype": "fp16", "activation_dtype": "fp16", "kv_cache_dtype": "fp16", "enforce_eager": True,
                  "max_num_batched_tokens": 8192, "max_num_seqs": 256, "max_model_len": 32768}, 14.25, 245_360,
      "wangpeiwen/gpu-util-interference, mlwd/sensitivity/data_bak.md, 2026-03-27 (V100: 80 SMs, 31.75 GiB reported)"),
+    ("Llama-3.1-8B-Instruct, A100-SXM4-40GB, eager, offline LLM, 8192-token budget (0.15.1)", "llama-3.1-8b", {},
+     "a100-40gb-sxm", None, None,
+     {"max_num_batched_tokens": 8192, "max_num_seqs": 256, "enforce_eager": True, "max_model_len": 131072}, 14.99,
+     157_936, "ilseokoh/vllm-gce, README.md, log of 2026-02-06 (GCE a2-highgpu-1g: one A100 40GB)"),
 ]
 
 
