@@ -13,6 +13,7 @@ stderr and exit code 2.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from ..errors import InputError
@@ -37,3 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped early (`simulate models | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0

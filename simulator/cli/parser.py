@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from .. import __version__
+
 
 def _positive(text: str) -> int:
     try:
@@ -38,6 +40,7 @@ class _RunHelp(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simulate", description="Simulate LLM serving on hardware described in YAML.")
+    parser.add_argument("--version", action="version", version=f"simulate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="replay a request trace on a deployment and report latency, throughput, cost",
