@@ -153,6 +153,18 @@ def load_spec(name_or_path: str | Path) -> DeviceSpec | SystemSpec:
 
 
 @dataclass(frozen=True)
+class Tier:
+    """A level of memory an accelerator can keep data in: its capacity for that accelerator
+    (its share, for memory shared by several; None if no spec states it), its bandwidth,
+    and the link that reaches it (None: the device's own memory)."""
+
+    name: str
+    capacity: float | None
+    bandwidth: float | None
+    link: Link | None
+
+
+@dataclass(frozen=True)
 class System:
     """The hardware a deployment runs on, resolved: devices per node, links, network."""
 
@@ -177,6 +189,26 @@ class System:
         if not self.standalone or devices <= self.devices_per_node:
             return self
         return replace(self, devices_per_node=devices)
+
+    @property
+    def memory_tiers(self) -> list[Tier]:
+        """The memory hierarchy of one accelerator, nearest first: its own tiers (those its
+        spec reaches over a link included), then its host's main memory over the host link."""
+        device = self.accelerator
+        tiers = [Tier(t.name, t.capacity, t.bandwidth, device.links[t.link] if t.link else None) for t in device.memory]
+        if self.host_link is not None:
+            if self.host is None:  # a bare accelerator spec: the host's memory is not described
+                tiers.append(Tier("host memory", None, None, self.host_link))
+            else:
+                memory = self.host.main_memory
+                share = memory.capacity * self.hosts_per_node / self.devices_per_node
+                tiers.append(Tier(f"host {memory.name}", share, memory.bandwidth, self.host_link))
+        return tiers
+
+    @property
+    def offload_tier(self) -> Tier | None:
+        """The nearest tier outside the device's own memory, where KV blocks can be swapped to."""
+        return next((tier for tier in self.memory_tiers if tier.link is not None), None)
 
     @property
     def total_devices(self) -> int:

@@ -55,11 +55,13 @@ class Link(_Strict):
 
 
 class MemoryTier(_Strict):
-    """One level of the memory hierarchy (HBM, DDR, L2, SRAM)."""
+    """One level of the memory hierarchy (HBM, DDR, L2, SRAM): on the device, or reached over
+    one of its links (`link`, e.g. a Grace CPU's LPDDR over nvlink_c2c)."""
 
     name: str
     capacity: Bytes
     bandwidth: Bandwidth | None = None
+    link: str | None = None  # the name of the device link that reaches it; None: the device's own
 
 
 class MainMemory(Protocol):
@@ -184,6 +186,16 @@ class DeviceSpec(_Strict):
     def _main_memory_has_bandwidth(self) -> DeviceSpec:
         if self.memory[0].bandwidth is None:
             raise ValueError("memory[0] is the main memory and needs a bandwidth, e.g. 3.35 TB/s")
+        return self
+
+    @model_validator(mode="after")
+    def _tier_links_exist(self) -> DeviceSpec:
+        for i, tier in enumerate(self.memory):
+            if tier.link is not None and tier.link not in self.links:
+                raise ValueError(f"memory[{i}].link: {tier.link!r} is not one of this device's links "
+                                 f"({', '.join(self.links) or 'none'})")
+        if self.memory[0].link is not None:
+            raise ValueError("memory[0] is the device's own main memory and is reached over no link")
         return self
 
     @model_validator(mode="after")

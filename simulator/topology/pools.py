@@ -65,7 +65,7 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
         )
     if dep.devices_per_replica > 1 and system.fabric is None and system.network is None:
         raise InputError(f"{system.source_file}: links: {system.name} has no link for tp/pp; add nvlink or pcie")
-    if dep.preemption_mode == "swap" and system.host_link is None:
+    if dep.preemption_mode == "swap" and system.offload_tier is None:
         raise InputError(f"{system.source_file}: {where}preemption_mode=swap needs a host link (pcie or nvlink_c2c) "
                          f"on {system.accelerator.name}; add one or use preemption_mode=recompute")
     context = model_cfg.max_position_embeddings
@@ -109,17 +109,17 @@ def replica_hardware(pool: Pool) -> ReplicaHardware:
 
 
 def swap_space(pool: Pool) -> SwapSpace | None:
-    """Host swap space of one virtual engine (a replica's, split evenly among its engines):
-    `swap_space` GiB per device, at most its share of the host memory; the copies use the
-    accelerator's host link."""
+    """Swap space of one virtual engine (a replica's, split evenly among its engines) in the
+    nearest memory tier outside the device (`System.offload_tier`: the host's memory over
+    the host link, unless the spec names a nearer one): `swap_space` GiB per device, at most
+    the tier's share; the copies take the tier's link."""
     dep, system = pool.deployment, pool.system
     if dep.preemption_mode != "swap":
         return None
+    tier = system.offload_tier
+    assert tier is not None and tier.link is not None  # build_pool refuses swap without one
     per_device = dep.swap_space * 2**30
-    if system.host is not None:
-        host_bytes = system.host.main_memory.capacity * system.hosts_per_node / system.devices_per_node
-        per_device = min(per_device, host_bytes)
+    if tier.capacity is not None:
+        per_device = min(per_device, tier.capacity)
     blocks = int(per_device // pool.plan.kv_bytes_per_block) // pool.engines
-    link = system.host_link
-    assert link is not None  # build_pool refuses swap without a host link
-    return SwapSpace(blocks, pool.plan.kv_bytes_per_block, link.bandwidth, link.latency)
+    return SwapSpace(blocks, pool.plan.kv_bytes_per_block, tier.link.bandwidth, tier.link.latency)
