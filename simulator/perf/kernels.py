@@ -2,19 +2,17 @@
 
 A measured row (`gemm` m,n,k; `attn_prefill`; `attn_decode`; collectives; `memcpy`) becomes
 the same `Operator` the simulator costs inside an iteration, so validation compares exactly
-what a run uses. `ideal_us` gives the physical floor, max(FLOPs / peak, bytes / bandwidth)
-with no efficiency applied (what calibration fits efficiencies against), and `roofline_us`
-the uncalibrated prediction with the spec's named default efficiencies.
+what a run uses; `roofline_us` gives the uncalibrated prediction of each row with the spec's
+named default efficiencies.
 """
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..hardware.loader import System
-from ..hardware.spec import DeviceSpec
 from ..models.config import DTYPE_BYTES, ModelConfig
 from ..models.op_kinds import COLLECTIVE, COPY, OP_KINDS
 from ..models.operators import Operator, Precision, Sharding, attention_decode_op, attention_prefill_op
@@ -50,12 +48,6 @@ def operator_for(row) -> Operator:
     if op == "attn_decode":
         return attention_decode_op(model, batch, batch * int(row.kv_len), shard, prec)
     raise ValueError(f"{op} is not a compute kernel")
-
-
-def ideal_compute_us(device: DeviceSpec, op: Operator) -> tuple[float, float]:
-    """(FLOPs / peak, bytes / bandwidth) in microseconds, no efficiencies (`op` of one shape)."""
-    flops, nbytes = cast(float, op.flops), cast(float, op.bytes)
-    return (flops / device.peak_flops(op.dtype) * 1e6, nbytes / device.main_memory.bandwidth * 1e6)
 
 
 def _collective_link(system: System, world: int):
