@@ -267,3 +267,27 @@ def test_plan_json_flags_a_pick_within_the_model_error():
     unknown = rank([sizing("a", 10.0, 6.0, 2, None), sizing("b", 10.5, 6.0, 2, 0.05)], "min_cost")
     assert unknown["uncertainty"] is None and unknown["margin_within_uncertainty"] is None
     assert unknown["headroom_within_uncertainty"] is None
+
+
+def test_an_unusable_candidate_file_is_an_error_not_an_infeasible_candidate(tmp_path, capsys):
+    """A candidate whose spec names a calibration profile that does not exist cannot be judged:
+    the plan stops with exit 2 naming the candidate and the file, before simulating anything,
+    where a candidate that does not fit (a 70B model on one 24 GB card) is only infeasible."""
+    (tmp_path / "gpu.yaml").write_text("extends: rtx4090\nname: R\ncalibration: missing-profile.yaml\n"
+                                       "sources: [test]\n")
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps({"arrival_s": 0.5 * i, "input_tokens": 200, "output_tokens": 20}) + "\n"
+                             for i in range(20)))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("workload: {trace: t.jsonl}\nmodel: llama-3.1-8b\nslo: {ttft_p90: 1.0}\ntarget_rate: 1\n"
+                    "candidates:\n  - {name: broken, hardware: gpu.yaml}\n"
+                    "  - {name: too-small, hardware: rtx4090, model: llama-2-70b}\n")
+    assert main(["plan", str(plan), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert re.search(r"candidates\[0\].*missing-profile.yaml: cannot read calibration", error), error
+    assert not (tmp_path / "out").exists()
+    plan.write_text(plan.read_text().replace("  - {name: broken, hardware: gpu.yaml}\n",
+                                             "  - {name: fits, hardware: rtx4090}\n"))
+    assert main(["plan", str(plan), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    rows = {r["candidate"]: r for r in csv.DictReader((tmp_path / "out" / "candidates.csv").open())}
+    assert rows["too-small"]["feasible"] in ("False", "false") and "does not fit" in rows["too-small"]["reason"]

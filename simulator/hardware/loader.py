@@ -17,7 +17,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..errors import InputError
+from ..errors import InvalidFile
 from ..paths import HARDWARE_DIR
 from .spec import DeviceSpec, Link, SystemSpec
 
@@ -39,7 +39,7 @@ def resolve_path(name_or_path: str | Path, relative_to: Path | None = None) -> P
     found = catalogue().get(str(name_or_path))
     if found is None:
         known = ", ".join(catalogue())
-        raise InputError(f"{name_or_path}: no such hardware file or catalogue name (known: {known})")
+        raise InvalidFile(f"{name_or_path}: no such hardware file or catalogue name (known: {known})")
     return found
 
 
@@ -47,14 +47,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+        raise InvalidFile(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InputError(f"{path}{where}: malformed YAML ({problem})") from None
+        raise InvalidFile(f"{path}{where}: malformed YAML ({problem})") from None
     if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping of fields at the top level")
+        raise InvalidFile(f"{path}: expected a mapping of fields at the top level")
     return data
 
 
@@ -70,17 +70,17 @@ def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 
 def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
-        raise InputError(f"{path}: extends: cycle through {' -> '.join(map(str, seen))}")
+        raise InvalidFile(f"{path}: extends: cycle through {' -> '.join(map(str, seen))}")
     data = _read_yaml(path)
     parent = data.pop("extends", None)
     if parent is None:
         return data
     if not isinstance(parent, str):
-        raise InputError(f"{path}: extends: expected a file path or catalogue name")
+        raise InvalidFile(f"{path}: extends: expected a file path or catalogue name")
     try:
         parent_path = resolve_path(parent, path)
-    except InputError:
-        raise InputError(f"{path}: extends: {parent}: no such file or catalogue name") from None
+    except InvalidFile:
+        raise InvalidFile(f"{path}: extends: {parent}: no such file or catalogue name") from None
     base = _raw(parent_path, seen + (path,))
     calibration = base.get("calibration")
     if isinstance(calibration, str) and calibration.lower() != "none" and not Path(calibration).is_absolute():
@@ -140,11 +140,11 @@ def _load(path: Path) -> DeviceSpec | SystemSpec:
     model = models.get(kind)
     if model is None:
         hint = "wafer-scale meshes are not supported yet; " if kind == "wafer" else ""
-        raise InputError(f"{path}: kind: {kind!r} is not one of gpu, cpu, system ({hint}set kind:)")
+        raise InvalidFile(f"{path}: kind: {kind!r} is not one of gpu, cpu, system ({hint}set kind:)")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InputError(validation_message(path, exc, model)) from None
+        raise InvalidFile(validation_message(path, exc, model)) from None
 
 
 def load_spec(name_or_path: str | Path) -> DeviceSpec | SystemSpec:
@@ -248,14 +248,14 @@ def load_system(name_or_path: str | Path) -> System:
     accel_path = resolve_path(spec.node.accelerator.spec, path)
     accel = _load(accel_path)
     if not isinstance(accel, DeviceSpec):
-        raise InputError(f"{path}: node.accelerator.spec: {accel_path} is a system, expected a gpu or cpu")
+        raise InvalidFile(f"{path}: node.accelerator.spec: {accel_path} is a system, expected a gpu or cpu")
     declared = spec.node.accelerator.fabric
     if isinstance(declared, Link):
         fabric_name, fabric = "fabric", declared
     else:
         fabric_name, fabric = _pick_link(accel, declared, _FABRIC_PREFERENCE)
     if declared is not None and fabric is None:
-        raise InputError(
+        raise InvalidFile(
             f"{path}: node.accelerator.fabric: {accel.name} has no link named "
             f"{spec.node.accelerator.fabric!r} (has {sorted(accel.links)})"
         )
@@ -265,7 +265,7 @@ def load_system(name_or_path: str | Path) -> System:
         host_path = resolve_path(spec.node.host.spec, path)
         host = _load(host_path)
         if not isinstance(host, DeviceSpec):
-            raise InputError(f"{path}: node.host.spec: {host_path} is not a cpu spec")
+            raise InvalidFile(f"{path}: node.host.spec: {host_path} is not a cpu spec")
         _, host_link = _pick_link(accel, spec.node.host.link, _HOST_PREFERENCE)
     else:
         _, host_link = _pick_link(accel, None, _HOST_PREFERENCE)

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import InputError
+from ..errors import InvalidFile
 from ..paths import MODELS_DIR
 from .layers import layer_small_params, linear_params
 
@@ -118,12 +118,12 @@ def _get(cfg: dict[str, Any], where: str, *keys: str, default: Any = None) -> An
             return cfg[key]
     if default is not None:
         return default
-    raise InputError(f"{where}: {keys[0]}: required field is missing (a Hugging Face config.json key)")
+    raise InvalidFile(f"{where}: {keys[0]}: required field is missing (a Hugging Face config.json key)")
 
 
 def _positive_int(value: Any, where: str, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InputError(f"{where}: {key}: {value!r} is not a positive integer")
+        raise InvalidFile(f"{where}: {key}: {value!r} is not a positive integer")
     return value
 
 
@@ -174,7 +174,7 @@ def _moe_layers(cfg: dict[str, Any], layers: int, experts: int, where: str) -> i
     step = cfg.get("decoder_sparse_step") or 1
     only_mlp = set(cfg.get("mlp_only_layers") or ())
     if not isinstance(dense_first, int) or not isinstance(step, int) or dense_first < 0 or step < 1:
-        raise InputError(f"{where}: first_k_dense_replace/decoder_sparse_step: not a layer count")
+        raise InvalidFile(f"{where}: first_k_dense_replace/decoder_sparse_step: not a layer count")
     return sum(1 for i in range(dense_first, layers) if (i + 1) % step == 0 and i not in only_mlp)
 
 
@@ -184,17 +184,17 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
     model_type = str(cfg.get("model_type") or "llama").lower()
     unmodelled = unmodelled_features(cfg)
     if unmodelled:
-        raise InputError(f"{where}: not modelled: {'; '.join(unmodelled)}. The simulator costs dense and "
+        raise InvalidFile(f"{where}: not modelled: {'; '.join(unmodelled)}. The simulator costs dense and "
                          "mixture-of-experts decoders with full or sliding-window attention; see docs/models.md")
     if model_type not in READ_TYPES:
-        raise InputError(f"{where}: model_type {model_type!r} is not one the simulator reads (known: "
+        raise InvalidFile(f"{where}: model_type {model_type!r} is not one the simulator reads (known: "
                          f"{', '.join(READ_TYPES)}); for a decoder laid out like Llama, set model_type: llama "
                          "in a copy of the config")
     hidden = _positive_int(_get(cfg, where, "hidden_size", "d_model"), where, "hidden_size")
     heads = _positive_int(_get(cfg, where, "num_attention_heads", "n_head"), where, "num_attention_heads")
     kv_heads = _positive_int(_get(cfg, where, "num_key_value_heads", default=heads), where, "num_key_value_heads")
     if heads % kv_heads:
-        raise InputError(f"{where}: num_key_value_heads: {kv_heads} does not divide num_attention_heads {heads}")
+        raise InvalidFile(f"{where}: num_key_value_heads: {kv_heads} does not divide num_attention_heads {heads}")
     layers = _positive_int(_get(cfg, where, "num_hidden_layers", "n_layer"), where, "num_hidden_layers")
     experts = _positive_int(cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts")
                             or 1, where, "num_local_experts")
@@ -240,15 +240,15 @@ def load_model(name_or_path: str) -> ModelConfig:
         found = model_catalogue().get(name_or_path)
         if found is None:
             known = ", ".join(model_catalogue())
-            raise InputError(f"--model {name_or_path}: no such file or catalogue model (known: {known})")
+            raise InvalidFile(f"--model {name_or_path}: no such file or catalogue model (known: {known})")
         path = found
     try:
         text = path.read_text()
         cfg = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: malformed {'JSON' if path.suffix == '.json' else 'YAML'} ({exc})") from None
+        raise InvalidFile(f"{path}: malformed {'JSON' if path.suffix == '.json' else 'YAML'} ({exc})") from None
     if not isinstance(cfg, dict):
-        raise InputError(f"{path}: expected a mapping of config.json keys")
+        raise InvalidFile(f"{path}: expected a mapping of config.json keys")
     return model_from_dict(cfg, str(path), name=_display_name(cfg, path))
 
 

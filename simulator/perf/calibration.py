@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..errors import InputError
+from ..errors import InputError, InvalidFile
 from ..hardware.loader import System
 from .device_identity import fingerprint, measured_elsewhere
 from .measurements import read_all
@@ -89,9 +89,9 @@ class Calibration:
         try:
             data = yaml.load(path.read_text(), Loader=_LOADER)
         except OSError as exc:
-            raise InputError(f"{path}: cannot read calibration ({exc.strerror})") from None
+            raise InvalidFile(f"{path}: cannot read calibration ({exc.strerror})") from None
         except yaml.YAMLError as exc:
-            raise InputError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+            raise InvalidFile(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
         _check_header(path, data)
         calib = cls(str(data.get("device", "")), str(data.get("hardware", "")), list(data.get("sources", [])),
                     dict(data["fitted_on"]), dict(data.get("source_sha256") or {}), path=path)
@@ -101,21 +101,21 @@ class Calibration:
                 calib.ops[(entry["op"], entry["dtype"])] = OpProfile(entry["op"], entry["dtype"], model,
                                                                       dict(entry["heldout_error_pct"]))
             except (KeyError, TypeError, ValueError) as exc:
-                raise InputError(f"{path}: ops[{i}]: malformed entry ({exc})") from None
+                raise InvalidFile(f"{path}: ops[{i}]: malformed entry ({exc})") from None
         if data.get("mixed_attention"):
             try:
                 calib.mixed = MixedAttention.from_dict(data["mixed_attention"])
             except (KeyError, TypeError, ValueError) as exc:
-                raise InputError(f"{path}: mixed_attention: malformed entry ({exc})") from None
+                raise InvalidFile(f"{path}: mixed_attention: malformed entry ({exc})") from None
         return calib
 
 
 def _check_header(path: Path, data: Any) -> None:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise InputError(f"{path}: schema: not a calibration profile (expected schema: {SCHEMA}; "
+        raise InvalidFile(f"{path}: schema: not a calibration profile (expected schema: {SCHEMA}; "
                          "write one with `simulate calibrate`)")
     if not isinstance(data.get("fitted_on"), dict):
-        raise InputError(f"{path}: fitted_on: missing (a profile written before device fingerprints); "
+        raise InvalidFile(f"{path}: fitted_on: missing (a profile written before device fingerprints); "
                          "re-run `simulate calibrate` on its measurements")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..api import Setup, prepare
 from ..deployment import Deployment, build_deployment
-from ..errors import InputError
+from ..errors import InputError, InvalidFile
 from ..hardware.loader import load_system
 from ..models.config import load_model
 from ..paths import shown_path
@@ -107,7 +107,9 @@ def _resolve(plan: Plan, where: str, spec: CandidateSpec) -> Candidate:
                             "knobs": knobs, "calibration": calibration}
     try:
         setup = prepare(**args)
-    except InputError as exc:
+    except InvalidFile as exc:  # a file it names cannot be used: the plan's input is wrong
+        raise InvalidFile(f"{at}: {exc}") from None
+    except InputError as exc:  # it does not fit, or its knobs do not go together: infeasible
         return Candidate(spec.name, spec, deployment, args, None, str(exc), None)
     return Candidate(spec.name, spec, deployment, args, setup, "", _price(at, spec, setup))
 

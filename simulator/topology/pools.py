@@ -50,6 +50,7 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
     """Validate one pool's parallelism against its hardware, plan its memory and cost model
     with its policy (`dep.scheduler`)."""
     where = "" if role == "mixed" else f"{role} pool: "
+    calib = resolve_calibration(system, calibration)  # first: a profile that cannot be read is an input error
     if model_cfg.num_heads % dep.tp:
         raise InputError(f"{where}--tp {dep.tp}: must divide {model_cfg.name}'s {model_cfg.num_heads} attention heads")
     kv_heads = model_cfg.num_kv_heads
@@ -84,7 +85,6 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
             f"full attention over a KV cache that keeps every block: exact only for requests of up to {window} "
             f"tokens, so set max_model_len {window} (or less), or drop sliding_window from a copy of the config to "
             "cost full attention")
-    calib = resolve_calibration(system, calibration)
     cost = CostModel(system, model_cfg, dep, calib, host_overlapped=policy.host_overlapped(dep),
                      budget_tokens=forward, graphs=backend.graph_plan(policy, dep, forward),
                      mixed_decode_slowdown=policy.mixed_decode_slowdown)
