@@ -43,3 +43,23 @@ def test_the_runs_are_replayed_whole():
 def test_there_is_a_development_set_and_a_held_out_run():
     roles = {load_run(RUNS / name).role for name in RUN_NAMES}
     assert roles == {"development", "held-out"}
+
+
+@pytest.mark.parametrize("name, hardware, model", [("rtxpro6000-vllm-qwen3-32b-tp2", "rtx-pro-6000-x2", "qwen3-32b"),
+                                                   ("rtx4090-vllm-llama-3.1-8b", "rtx4090", "llama-3.1-8b")])
+def test_a_run_without_run_yaml_is_read_as_its_name_and_log_say(tmp_path, name, hardware, model):
+    """The publisher's folders carry no run.yaml: the device comes from the folder's name (a
+    system of tp devices for a TP run), the model from the logged Hugging Face id."""
+    import json
+    import shutil
+
+    from validation.e2e import infer_spec
+
+    folder = tmp_path / name
+    folder.mkdir()
+    shutil.copy(RUNS / name / "vllm_meta.json", folder)
+    meta = json.loads((folder / "vllm_meta.json").read_text())
+    assert infer_spec(folder, meta, None) == {"hardware": hardware, "model": model, "inferred": True}
+    assert infer_spec(folder, meta, "h100-sxm")["hardware"] == "h100-sxm"
+    with pytest.raises(ValueError, match="pass --hardware"):
+        infer_spec(folder.rename(tmp_path / "somewhere-vllm-run"), meta, None)

@@ -10,8 +10,12 @@ A run is a folder holding what a real vLLM server logged while it served a trace
 - `vllm_meta.json`: the engine arguments and versions (and, when logged, the KV-cache size,
   which the replay then uses as `num_gpu_blocks_override`);
 - `vllm_timeseries.csv`: once a second, the running and waiting request counts;
-- `run.yaml` (ours): the hardware and model catalogue names the run maps to, its role
-  (`development` runs may guide the model; `held-out` runs only judge it) and its source.
+- `run.yaml` (ours, optional): the hardware and model catalogue names the run maps to, its
+  role (`development` runs may guide the model; `held-out` runs only judge it) and its source.
+  Without it the model is the catalogue entry whose `source` is the run's Hugging Face id (else
+  the folder's `config.json`), and the hardware is `--hardware`, else the catalogue spec named
+  like the folder's first part (`rtxpro6000-vllm-...` -> `rtx-pro-6000`, or
+  `rtx-pro-6000-x2` for a TP 2 run); what was inferred is printed with the results.
 
 The trace replayed is the requests as the engine queued them (arrival = `queued_ts` from the
 first one), so front-end time before queueing is in neither side. Latencies are measured as the
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +42,9 @@ import pandas as pd
 import yaml
 
 from simulator import simulate
+from simulator.hardware.loader import catalogue as hardware_catalogue
+
+from .layer_tables import catalogue_name
 
 RUNS = Path(__file__).resolve().parent / "data" / "e2e"
 # Targets of the development set: relative error of the mean (and of the makespan).
@@ -58,6 +66,7 @@ class Run:
     knobs: dict[str, Any]
     requests: pd.DataFrame  # the engine's per-request log, times from the first queued request
     timeseries: pd.DataFrame | None
+    inferred: bool = False  # no run.yaml: hardware and model inferred (infer_spec)
 
     @property
     def trace(self) -> pd.DataFrame:
@@ -88,17 +97,42 @@ def engine_knobs(meta: dict[str, Any]) -> dict[str, Any]:
     return knobs
 
 
-def load_run(folder: Path) -> Run:
-    spec = yaml.safe_load((folder / "run.yaml").read_text())
+def _squeezed(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def infer_spec(folder: Path, meta: dict[str, Any], hardware: str | None) -> dict[str, Any]:
+    """What run.yaml would say of a run folder without one (see the module docstring)."""
+    model = catalogue_name(str(meta.get("model")))
+    if model is None:
+        if not (folder / "config.json").exists():
+            raise ValueError(f"{folder}: no run.yaml, no catalogue model with source {meta.get('model')!r} "
+                             "and no config.json")
+        model = str(folder / "config.json")
+    if hardware is None:
+        tp = int(meta.get("engine_kwargs", {}).get("tensor_parallel_size", 1))
+        device = _squeezed(folder.name.split("-vllm")[0])
+        wanted = {device} if tp == 1 else {device + f"x{tp}"}
+        names = [name for name in hardware_catalogue() if _squeezed(name) in wanted]
+        if len(names) != 1:
+            raise ValueError(f"{folder}: no run.yaml, and its name names no one catalogue spec for TP {tp}; "
+                             "pass --hardware")
+        hardware = names[0]
+    return {"hardware": hardware, "model": model, "inferred": True}
+
+
+def load_run(folder: Path, hardware: str | None = None) -> Run:
     meta = json.loads((folder / "vllm_meta.json").read_text())
+    given = folder / "run.yaml"
+    spec = yaml.safe_load(given.read_text()) if given.exists() else infer_spec(folder, meta, hardware)
     requests = pd.read_json(folder / "vllm_requests.jsonl", lines=True, dtype=False)
     start = requests["queued_ts"].min()
     for column in ("queued_ts", "scheduled_ts", "first_token_ts", "last_token_ts"):
         requests[column] = requests[column] - start
     series = folder / "vllm_timeseries.csv"
-    return Run(folder.name, folder, spec["hardware"], spec["model"], spec.get("role", "development"),
+    return Run(folder.name, folder, hardware or spec["hardware"], spec["model"], spec.get("role", "development"),
                engine_knobs(meta), requests.sort_values("queued_ts", kind="stable").reset_index(drop=True),
-               pd.read_csv(series) if series.exists() else None)
+               pd.read_csv(series) if series.exists() else None, spec.get("inferred", False))
 
 
 def real_metrics(run: Run) -> dict[str, Any]:
@@ -139,23 +173,33 @@ def _row(run: Run, metric: str, stat: str, real: float, sim: float) -> dict[str,
             "met": None if target is None else abs(error) <= target}
 
 
+def _is_run(folder: Path) -> bool:
+    return (folder / "vllm_meta.json").exists() and (folder / "vllm_requests.jsonl").exists()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="?", default=str(RUNS), help="a folder of runs, or one run's folder")
     parser.add_argument("--out", help="write comparison.csv and one figure per run here")
+    parser.add_argument("--hardware", help="catalogue spec the runs ran on (default: run.yaml's, else inferred)")
     args = parser.parse_args(argv)
     root = Path(args.runs)
-    folders = [root] if (root / "run.yaml").exists() else sorted(p for p in root.iterdir() if (p / "run.yaml").exists())
+    folders = [root] if _is_run(root) else sorted(p for p in root.iterdir() if _is_run(p)) if root.is_dir() else []
     if not folders:
-        print(f"error: {root}: no run folders (each needs run.yaml, vllm_meta.json, vllm_requests.jsonl)",
-              file=sys.stderr)
+        print(f"error: {root}: no run folders (each needs vllm_meta.json and vllm_requests.jsonl)", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     rows = []
     for folder in folders:
-        run = load_run(folder)
+        try:
+            run = load_run(folder, args.hardware)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if run.inferred:
+            print(f"{run.name}: hardware {run.hardware}, model {run.model} (inferred: no run.yaml)")
         result = simulate_run(run)
         rows += compare(run, result)
         if out is not None:

@@ -28,12 +28,20 @@ from simulator.models.config import ModelConfig, load_model, model_catalogue
 from simulator.models.layers import DENSE, linear_layers
 
 
-def catalogue_model(source: str) -> ModelConfig:
-    """The catalogue model whose `source` (Hugging Face id) is `source`."""
+def catalogue_name(source: str) -> str | None:
+    """The catalogue name of the model whose `source` (Hugging Face id) is `source`, if any."""
     for name, path in model_catalogue().items():
         if yaml.safe_load(path.read_text()).get("source") == source:
-            return load_model(name)
-    raise ValueError(f"no model in workloads/models/ has source {source!r}")
+            return name
+    return None
+
+
+def catalogue_model(source: str) -> ModelConfig:
+    """The catalogue model whose `source` (Hugging Face id) is `source`."""
+    name = catalogue_name(source)
+    if name is None:
+        raise ValueError(f"no model in workloads/models/ has source {source!r}")
+    return load_model(name)
 
 
 def gemm_shapes(model: ModelConfig, tp: int = 1) -> dict[str, tuple[int, int]]:
