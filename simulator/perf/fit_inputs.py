@@ -3,8 +3,8 @@ each measurement row, its FLOPs and bytes, and the numbers of the device it ran 
 
 A measurement row (`measurements.py`) carries an op, a dtype, shape parameters and a time. The
 fits (`fit_roofline.py`) and the interpolation table (`fit_table.py`) work on the features
-derived here: the table's axes per op (`AXES`: which are size axes the table keeps
-non-decreasing, `MONOTONE`, which are interpolated freely, which are categorical), FLOPs and
+derived here: the table's axes per op (`models/op_kinds.TABLE_AXES`: which are size axes the
+table keeps non-decreasing, which are interpolated freely, which are categorical), FLOPs and
 bytes computed with the same formulas as `kernels.operator_for` (vectorised over rows), and
 the spec's peak, bandwidth, compute units and links that the fitted efficiencies are ratios
 to. They live apart so that fitting, predicting, and transferring a fit to another device
@@ -16,17 +16,12 @@ import numpy as np
 import pandas as pd
 
 from ..hardware.loader import System
-from ..models.op_kinds import ATTENTION, COLLECTIVE_KINDS, GEMM, OP_KINDS, TABLE_AXES, kinds_of
+from ..models.op_kinds import ATTENTION, GEMM, TABLE_AXES, kinds_of
 
-COLLECTIVE_OPS = COLLECTIVE_KINDS
 DIRECTIONS = ("h2d", "d2h", "d2d")
 DTYPE_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
-# table axes per op (models/op_kinds.py): (feature, log offset, kind) with kind "mono" (size
-# axis, forced non-decreasing), "free" (interpolated, not forced) or "cat" (categorical)
-AXES = TABLE_AXES
-MONOTONE = {op: OP_KINDS[op].monotone for op in AXES}
-COMPUTE_OPS = tuple(op for op in kinds_of(GEMM, ATTENTION) if op in AXES)  # timed by a roofline fit
+COMPUTE_OPS = tuple(op for op in kinds_of(GEMM, ATTENTION) if op in TABLE_AXES)  # timed by a roofline fit
 
 
 # ---------------------------------------------------------------------------------------
@@ -43,7 +38,7 @@ def features(op: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     if op == "memcpy":
         codes = frame["direction"].map({d: i for i, d in enumerate(DIRECTIONS)})
         return {"bytes": frame["bytes"].to_numpy(float), "direction": codes.to_numpy(float)}
-    return {name: frame[name].to_numpy(float) for name, _, _ in AXES[op]}
+    return {name: frame[name].to_numpy(float) for name, _, _ in TABLE_AXES[op]}
 
 
 def work(op: str, dtype: str, f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

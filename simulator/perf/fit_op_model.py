@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .fit_inputs import AXES, features
+from ..models.op_kinds import TABLE_AXES
+from .fit_inputs import features
 from .fit_roofline import fit_predict
 from .fit_table import Table
 
@@ -90,7 +91,7 @@ class OpModel:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OpModel:
         op = str(d["op"])
-        if op not in AXES:
+        if op not in TABLE_AXES:
             raise ValueError(f"unknown op {op!r}")
         table = Table.from_dict(op, d["table"]) if d.get("table") else None
         return cls(op, str(d["dtype"]), str(d["method"]),

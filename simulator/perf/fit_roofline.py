@@ -24,8 +24,9 @@ from functools import partial
 
 import numpy as np
 
+from ..models.op_kinds import COLLECTIVE_KINDS
 from .fit_compute import compute_predict, fit_compute
-from .fit_inputs import COLLECTIVE_OPS, COMPUTE_OPS
+from .fit_inputs import COMPUTE_OPS
 from .fit_links import collective_predict, fit_collective, fit_memcpy, memcpy_predict
 
 
@@ -34,7 +35,7 @@ def _family(op: str, dtype: str) -> tuple[Callable, Callable]:
     fit(features, log_t, dev) -> params and predict(features, params, dev) -> microseconds."""
     if op in COMPUTE_OPS:
         return partial(fit_compute, op, dtype), partial(compute_predict, op, dtype)
-    if op in COLLECTIVE_OPS:
+    if op in COLLECTIVE_KINDS:
         return partial(fit_collective, op), partial(collective_predict, op)
     if op == "memcpy":
         return fit_memcpy, memcpy_predict

@@ -1,13 +1,13 @@
 """The interpolation table: the part of a calibration used inside the measured grid.
 
-Its axes are the unique measured values of each shape feature (`fit_inputs.AXES`: m, n, k;
+Its axes are the unique measured values of each shape feature (`models/op_kinds.TABLE_AXES`: m, n, k;
 batch, seq_len, context = kv_len - seq_len, heads, kv_heads, head_dim; bytes, world_size,
 direction) on a log scale; grids of more than 250k nodes are thinned to quantile knots. A
 measured node holds the mean measured log(time). An unmeasured node holds the fit times
 exp(residual), the residual log(measured / fit) spread from the measured nodes
 (`fit_residual_fill.py`: one offset per axis value, then a harmonic fill along the axes and
 steps where the residual is smooth, back to the fit far from data). The grid is then made
-non-decreasing along the size axes (`fit_inputs.MONOTONE`) by weighted isotonic regression
+non-decreasing along the size axes (the axes of kind "mono") by weighted isotonic regression
 along each axis (twice round) and a running maximum, and stored as log(time) rounded to
 0.001 (0.05 %). Queries are answered by multilinear interpolation of log(time) in the log
 features. A node is "supported" when it is measured, next to a measured node, or between
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .fit_inputs import AXES
+from ..models.op_kinds import TABLE_AXES
 from .fit_residual_fill import harmonic_fill, main_effects
 
 _MAX_NODES = 250_000  # a larger grid is thinned to quantile knots per axis
@@ -87,7 +87,7 @@ class Table:
     @classmethod
     def build(cls, op: str, f: dict[str, np.ndarray], log_t: np.ndarray,
               baseline: Callable[[dict[str, np.ndarray]], np.ndarray]) -> Table:
-        spec = AXES[op]
+        spec = TABLE_AXES[op]
         names = tuple(s[0] for s in spec)
         offsets = tuple(s[1] for s in spec)
         kinds = tuple(s[2] for s in spec)
@@ -221,7 +221,7 @@ class Table:
 
     @classmethod
     def from_dict(cls, op: str, d: dict[str, Any]) -> Table:
-        spec = AXES[op]
+        spec = TABLE_AXES[op]
         names = tuple(s[0] for s in spec)
         axes = [np.asarray(d["axes"][n], dtype=float) for n in names]
         shape = tuple(len(a) for a in axes)

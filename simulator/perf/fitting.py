@@ -43,11 +43,11 @@ import numpy as np
 import pandas as pd
 
 from ..hardware.loader import System
-from .fit_inputs import AXES, COLLECTIVE_OPS, device_numbers, features
+from ..models.op_kinds import COLLECTIVE_KINDS, MEASURED, TABLE_AXES
+from .fit_inputs import device_numbers, features
 from .fit_op_model import OpModel
 from .fit_roofline import fit_params, fit_predict
 from .fit_table import Table
-from .measurements import OP_PARAMS
 
 _INSIDE = "monotone log-log interpolation of the measured grid (unmeasured nodes: fit x harmonic fill of residuals); "
 _METHOD = {
@@ -71,7 +71,7 @@ def _check_group(frame: pd.DataFrame) -> tuple[str, str]:
     if len(ops) != 1 or len(dtypes) != 1:
         raise ValueError(f"fit_op needs rows of one op and one dtype, got ops {list(ops)} dtypes {list(dtypes)}")
     op = str(ops[0])
-    if op not in AXES:
+    if op not in TABLE_AXES:
         raise ValueError(f"unknown op {op!r}")
     return op, str(dtypes[0])
 
@@ -84,14 +84,14 @@ def fit_op(frame: pd.DataFrame, system: System) -> OpModel:
     dev = device_numbers(system, op, dtype)
     params = fit_params(op, dtype, f, log_t, dev)
     table = Table.build(op, f, log_t, lambda g: fit_predict(op, dtype, g, params, dev))
-    ranges = {p: [float(frame[p].min()), float(frame[p].max())] for p in OP_PARAMS[op] if p != "direction"}
-    method = _COLLECTIVE_METHOD if op in COLLECTIVE_OPS else _METHOD[op]
+    ranges = {p: [float(frame[p].min()), float(frame[p].max())] for p in MEASURED[op] if p != "direction"}
+    method = _COLLECTIVE_METHOD if op in COLLECTIVE_KINDS else _METHOD[op]
     return OpModel(op, dtype, method, ranges, len(frame), params, dev, table)
 
 
 def _shape_keys(frame: pd.DataFrame) -> np.ndarray:
     op = str(frame["op"].iloc[0])
-    cols = [p for p in OP_PARAMS[op] if p in frame.columns]
+    cols = [p for p in MEASURED[op] if p in frame.columns]
     return frame.groupby(cols, sort=False, dropna=False).ngroup().to_numpy()
 
 
@@ -151,7 +151,7 @@ def transfer(model_or_efficiencies: OpModel | dict[str, float], target_system: S
     target_clock = target_system.accelerator.compute.clock
     if op == "gemm" and source_clock and target_clock:
         params["overhead_us"] *= source_clock / target_clock
-    if op in COLLECTIVE_OPS:  # per-world-size fits are device specific; keep the link model
+    if op in COLLECTIVE_KINDS:  # per-world-size fits are device specific; keep the link model
         params = {k: v for k, v in params.items() if "@" not in k}
     elif op == "memcpy":  # efficiencies of the link travel, latencies are the target link's
         params = {k: v for k, v in params.items() if k.startswith("efficiency@")}

@@ -15,7 +15,6 @@ import pandas as pd
 from ..errors import InputError
 from ..models.op_kinds import MEASURED
 
-OP_PARAMS = MEASURED  # op -> its shape parameters, in the order the contract lists them (models/op_kinds.py)
 REQUIRED = ("op", "dtype", "time_us", "device")
 DIRECTIONS = ("h2d", "d2h", "d2d")
 
@@ -44,17 +43,17 @@ def read_measurements(path: str | Path, device: str | None = None) -> pd.DataFra
         raise InputError(f"{path}: no measurement rows")
     if "source" not in frame.columns:
         frame["source"] = path.name
-    unknown = ~frame["op"].isin(list(OP_PARAMS))
+    unknown = ~frame["op"].isin(list(MEASURED))
     if unknown.any():
         i = int(np.flatnonzero(unknown.to_numpy())[0])
-        raise InputError(f"{_row(path, i)}: op: {frame['op'].iloc[i]!r} is not one of {', '.join(OP_PARAMS)}")
+        raise InputError(f"{_row(path, i)}: op: {frame['op'].iloc[i]!r} is not one of {', '.join(MEASURED)}")
     time = pd.to_numeric(frame["time_us"], errors="coerce")
     bad = ~(time > 0) | ~np.isfinite(time)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise InputError(f"{_row(path, i)}: time_us: {frame['time_us'].iloc[i]!r} is not a positive number of microseconds")
     frame["time_us"] = time.astype(float)
-    for op, params in OP_PARAMS.items():
+    for op, params in MEASURED.items():  # each op's shape columns (models/op_kinds.py)
         rows = frame["op"] == op
         if not rows.any():
             continue

@@ -45,10 +45,11 @@ import yaml
 
 from ..errors import InputError
 from ..hardware.loader import System
+from ..models.op_kinds import COLLECTIVE_KINDS
 from ..paths import HARDWARE_DIR
 from .calibration import Calibration, read_header
 from .device_identity import fingerprint, same_device, spec_distance
-from .fit_inputs import COLLECTIVE_OPS
+from .fit_inputs import DTYPE_BYTES
 from .fit_op_model import FIT, INTERPOLATION
 from .fitting import transfer
 
@@ -58,7 +59,6 @@ ERRORS_SCHEMA = "simulator.transfer-errors/1"
 CALIBRATED, SCALED, TRANSFERRED = "calibrated", "scaled", "transferred"
 # route kind -> the kernel-time sources (kernel_times.SOURCES) its predictions carry
 ROUTE_SOURCES = {CALIBRATED: (INTERPOLATION, FIT), SCALED: ("scaled",), TRANSFERRED: ("transferred",)}
-_WIDTH = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
 
 @lru_cache(maxsize=4)
@@ -80,7 +80,7 @@ def measured_error_p90(kind: str, op: str, device_kind: str) -> float | None:
     if kind == TRANSFERRED and device_kind not in table.get("transfer_device_kinds", []):
         return None
     entries = table.get(kind) or {}
-    entry = entries.get(op) or (entries.get("gemm") if kind == SCALED and op not in COLLECTIVE_OPS else None)
+    entry = entries.get(op) or (entries.get("gemm") if kind == SCALED and op not in COLLECTIVE_KINDS else None)
     return float(entry["p90_pct"]) / 100.0 if entry else None
 
 
@@ -144,7 +144,7 @@ class AppliedProfile:
         measured = sorted(d for (o, d) in self.profile.ops if o == op)
         if not measured:
             return None
-        if op in COLLECTIVE_OPS or op == "memcpy":  # bytes on this fabric: only where measured
+        if op in COLLECTIVE_KINDS or op == "memcpy":  # bytes on this fabric: only where measured
             if not self.here:
                 return None
             chosen = dtype if dtype in measured else measured[0]
@@ -165,10 +165,10 @@ class AppliedProfile:
             return dtype, True
         device = self.system.accelerator
         for other in measured:
-            if _WIDTH.get(other) == _WIDTH.get(dtype) and _peak(device, other) == _peak(device, dtype):
+            if DTYPE_BYTES.get(other) == DTYPE_BYTES.get(dtype) and _peak(device, other) == _peak(device, dtype):
                 return other, True
-        width = _WIDTH.get(dtype, 2.0)
-        return min(measured, key=lambda d: (abs(math.log(_WIDTH.get(d, 2.0) / width)), d)), False
+        width = DTYPE_BYTES.get(dtype, 2.0)
+        return min(measured, key=lambda d: (abs(math.log(DTYPE_BYTES.get(d, 2.0) / width)), d)), False
 
     def _heldout(self, op: str, dtype: str) -> float:
         return self.profile.ops[(op, dtype)].heldout_error_pct["p90"] / 100.0
