@@ -115,5 +115,10 @@ def test_sliding_window_runs_only_where_full_attention_is_exact():
         prepare("h100-sxm", "mistral-7b", calibration="none")
     setup = prepare("h100-sxm", "mistral-7b", calibration="none", knobs={"max_model_len": 4096})
     assert setup.model.sliding_window == 4096
-    # Qwen2 configs state a window but switch it off
+    # Qwen configs state a window but switch it off; switched on for the upper layers only, it is refused
     assert model_from_dict(QWEN15_MOE, "qwen").sliding_window == 0
+    assert model_from_dict({k: v for k, v in QWEN15_MOE.items() if k != "use_sliding_window"}, "q").sliding_window == 0
+    with pytest.raises(InputError, match="max_window_layers"):
+        model_from_dict(dict(QWEN15_MOE, use_sliding_window=True, max_window_layers=21), "qwen")
+    assert model_from_dict(dict(QWEN15_MOE, use_sliding_window=True, max_window_layers=24), "q").sliding_window == 0
+    assert model_from_dict(dict(QWEN15_MOE, use_sliding_window=True, max_window_layers=0), "q").sliding_window == 32768

@@ -136,12 +136,14 @@ NON_GATED_TYPES = ("opt",)  # fc1/fc2 MLPs; every other type read here has a Swi
 
 
 def _sliding(cfg: dict[str, Any], model_type: str) -> int:
-    """The attention window every layer uses (0: full attention). Qwen2 configs state a
-    window but switch it off (use_sliding_window false); Mistral's applies when given."""
+    """The attention window every layer uses (0: full attention). Qwen configs state a window
+    that applies only with `use_sliding_window: true` (off by default, as in their
+    configuration classes) and only to the layers after the first `max_window_layers`
+    (mixed layers are refused by `unmodelled_features`); Mistral's applies whenever given."""
     window = cfg.get("sliding_window")
-    if not window or cfg.get("use_sliding_window") is False or model_type.startswith("qwen"):
-        return 0
-    return int(window)
+    enabled = cfg.get("use_sliding_window", not model_type.startswith("qwen"))
+    full_layers = cfg.get("max_window_layers") or 0
+    return int(window) if window and enabled and full_layers < cfg.get("num_hidden_layers", 1) else 0
 
 
 def unmodelled_features(cfg: dict[str, Any]) -> list[str]:
@@ -160,6 +162,9 @@ def unmodelled_features(cfg: dict[str, Any]) -> list[str]:
                       ("text_config", "a multimodal wrapper (the language model is its text_config)")):
         if cfg.get(key):
             found.append(f"{what} ({key})")
+    window_layers = cfg.get("max_window_layers")
+    if cfg.get("use_sliding_window") and window_layers is not None and window_layers < cfg.get("num_hidden_layers", 0):
+        found.append("a sliding window on some layers only (use_sliding_window, max_window_layers)")
     if (cfg.get("moe_layer_freq") or 1) != 1:
         found.append("MoE every few layers (moe_layer_freq)")
     return found
