@@ -163,7 +163,7 @@ def unmodelled_features(cfg: dict[str, Any]) -> list[str]:
         if cfg.get(key):
             found.append(f"{what} ({key})")
     window_layers = cfg.get("max_window_layers")
-    if cfg.get("use_sliding_window") and window_layers is not None and window_layers < cfg.get("num_hidden_layers", 0):
+    if cfg.get("use_sliding_window") and 0 < (window_layers or 0) < cfg.get("num_hidden_layers", 0):
         found.append("a sliding window on some layers only (use_sliding_window, max_window_layers)")
     if (cfg.get("moe_layer_freq") or 1) != 1:
         found.append("MoE every few layers (moe_layer_freq)")
