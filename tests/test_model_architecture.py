@@ -87,7 +87,7 @@ def test_dense_first_layers_of_an_moe_model():
     ops = {op.name: op for op in dense_ops(model, 64, Sharding(), Precision())}
     assert ops["gate_up_proj"].count == 2 and ops["experts_up"].count % 46 == 0
     # a routed expert's GEMM sees its share of the 64 x 8 routed rows
-    assert ops["experts_up"].m * ops["experts_up"].count // 46 == pytest.approx(64 * 8, rel=0.1)
+    assert ops["experts_up"].shape.m * ops["experts_up"].count // 46 == pytest.approx(64 * 8, rel=0.1)
     dense_only = [lin.name for lin in linear_layers(model, 1, DENSE)]
     assert dense_only == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 

@@ -36,6 +36,7 @@ from simulator.api import prepare, simulate
 from simulator.engine.batch import BatchShape
 from simulator.errors import InputError
 from simulator.hardware.spec import Link
+from simulator.models.op_kinds import GemmShape
 from simulator.models.operators import Operator, Precision, Sharding, attention_decode_op, dense_ops
 from simulator.perf.collectives import allreduce_time_s
 from simulator.perf.cost_model import CostModel
@@ -261,7 +262,7 @@ def test_large_gemv_is_memory_bound_at_streaming_bandwidth(tp1):
     n = k = 16384
     # weights k x n bf16 = 536,870,912 B dominate; x and y add 2 x 16384 x 2 B
     nbytes = k * n * 2 + k * 2 + n * 2
-    op = Operator("gemv", "gemm", flops=2.0 * n * k, bytes=nbytes, dtype="bf16", m=1, n=n, k=k)
+    op = Operator("gemv", "gemm", flops=2.0 * n * k, bytes=nbytes, dtype="bf16", shape=GemmShape(1, n, k))
     t = operator_time_s(dev, op)
     ideal = nbytes / (HBM_BW * memory_max)  # 536.9e6 / (3.35e12 x 0.9) = 178 us
     assert t == pytest.approx(ideal, rel=0.01)

@@ -1,8 +1,9 @@
 """The kinds of operator the simulator costs, measures and calibrates: one entry each.
 
-An `OpKind` gives a kind its family (a tiled GEMM, an attention kernel, a bandwidth-bound
-elementwise kernel, a collective over a link, a copy between memories), which fixes its
-roofline (`perf/roofline.py`: the wave-quantised GEMM efficiency, the attention kernels'
+An `OpKind` gives a kind the type of its shape (`GemmShape`, `PrefillShape`, `DecodeShape`:
+what a calibration table looks its operators up by; none for kinds sized by their bytes);
+its family (a tiled GEMM, an attention kernel, a bandwidth-bound elementwise kernel, a
+collective over a link, a copy between memories), which fixes its roofline (`perf/roofline.py`: the wave-quantised GEMM efficiency, the attention kernels'
 own ceiling, or the plain one; collectives and copies go over links, not the roofline);
 the shape parameters a measurement row of it carries (the measurement CSV's columns,
 docs/contracts.md section 6); and the axes a calibration table of it interpolates over
@@ -14,6 +15,40 @@ formulas of its FLOPs and bytes where its operators are built (`operators.py`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+class GemmShape(NamedTuple):
+    """A GEMM's output rows m (tokens), output columns n and reduction size k; m is an array
+    where many token counts are costed at once."""
+
+    m: int | np.ndarray
+    n: int
+    k: int
+
+
+class PrefillShape(NamedTuple):
+    """One attention call over a batch's prefill chunks: new query tokens summed over the
+    chunks (sum c_i), KV tokens read (sum ctx_i + c_i) and query-key pairs under the causal
+    mask (sum c_i * (ctx_i + (c_i + 1) / 2))."""
+
+    chunk_tokens: float
+    context_tokens: float
+    pair_tokens: float
+
+
+class DecodeShape(NamedTuple):
+    """One decode-attention call: `sequences` decodes reading `context_tokens` KV tokens in
+    all (arrays of them: the steps of a span)."""
+
+    sequences: int | np.ndarray
+    context_tokens: float | np.ndarray
+
+
+Shape = GemmShape | PrefillShape | DecodeShape
 
 GEMM, ATTENTION, ELEMENTWISE, COLLECTIVE, COPY = "gemm", "attention", "elementwise", "collective", "copy"
 
@@ -28,6 +63,7 @@ _LINK: tuple[Axis, ...] = (("bytes", 0.0, "mono"), ("world_size", 0.0, "cat"))
 class OpKind:
     name: str
     family: str
+    shape: type | None = None  # the Operator.shape its operators carry (None: sized by their bytes)
     params: tuple[str, ...] = ()  # measurement CSV columns of its shape, in the contract's order
     axes: tuple[Axis, ...] = ()  # calibration table axes; () if a table of it is not fitted
 
@@ -38,21 +74,21 @@ class OpKind:
 
 
 OP_KINDS: dict[str, OpKind] = {k.name: k for k in (
-    OpKind("gemm", GEMM, ("m", "n", "k"), (("m", 0.0, "mono"), ("n", 0.0, "mono"), ("k", 0.0, "mono"))),
-    OpKind("attn_prefill", ATTENTION, ("batch", "seq_len", "kv_len", "heads", "kv_heads", "head_dim"),
+    OpKind("gemm", GEMM, GemmShape, ("m", "n", "k"), (("m", 0.0, "mono"), ("n", 0.0, "mono"), ("k", 0.0, "mono"))),
+    OpKind("attn_prefill", ATTENTION, PrefillShape, ("batch", "seq_len", "kv_len", "heads", "kv_heads", "head_dim"),
            (("batch", 0.0, "mono"), ("seq_len", 0.0, "mono"), ("context", 1.0, "mono"), *_HEADS)),
-    OpKind("attn_decode", ATTENTION, ("batch", "kv_len", "heads", "kv_heads", "head_dim"),
+    OpKind("attn_decode", ATTENTION, DecodeShape, ("batch", "kv_len", "heads", "kv_heads", "head_dim"),
            (("batch", 0.0, "mono"), ("kv_len", 0.0, "mono"), *_HEADS)),
     # one step's attention over `batch` decodes of kv_len tokens each and one prefill chunk of
     # seq_len tokens attending to prefill_kv_len (the chunk and the context before it): fitted
     # as a slowdown of the two alone (perf/mixed_attention.py), not as a table
-    OpKind("attn_mixed", ATTENTION, ("batch", "kv_len", "seq_len", "prefill_kv_len", "heads", "kv_heads", "head_dim")),
+    OpKind("attn_mixed", ATTENTION, None, ("batch", "kv_len", "seq_len", "prefill_kv_len", "heads", "kv_heads", "head_dim")),
     OpKind("elementwise", ELEMENTWISE),
-    OpKind("allreduce", COLLECTIVE, ("bytes", "world_size"), _LINK),
-    OpKind("allgather", COLLECTIVE, ("bytes", "world_size"), _LINK),
-    OpKind("reducescatter", COLLECTIVE, ("bytes", "world_size"), _LINK),
-    OpKind("alltoall", COLLECTIVE, ("bytes", "world_size"), _LINK),
-    OpKind("memcpy", COPY, ("bytes", "direction"), (("bytes", 0.0, "mono"), ("direction", 0.0, "cat"))),
+    OpKind("allreduce", COLLECTIVE, None, ("bytes", "world_size"), _LINK),
+    OpKind("allgather", COLLECTIVE, None, ("bytes", "world_size"), _LINK),
+    OpKind("reducescatter", COLLECTIVE, None, ("bytes", "world_size"), _LINK),
+    OpKind("alltoall", COLLECTIVE, None, ("bytes", "world_size"), _LINK),
+    OpKind("memcpy", COPY, None, ("bytes", "direction"), (("bytes", 0.0, "mono"), ("direction", 0.0, "cat"))),
 )}
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 
 from .config import DTYPE_BYTES, ModelConfig
 from .layers import Linear, attention_linears, layers_per_stage, mlp_linears, moe_linears, stage_layer_kinds
+from .op_kinds import DecodeShape, GemmShape, PrefillShape, Shape
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,13 +22,15 @@ if TYPE_CHECKING:
 class Operator(NamedTuple):
     """One kernel (or collective) repeated `count` times per iteration on each device.
 
-    flops and bytes are for one execution; bytes is compulsory traffic to main memory.
-    For GEMMs m, n, k are the output rows, output columns and reduction size; for
-    collectives `bytes` is the message size per device. A NamedTuple: every iteration builds
-    its attention operators, and a frozen dataclass costs five times as much to create.
-    flops, bytes and m are arrays (one entry per token count or per step) where the cost
-    model costs many shapes at once (`CostModel._eager_dense`, `CostModel.decode_span`, the
-    calibrated attention tables of perf/kernel_times.py); floats and ints everywhere else.
+    flops and bytes are for one execution; bytes is compulsory traffic to main memory (for a
+    collective, the message size per device). `shape` is the kind's own shape (the type its
+    `op_kinds.OP_KINDS` entry names; None for elementwise kernels and collectives, whose size
+    is their bytes): what a calibration table is looked up by, never recovered from FLOPs.
+    A NamedTuple: every iteration builds its attention operators, and a frozen dataclass
+    costs five times as much to create. flops, bytes and the shape's sizes are arrays (one
+    entry per token count or per step) where the cost model costs many shapes at once
+    (`CostModel._eager_dense`, `CostModel.decode_span`, the calibrated attention tables of
+    perf/kernel_times.py); floats and ints everywhere else.
     """
 
     name: str
@@ -37,9 +40,7 @@ class Operator(NamedTuple):
     dtype: str
     # shadows tuple.count (used nowhere); mypy refuses a NamedTuple field over a tuple method
     count: int = 1  # type: ignore[assignment]
-    m: int | np.ndarray = 0
-    n: int = 0
-    k: int = 0
+    shape: Shape | None = None
 
 
 @dataclass(frozen=True)
@@ -63,17 +64,19 @@ class Sharding:
     pp: int = 1
 
 
-def _gemm(name: str, m: int | np.ndarray, n: int, k: int, prec: Precision, count: int) -> Operator:
-    wb, ab = DTYPE_BYTES[prec.weights], DTYPE_BYTES[prec.activations]
-    return Operator(
-        name, "gemm", flops=2.0 * m * n * k, bytes=k * n * wb + m * k * ab + m * n * ab,
-        dtype=prec.gemm_compute, count=count, m=m, n=n, k=k,
-    )
+def gemm_op(name: str, m: int | np.ndarray, n: int, k: int, prec: Precision, count: int = 1) -> Operator:
+    """The GEMM of m rows through a [k -> n] weight matrix: its inputs read at the compute
+    dtype (a W8A8 GEMM reads 8-bit activations, quantised by the layer before it; a W4A16 one
+    16-bit activations), its weights at their storage dtype, its outputs written at the
+    activation dtype. The one formula for a run's GEMMs and a measured row's (perf/kernels.py)."""
+    wb, ib, ob = DTYPE_BYTES[prec.weights], DTYPE_BYTES[prec.gemm_compute], DTYPE_BYTES[prec.activations]
+    return Operator(name, "gemm", flops=2.0 * m * n * k, bytes=k * n * wb + m * k * ib + m * n * ob,
+                    dtype=prec.gemm_compute, count=count, shape=GemmShape(m, n, k))
 
 
 def _linear(lin: Linear, m: int | np.ndarray, prec: Precision, count: int) -> Operator:
     """The GEMM of weight matrix `lin` on m rows."""
-    return _gemm(lin.name, m, lin.n, lin.k, prec, count)
+    return gemm_op(lin.name, m, lin.n, lin.k, prec, count)
 
 
 def _elementwise(name: str, elements: float | np.ndarray, passes: float, prec: Precision, count: int,
@@ -157,7 +160,8 @@ def attention_prefill_op(
     flops = 4.0 * heads * d * pair_tokens
     nbytes = 2 * chunk_tokens * heads * d * ab + 2 * context_tokens * kv_heads * d * kvb
     return Operator("attn_prefill", "attn_prefill", flops, nbytes, prec.activations,
-                    count=layers_per_stage(model, shard.pp), m=int(chunk_tokens))
+                    count=layers_per_stage(model, shard.pp),
+                    shape=PrefillShape(chunk_tokens, context_tokens, pair_tokens))
 
 
 def attention_decode_op(
@@ -172,7 +176,7 @@ def attention_decode_op(
     flops = 4.0 * heads * d * context_tokens
     nbytes = 2 * context_tokens * kv_heads * d * kvb + 2 * num_decodes * heads * d * ab
     return Operator("attn_decode", "attn_decode", flops, nbytes, prec.activations,
-                    count=layers_per_stage(model, shard.pp), m=num_decodes)
+                    count=layers_per_stage(model, shard.pp), shape=DecodeShape(num_decodes, context_tokens))
 
 
 def head_ops(model: ModelConfig, sampled: int, shard: Sharding, prec: Precision) -> list[Operator]:
@@ -186,7 +190,7 @@ def head_ops(model: ModelConfig, sampled: int, shard: Sharding, prec: Precision)
     if sampled:
         ops += [
             _elementwise("final_layernorm", sampled * h, 2, prec, 1, flops_per=4),
-            _gemm("lm_head", sampled, V, h, prec, 1),
+            gemm_op("lm_head", sampled, V, h, prec),
             # fp32 logits: softmax + top-k/top-p read them a few times
             Operator("sampler", "elementwise", sampled * V * 5.0, sampled * V * 4.0 * 3, "fp32"),
         ]

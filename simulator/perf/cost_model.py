@@ -36,7 +36,14 @@ from ..hardware.loader import System
 from ..hardware.spec import Link
 from ..models.config import DTYPE_BYTES, ModelConfig
 from ..models.op_kinds import COLLECTIVE_KINDS
-from ..models.operators import Operator, attention_decode_op, attention_prefill_op, dense_ops, head_ops
+from ..models.operators import (
+    DecodeShape,
+    Operator,
+    attention_decode_op,
+    attention_prefill_op,
+    dense_ops,
+    head_ops,
+)
 from .collectives import TIME_MODELS, p2p_time_s
 from .cuda_graphs import GraphPlan
 from .kernel_times import GEMM_TABLE_ROWS, HOST, ROOFLINE, SOURCES, grown_size, kernel_times
@@ -326,7 +333,7 @@ class CostModel:
         columns = self._decode_columns(int(num_decodes[0]))[:, num_decodes]
         unit = self._decode_per_token
         op = Operator(unit.name, unit.kind, context * unit.flops, context * unit.bytes + columns[_BATCH_BYTES],
-                      unit.dtype, unit.count, m=num_decodes)
+                      unit.dtype, unit.count, DecodeShape(num_decodes, context))
         gpu, source = self.kernels.gpu_time_s(op)
         if self.kernel_scale is not None:
             gpu = gpu * np.array([self.kernel_scale.get((i, op.kind), 1.0) for i in range(len(SOURCES))])[source]

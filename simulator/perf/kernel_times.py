@@ -33,7 +33,16 @@ import pandas as pd
 from ..deployment import Deployment
 from ..hardware.loader import System
 from ..models.config import DTYPE_BYTES, ModelConfig
-from ..models.operators import Operator, Precision, Sharding, attention_decode_op, attention_prefill_op
+from ..models.operators import (
+    DecodeShape,
+    GemmShape,
+    Operator,
+    Precision,
+    PrefillShape,
+    Sharding,
+    attention_decode_op,
+    attention_prefill_op,
+)
 from .kernels import attention_model
 from .mixed_attention import default_factor
 from .profile_use import CALIBRATED, AppliedProfile
@@ -222,18 +231,20 @@ class CalibratedKernelTimes(KernelTimes):
         if op.kind == "attn_prefill" and self._prefill is not None:
             return self._attention_prefill_s(op)
         if op.kind == "gemm" and self.calibration.covers("gemm", op.dtype):
-            if op.m <= GEMM_TABLE_ROWS:
-                times, sources = self._gemm_table(op.dtype, op.n, op.k)
-                return float(times[op.m - 1]), int(sources[op.m - 1])
-            return self._memoised(("gemm", op.dtype, op.m, op.n, op.k), op)
+            m, n, k = cast(GemmShape, op.shape)
+            if m <= GEMM_TABLE_ROWS:
+                times, sources = self._gemm_table(op.dtype, n, k)
+                return float(times[m - 1]), int(sources[m - 1])
+            return self._memoised(("gemm", op.dtype, m, n, k), op)
         return super().gpu_time_s(op)
 
     def gpu_time_many(self, op: Operator) -> tuple[np.ndarray, np.ndarray | int] | None:
         if op.kind == "gemm" and self.calibration.covers("gemm", op.dtype):
-            if np.maximum.reduce(op.m) > GEMM_TABLE_ROWS:
+            m, n, k = cast(GemmShape, op.shape)
+            if np.maximum.reduce(m) > GEMM_TABLE_ROWS:
                 return None
-            times, sources = self._gemm_table(op.dtype, op.n, op.k)
-            return times[op.m - 1], sources[op.m - 1]
+            times, sources = self._gemm_table(op.dtype, n, k)
+            return times[m - 1], sources[m - 1]
         return super().gpu_time_many(op)
 
     def collective_times_many(self, kind: str, nbytes: np.ndarray, world: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -272,7 +283,8 @@ class CalibratedKernelTimes(KernelTimes):
 
     def _memoised(self, key: tuple, op: Operator) -> tuple[float, int]:
         if key not in self._memo:
-            frame = pd.DataFrame({"op": ["gemm"], "dtype": [op.dtype], "m": [op.m], "n": [op.n], "k": [op.k]})
+            m, n, k = cast(GemmShape, op.shape)
+            frame = pd.DataFrame({"op": ["gemm"], "dtype": [op.dtype], "m": [m], "n": [n], "k": [k]})
             times, sources = self._predict("gemm", op.dtype, frame)
             self._memo[key] = (float(times[0]), int(sources[0]))
         return self._memo[key]
@@ -287,28 +299,29 @@ class CalibratedKernelTimes(KernelTimes):
         return rows
 
     def _attention_decode_s(self, op: Operator):
-        """Decode attention of `op.m` (at least one) sequences reading `context` KV tokens in all:
-        row op.m of the decode rows at log2 of the mean context."""
-        per_token = 4.0 * self.heads["head_dim"] * self.heads["heads"]  # FLOPs per KV token read
-        if isinstance(op.m, np.ndarray):  # the steps of a span
-            rows = self._rows(int(op.m.max()))
-            y = np.log2(np.maximum(op.flops / per_token / op.m, 1.0))
+        """Decode attention of `sequences` (at least one) reading `context_tokens` KV tokens in
+        all: row `sequences` of the decode rows at log2 of the mean context."""
+        n, context = cast(DecodeShape, op.shape)
+        if isinstance(n, np.ndarray):  # the steps of a span
+            rows = self._rows(int(n.max()))
+            y = np.log2(np.maximum(context / n, 1.0))
             halves = _HALF_EDGES.searchsorted(y, side="right")
-            cells = op.m * rows.width + halves
+            cells = n * rows.width + halves
             return np.exp(rows.log_t[cells] + (y - _HALF_START[halves]) * rows.slope[cells]), rows.sources[cells]
-        rows = self._rows(op.m)
-        y = math.log2(max(op.flops / per_token / op.m, 1.0))
-        h = bisect.bisect_right(_HALF_EDGES_LIST, y)
-        cell = op.m * rows.width + h
-        return math.exp(rows.log_list[cell] + (y - _HALF_START_LIST[h]) * rows.slope_list[cell]), rows.source_list[cell]
+        rows = self._rows(n)
+        y_one = math.log2(max(context / n, 1.0))
+        h = bisect.bisect_right(_HALF_EDGES_LIST, y_one)
+        cell = n * rows.width + h
+        return (math.exp(rows.log_list[cell] + (y_one - _HALF_START_LIST[h]) * rows.slope_list[cell]),
+                rows.source_list[cell])
 
     def _attention_prefill_s(self, op: Operator):
-        """Prefill attention of a batch's chunks as one sequence with the same FLOPs and chunk."""
+        """Prefill attention of a batch's chunks as one sequence with the same query-key pairs
+        and chunk tokens."""
         table = cast(_Table, self._prefill)  # gpu_time_s comes here only with a prefill table
-        per_pair = 4.0 * self.heads["head_dim"] * self.heads["heads"]
-        pairs = op.flops / per_pair
-        chunk = max(float(op.m), 1.0)  # new tokens of all chunks
-        cached = max(pairs / chunk - (chunk + 1) / 2.0, 0.0)
+        shape = cast(PrefillShape, op.shape)
+        chunk = max(float(shape.chunk_tokens), 1.0)  # new tokens of all chunks
+        cached = max(shape.pair_tokens / chunk - (chunk + 1) / 2.0, 0.0)
         cached_log2 = math.log2(cached) if cached >= 1.0 else -1.0
         return _bilinear_scalar(table.log_list, table.source_list, math.log2(chunk), _CHUNK_LIST, cached_log2,
                                 _CACHED_LIST)

@@ -15,7 +15,14 @@ import pandas as pd
 from ..hardware.loader import System
 from ..models.config import DTYPE_BYTES, ModelConfig
 from ..models.op_kinds import COLLECTIVE, COPY, OP_KINDS
-from ..models.operators import Operator, Precision, Sharding, attention_decode_op, attention_prefill_op
+from ..models.operators import (
+    Operator,
+    Precision,
+    Sharding,
+    attention_decode_op,
+    attention_prefill_op,
+    gemm_op,
+)
 from .collectives import TIME_MODELS
 from .roofline import operator_time_s
 
@@ -26,7 +33,7 @@ def attention_model(heads: int, kv_heads: int, head_dim: int) -> ModelConfig:
 
 
 def _precision(dtype: str) -> Precision:
-    act = dtype if dtype in ("bf16", "fp16") else "bf16"
+    act = dtype if dtype in ("bf16", "fp16", "fp32") else "bf16"
     return Precision(weights=dtype if dtype in DTYPE_BYTES else "bf16", kv=act, activations=act)
 
 
@@ -34,10 +41,7 @@ def operator_for(row) -> Operator:
     """The Operator a measured compute row stands for (gemm or attention)."""
     op, dtype = row.op, str(row.dtype)
     if op == "gemm":
-        m, n, k = int(row.m), int(row.n), int(row.k)
-        b = DTYPE_BYTES.get(dtype, 2.0)
-        out_b = 2.0 if b < 2 else b  # 8-bit GEMMs write 16-bit outputs
-        return Operator("gemm", "gemm", 2.0 * m * n * k, (m * k + k * n) * b + m * n * out_b, dtype, m=m, n=n, k=k)
+        return gemm_op("gemm", int(row.m), int(row.n), int(row.k), _precision(dtype))
     model = attention_model(int(row.heads), int(row.kv_heads), int(row.head_dim))
     prec, shard, batch = _precision(dtype), Sharding(), int(row.batch)
     if op == "attn_prefill":

@@ -15,11 +15,12 @@ knows whether the iteration replays a CUDA graph.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 
 from ..hardware.spec import DeviceSpec
-from ..models.op_kinds import ATTENTION, GEMM, OP_KINDS
+from ..models.op_kinds import ATTENTION, GEMM, OP_KINDS, GemmShape
 from ..models.operators import Operator
 
 
@@ -39,7 +40,8 @@ def compute_efficiency(device: DeviceSpec, op: Operator) -> float:
     eff = device.efficiency
     family = OP_KINDS[op.kind].family
     if family == GEMM:
-        return eff.compute_max * wave_efficiency(op.m, op.n, eff.tile_m, eff.tile_n, device.compute.units)
+        shape = cast(GemmShape, op.shape)
+        return eff.compute_max * wave_efficiency(shape.m, shape.n, eff.tile_m, eff.tile_n, device.compute.units)
     if family == ATTENTION:
         return eff.attention_compute_max
     return eff.compute_max
