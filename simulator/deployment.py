@@ -17,86 +17,129 @@ from .errors import InputError
 from .models.operators import Precision, Sharding
 
 StorageDtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
+SIMULATOR_ONLY = "simulator-only"
+
+
+def knob(default: Any, meaning: str, mirrors: str = SIMULATOR_ONLY, **bounds: Any) -> Any:
+    """A deployment knob: its default and bounds, its meaning in one line and the engine option
+    it mirrors (SIMULATOR_ONLY where none does). `simulate knobs` lists them from here."""
+    return Field(default, description=meaning, json_schema_extra={"mirrors": mirrors}, **bounds)
 
 
 class Deployment(BaseModel):
-    """Validated deployment; see README "Deployment knobs" for each knob's meaning."""
+    """Validated deployment. Each knob is declared with `knob`: its default and bounds, the one
+    line `simulate knobs` prints, and the engine option it mirrors; README "Deployment knobs"
+    says more about each."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = "llama-3.1-8b"
-    scheduler: str = "vllm"
-    router: Literal["round_robin", "least_outstanding", "power_of_two", "prefix_affinity"] = "round_robin"
-    tp: int = Field(1, ge=1)
-    pp: int = Field(1, ge=1)
+    model: str = knob("llama-3.1-8b", "catalogue name (workloads/models/) or path to a config.json",
+                      "vLLM --model")
+    scheduler: str = knob("vllm", "serving policy (simulate run --help lists them)")
+    router: Literal["round_robin", "least_outstanding", "power_of_two", "prefix_affinity"] = knob(
+        "round_robin", "how requests are spread over the replicas")
+    tp: int = knob(1, "tensor-parallel degree", "vLLM --tensor-parallel-size", ge=1)
+    pp: int = knob(1, "pipeline-parallel degree", "vLLM --pipeline-parallel-size", ge=1)
     # pp > 1: pp virtual engines keep micro-batches in every stage (engine/pipeline.py);
     # false runs each batch through all the stages before the next one starts
-    pipeline_overlap: bool = True
-    replicas: int = Field(1, ge=1)
-    weight_dtype: StorageDtype = "bf16"
-    kv_cache_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4", "int2"] = "bf16"
-    activation_dtype: Literal["bf16", "fp16"] = "bf16"
+    pipeline_overlap: bool = knob(True, "with pp > 1, pp virtual engines (vLLM v0's) keep every stage busy with "
+                                        "micro-batches")
+    replicas: int = knob(1, "model replicas behind the router", ge=1)
+    weight_dtype: StorageDtype = knob("bf16", "storage type of the weights", "vLLM --dtype / --quantization")
+    kv_cache_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4", "int2"] = knob(
+        "bf16", "storage type of the KV cache", "vLLM --kv-cache-dtype")
+    activation_dtype: Literal["bf16", "fp16"] = knob("bf16", "compute type of the activations", "vLLM --dtype")
     # vLLM engine arguments (same names and defaults as vLLM's OpenAI server on most GPUs)
-    max_num_seqs: int = Field(256, ge=1)
-    max_num_batched_tokens: int | None = Field(None, ge=1)
-    block_size: int = Field(16, ge=1)
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    enable_chunked_prefill: bool = True
+    max_num_seqs: int = knob(256, "most sequences in one step", "vLLM --max-num-seqs", ge=1)
+    max_num_batched_tokens: int | None = knob(
+        None, "most tokens in one step (unset: 2048 chunked, the policy's own budget, or the longest prompt)",
+        "vLLM --max-num-batched-tokens", ge=1)
+    block_size: int = knob(16, "tokens per KV-cache block", "vLLM --block-size", ge=1)
+    gpu_memory_utilization: float = knob(0.9, "share of the device memory the engine may use",
+                                         "vLLM --gpu-memory-utilization", gt=0, le=1)
+    enable_chunked_prefill: bool = knob(True, "vLLM v1 chunked prefill; false: v0 prefill-first",
+                                        "vLLM --enable-chunked-prefill")
     # None: the model's context; -1: the largest the KV cache holds (vLLM's auto-fit)
-    max_model_len: int | None = Field(None, ge=-1)
-    enforce_eager: bool = False
+    max_model_len: int | None = knob(None, "longest request (unset: the model's context; -1: what the KV cache holds)",
+                                     "vLLM --max-model-len", ge=-1)
+    enforce_eager: bool = knob(False, "no CUDA graphs", "vLLM --enforce-eager")
     # CUDA graphs are captured for batches of up to this many tokens; None: vLLM 0.19's rule,
     # min(2 x max_num_seqs, 512, max_num_batched_tokens)
-    max_cudagraph_capture_size: int | None = Field(None, ge=0)
+    max_cudagraph_capture_size: int | None = knob(
+        None, "largest step replayed as a CUDA graph, in tokens (unset: min(2 x max_num_seqs, 512, token budget))",
+        "vLLM --max-cudagraph-capture-size", ge=0)
     # prefix caching (vLLM's automatic prefix caching): reuse KV blocks by prompt-block hash and
     # keep a preempted request's blocks; None: the policy's default (on for vllm, as in vLLM v1)
-    enable_prefix_caching: bool | None = None
+    enable_prefix_caching: bool | None = knob(
+        None, "reuse the KV blocks of shared prompt prefixes (unset: on for vllm and disagg, off for the others)",
+        "vLLM --enable-prefix-caching")
     # vLLM v1 schedules step n + 1 while step n runs: the engine's CPU time per step overlaps the
     # GPU, and a request arriving during a step first runs in the step after the next
-    async_scheduling: bool = True
+    async_scheduling: bool = knob(True, "schedule step n + 1 while step n runs (host time hidden)",
+                                  "vLLM --async-scheduling")
     # vLLM 0.19 admits a waiting request only if the free KV blocks could hold its whole prompt
-    scheduler_reserve_full_isl: bool = True
+    scheduler_reserve_full_isl: bool = knob(True, "admit a waiting request only if the free KV blocks hold its "
+                                                  "whole prompt", "vLLM --scheduler-reserve-full-isl")
     # vLLM's --num-gpu-blocks-override: this many KV blocks (num_gpu_blocks, the null block
     # included) instead of what the memory plan leaves, e.g. to replay a run whose log gave it
-    num_gpu_blocks_override: int | None = Field(None, ge=2)
+    num_gpu_blocks_override: int | None = knob(None, "this many KV blocks instead of what the memory plan leaves",
+                                               "vLLM --num-gpu-blocks-override", ge=2)
     # requests pass through the OpenAI-compatible API server (engine/frontend.py); false when
     # the trace's arrival times are the engine's own (e.g. vLLM's queued_ts)
-    api_server: bool = True
+    api_server: bool = knob(True, "requests pass through the OpenAI-compatible API server (vllm serve); false: "
+                                  "straight to the engine")
     # preemption when KV blocks run out: recompute (vLLM v1) or swap to host memory (vLLM v0)
-    preemption_mode: Literal["recompute", "swap"] = "recompute"
-    swap_space: float = Field(4.0, ge=0)  # GiB of host memory per device for swapped KV (vLLM's default 4)
-    # the KV cache of vLLM's CPU backend, GiB (VLLM_CPU_KVCACHE_SPACE; unset there: 4)
-    cpu_kvcache_space: float = Field(4.0, gt=0)
+    preemption_mode: Literal["recompute", "swap"] = knob(
+        "recompute", "when KV blocks run out: recompute the victim later, or swap its blocks to host memory",
+        "vLLM v0 --preemption-mode")
+    swap_space: float = knob(4.0, "GiB of host memory per device for swapped KV blocks", "vLLM v0 --swap-space",
+                             ge=0)
+    cpu_kvcache_space: float = knob(4.0, "on a CPU: the KV cache, GiB", "vLLM VLLM_CPU_KVCACHE_SPACE (environment)",
+                                    gt=0)
     # disaggregated prefill/decode (scheduler: disagg): each pool's replicas, TP and hardware
-    prefill_replicas: int = Field(1, ge=1)
-    decode_replicas: int = Field(1, ge=1)
-    prefill_tp: int | None = Field(None, ge=1)
-    decode_tp: int | None = Field(None, ge=1)
-    prefill_hardware: str | None = None  # catalogue name or path; default: the run's hardware
-    decode_hardware: str | None = None
-    prefill_scheduler: str = "vllm"  # each pool's policy (schedulers/disagg.py: POOL_POLICIES)
-    decode_scheduler: str = "vllm"
-    kv_transfer_link: Literal["auto", "nvlink", "pcie", "network"] = "auto"
-    kv_transfer_bandwidth: str | None = None  # overrides the link's, with a unit ("25 GB/s")
-    kv_transfer_latency: str | None = None  # overrides the link's, with a unit ("10 us")
+    prefill_replicas: int = knob(1, "disagg: replicas in the prefill pool", ge=1)
+    decode_replicas: int = knob(1, "disagg: replicas in the decode pool", ge=1)
+    prefill_tp: int | None = knob(None, "disagg: the prefill pool's tensor parallelism (unset: tp)", ge=1)
+    decode_tp: int | None = knob(None, "disagg: the decode pool's tensor parallelism (unset: tp)", ge=1)
+    prefill_hardware: str | None = knob(None, "disagg: the prefill pool's hardware (unset: the run's)")
+    decode_hardware: str | None = knob(None, "disagg: the decode pool's hardware (unset: the run's)")
+    # each pool's policy (schedulers/disagg.py: POOL_POLICIES)
+    prefill_scheduler: str = knob("vllm", "disagg: the prefill pool's policy (vllm, sarathi or splitfuse)")
+    decode_scheduler: str = knob("vllm", "disagg: the decode pool's policy (vllm, sarathi or splitfuse)")
+    kv_transfer_link: Literal["auto", "nvlink", "pcie", "network"] = knob(
+        "auto", "disagg: the link the KV cache crosses (auto: the first of nvlink, network, pcie that applies)")
+    kv_transfer_bandwidth: str | None = knob(None, "disagg: the KV link's bandwidth, with a unit (unset: the link's)")
+    kv_transfer_latency: str | None = knob(None, "disagg: the KV link's latency, with a unit (unset: the link's)")
     # TensorRT-LLM's knobs (scheduler: trtllm; LLM API / trtllm-serve names and defaults, see
     # schedulers/trtllm.py): the capacity scheduler, the micro-batch limits, the KV pool
-    capacity_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization", "static_batch"] = \
-        "guaranteed_no_evict"
-    max_batch_size: int = Field(2048, ge=1)  # requests per step
-    max_num_tokens: int = Field(8192, ge=1)  # tokens per step; also the memory-profiling pass
-    max_seq_len: int | None = Field(None, ge=1)  # None: the model's context, capped by the KV pool
-    free_gpu_memory_fraction: float = Field(0.9, gt=0, le=1)  # of the memory left after weights and activations
-    tokens_per_block: int = Field(32, ge=1)
-    enable_chunked_context: bool = False
-    enable_block_reuse: bool = True
-    disable_overlap_scheduler: bool = False
+    capacity_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization", "static_batch"] = knob(
+        "guaranteed_no_evict", "trtllm: which requests may run (and whether one is paused when blocks run out)",
+        "TensorRT-LLM scheduler_config.capacity_scheduler_policy")
+    max_batch_size: int = knob(2048, "trtllm: most requests in one step", "TensorRT-LLM max_batch_size", ge=1)
+    max_num_tokens: int = knob(8192, "trtllm: most tokens in one step; also the memory-profiling pass",
+                               "TensorRT-LLM max_num_tokens", ge=1)
+    max_seq_len: int | None = knob(None, "trtllm: longest request (unset: the model's context, capped by the KV pool)",
+                                   "TensorRT-LLM max_seq_len", ge=1)
+    free_gpu_memory_fraction: float = knob(0.9, "trtllm: KV pool's share of the memory left after weights and "
+                                                "activations", "TensorRT-LLM kv_cache_config.free_gpu_memory_fraction",
+                                           gt=0, le=1)
+    tokens_per_block: int = knob(32, "trtllm: tokens per KV-cache block", "TensorRT-LLM tokens_per_block", ge=1)
+    enable_chunked_context: bool = knob(False, "trtllm: chunk prompts (off: a prompt runs whole)",
+                                        "TensorRT-LLM enable_chunked_prefill (enable_chunked_context)")
+    enable_block_reuse: bool = knob(True, "trtllm: freed KV blocks stay cached for reuse",
+                                    "TensorRT-LLM kv_cache_config.enable_block_reuse")
+    disable_overlap_scheduler: bool = knob(False, "trtllm: schedule a step only after the last one's results",
+                                           "TensorRT-LLM disable_overlap_scheduler")
     # CUDA graphs (cuda_graph_config's max_batch_size, batch_sizes, enable_padding): graphs for
     # the batch sizes up to cuda_graph_max_batch_size (0: none) or the explicit list; padding
     # runs a batch in the next captured size
-    cuda_graph_max_batch_size: int = Field(128, ge=0)
-    cuda_graph_batch_sizes: list[Annotated[int, Field(ge=1)]] | None = None
-    cuda_graph_padding: bool = False
+    cuda_graph_max_batch_size: int = knob(128, "trtllm: CUDA graphs for batches up to this size (0: none)",
+                                          "TensorRT-LLM cuda_graph_config.max_batch_size", ge=0)
+    cuda_graph_batch_sizes: list[Annotated[int, Field(ge=1)]] | None = knob(
+        None, "trtllm: the batch sizes given CUDA graphs (unset: up to cuda_graph_max_batch_size)",
+        "TensorRT-LLM cuda_graph_config.batch_sizes")
+    cuda_graph_padding: bool = knob(False, "trtllm: a batch runs in the next captured CUDA graph size",
+                                    "TensorRT-LLM cuda_graph_config.enable_padding")
 
     @field_validator("max_model_len")
     @classmethod
@@ -119,6 +162,19 @@ class Deployment(BaseModel):
 
 
 KNOBS = tuple(Deployment.model_fields)
+
+
+def knob_list() -> list[dict[str, Any]]:
+    """Every knob (`KNOBS`, in declaration order) with its default, meaning and the engine
+    option it mirrors, as `knob` declared them: what `simulate knobs` prints."""
+    rows = []
+    for name, field in Deployment.model_fields.items():
+        extra = field.json_schema_extra
+        rows.append({"knob": name, "default": field.default, "meaning": field.description,
+                     "mirrors": extra.get("mirrors", SIMULATOR_ONLY) if isinstance(extra, dict) else SIMULATOR_ONLY})
+    return rows
+
+
 # Each engine's own knobs. One given to a policy that models the other engine is an input
 # error (Scheduler.check_knobs), so an unread knob never looks as if it took effect; each maps
 # to the other engine's knob that does its job, where there is one.
@@ -149,7 +205,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise InputError(f"--set {item}: expected key=value, e.g. --set max_num_seqs=256")
         if key not in KNOBS:
-            raise InputError(f"--set {key}: unknown knob (known: {', '.join(KNOBS)})")
+            raise InputError(f"--set {key}: unknown knob (known: {', '.join(KNOBS)}; `simulate knobs` says what "
+                             "each does)")
         try:
             knobs[key] = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
@@ -170,7 +227,8 @@ def build_deployment(*layers: dict[str, Any], where: str = "deployment", yaml_fi
         err = exc.errors()[0]
         at = knob_where(".".join(str(p) for p in err["loc"]), layers, where, yaml_file)
         if err["type"] == "extra_forbidden":
-            raise InputError(f"{at}: unknown knob (known: {', '.join(KNOBS)})") from None
+            raise InputError(f"{at}: unknown knob (known: {', '.join(KNOBS)}; `simulate knobs` says what each "
+                             "does)") from None
         raise InputError(f"{at}: {err['msg']} (got {err.get('input')!r})") from None
 
 
