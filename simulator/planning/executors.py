@@ -12,6 +12,7 @@ Ray is optional (`pip install 'simulator[cluster]'`) and imported only by `RayEx
 from __future__ import annotations
 
 import importlib.util
+import logging
 import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -63,19 +64,30 @@ class LocalExecutor(Executor):
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def ray_init_args(address: str | None, workers: int | None, quiet: bool) -> dict[str, Any]:
+    """What `RayExecutor` passes to `ray.init`: no dashboard, the workers' output kept in
+    Ray's log files rather than copied to this terminal, and the driver's "ray" logger at
+    WARNING, or at ERROR when `quiet` (Ray's start-up notes, such as the one on token
+    authentication, are warnings; its errors still reach stderr)."""
+    return {"address": address, "num_cpus": workers if address is None else None, "include_dashboard": False,
+            "log_to_driver": False, "configure_logging": True,
+            "logging_level": logging.ERROR if quiet else logging.WARNING}
+
+
 class RayExecutor(Executor):
     """Ray tasks, one CPU each, on the cluster at `address` (`ray.init(address=...)`; None
     starts a local Ray with `workers` CPUs, or joins the Ray this process already runs).
-    The cluster's nodes need this project installed, as they import `simulator`."""
+    The cluster's nodes need this project installed, as they import `simulator`. `quiet`:
+    nothing from Ray but its errors (`ray_init_args`)."""
 
-    def __init__(self, workload: Workload, workers: int | None = None, address: str | None = None):
+    def __init__(self, workload: Workload, workers: int | None = None, address: str | None = None,
+                 quiet: bool = False):
         import ray
 
         self.ray = ray
         self.owned = not ray.is_initialized()
         if self.owned:
-            ray.init(address=address, num_cpus=workers if address is None else None, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
+            ray.init(**ray_init_args(address, workers, quiet))
         self.workload = ray.put(workload)
         self.remote = ray.remote(num_cpus=1)(evaluate)
 
@@ -99,6 +111,6 @@ def check_executor(kind: str, address: str | None) -> None:
 
 
 def make_executor(kind: str, workload: Workload, workers: int | None = None,
-                  address: str | None = None) -> Executor:
-    """A checked (`check_executor`) kind of executor, started."""
-    return RayExecutor(workload, workers, address) if kind == "ray" else LocalExecutor(workload, workers)
+                  address: str | None = None, quiet: bool = False) -> Executor:
+    """A checked (`check_executor`) kind of executor, started (`quiet`: see `RayExecutor`)."""
+    return RayExecutor(workload, workers, address, quiet) if kind == "ray" else LocalExecutor(workload, workers)

@@ -62,8 +62,9 @@ class PlanOutcome:
 
 def run_plan(plan_file: str | Path, out: str | Path | None = None, executor: str = "local",
              workers: int | None = None, ray_address: str | None = None, progress: Progress | None = None,
-             report: bool = True) -> PlanOutcome:
-    """Run a plan; outputs go to `out` (default: the plan file's directory)."""
+             report: bool = True, quiet: bool = False) -> PlanOutcome:
+    """Run a plan; outputs go to `out` (default: the plan file's directory). `quiet`: the
+    executor prints nothing but errors (Ray's start-up lines)."""
     started = time.perf_counter()
     check_executor(executor, ray_address)
     plan = load_plan(plan_file)
@@ -76,7 +77,7 @@ def run_plan(plan_file: str | Path, out: str | Path | None = None, executor: str
     searches = {c.name: CapacitySearch(low, high, plan.spec.tolerance, plan.spec.points_per_round)
                 for c in candidates if c.feasible}
     runner = _Runner(searches, workload, plan.slo, PointCache(out_dir / "cache"), progress,
-                     lambda: make_executor(executor, workload, workers, ray_address))
+                     lambda: make_executor(executor, workload, workers, ray_address, quiet))
     points = runner.run([c for c in candidates if c.feasible])
     order = {c.name: i for i, c in enumerate(candidates)}
     points.sort(key=lambda p: (order[p.candidate], p.rate))
