@@ -18,13 +18,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import InvalidFile
-from ..paths import HARDWARE_DIR
+from ..paths import HARDWARE_DIR, shipped
 from .spec import DeviceSpec, Link, SystemSpec
 
 
 def catalogue() -> dict[str, Path]:
     """Shipped specs by catalogue name (the file stem); profiles/ holds calibration profiles, not specs."""
-    return {p.stem: p for p in sorted(HARDWARE_DIR.rglob("*.yaml")) if p.parent.name != "profiles"}
+    return {p.stem: p for p in sorted(shipped(HARDWARE_DIR).rglob("*.yaml")) if p.parent.name != "profiles"}
 
 
 def resolve_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
