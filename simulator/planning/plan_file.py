@@ -5,10 +5,11 @@ try (candidate deployments, listed or swept) and how to choose (an objective). E
 plan can get wrong on its own is checked here, at load, before anything is simulated: a bad
 plan fails with one line naming the field path, e.g.
 `plan.yaml: candidates[2].tp: Input should be greater than 0` (an InputError, exit 2).
-Paths in a plan (trace, hardware, calibration) are relative to the plan file.
+Paths in a plan (trace, hardware, calibration) are relative to the plan file; a trace or a
+hardware spec may also be a catalogue name (`simulate traces`, `simulate specs list`).
 
 ```yaml
-workload: {trace: ../../workloads/traces/azure-conv-2023.csv, max_requests: 400}
+workload: {trace: azure-conv-2023, max_requests: 400}   # or a path: ../../workloads/traces/azure-conv-2023.csv
 #   or    {generate: {requests: 400, rate: 2, input: "lognormal:2000:0.6", output: "fixed:200"}}
 model: llama-3.1-70b
 slo: {ttft_p90: 2.0, tpot_p90: 0.1}        # the keys of --slo (see metrics/slo.py)
@@ -69,7 +70,8 @@ class GenerateSpec(_Strict):
 
 
 class WorkloadSpec(_Strict):
-    """A trace file, or a generated trace; `max_requests` keeps the first N requests."""
+    """A trace file (or a shipped trace's catalogue name), or a generated trace; `max_requests`
+    keeps the first N requests."""
 
     trace: str | None = None
     generate: GenerateSpec | None = None

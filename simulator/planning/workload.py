@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..workloads.generate import generate, write_jsonl
-from ..workloads.trace import TraceIndex, TraceRecord, to_record
+from ..workloads.trace import TraceIndex, TraceRecord, to_record, trace_catalogue
 from .plan_file import Plan
 
 
@@ -81,8 +81,10 @@ def load_workload(plan: Plan) -> Workload:
     if spec.trace is not None:
         path = Path(plan.relative(spec.trace))
         if not path.is_file():
+            path = trace_catalogue().get(spec.trace, path)
+        if not path.is_file():
             raise InputError(f"{plan.path}: workload.trace: {spec.trace}: no such file (paths are relative to the "
-                             "plan file)")
+                             f"plan file) or catalogue trace (known: {', '.join(trace_catalogue())})")
         records = list(itertools.islice(TraceIndex.build(path).requests(), limit))
         description = f"{path.name}" + (f", first {len(records)} requests" if limit else "")
     else:

@@ -14,7 +14,8 @@ Lengths, as strings (the CLI's syntax) parsed by `parse_length`:
   lognormal:MEAN:SIGMA     log-normal with mean MEAN tokens and SIGMA the standard deviation
                            of the underlying normal; rounded to whole tokens, at least 1
   empirical:PATH           drawn (with replacement) from a trace file's input_tokens for the
-                           input length and output_tokens for the output length
+                           input length and output_tokens for the output length (PATH may
+                           be a shipped trace's catalogue name, e.g. empirical:azure-conv-2023)
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from simulator.errors import InputError
 from simulator.workloads.formats import iter_records
+from simulator.workloads.trace import resolve_trace
 
 CHUNK = 65536  # requests drawn per numpy call: large enough to be fast, small enough to stream
 ARRIVALS = ("poisson", "gamma")
@@ -95,7 +97,7 @@ def _empirical_lengths(path: str, field: str, text: str) -> np.ndarray:
     """All of a trace file's values of `field` ("input_tokens" or "output_tokens")."""
     if not path:
         raise _spec_error(field, text, "names no trace file")
-    lengths = np.fromiter((record[field] for _, record in iter_records(path)), dtype=np.int64)
+    lengths = np.fromiter((record[field] for _, record in iter_records(resolve_trace(path))), dtype=np.int64)
     if lengths.size == 0:
         raise _spec_error(field, text, "names a trace with no requests")
     return lengths

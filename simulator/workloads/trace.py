@@ -9,6 +9,7 @@ A trace is read twice, never held whole:
    of plain records with integer ids (or none), else by parsing each line again.
 Parsing and validating take a shortcut for the common line (see `_parse_line` and
 `to_record`), which matters for million-line traces; anything unusual gets the full checks.
+A trace is a path or the catalogue name of a shipped trace (`trace_catalogue`, `simulate traces`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..paths import TRACES_DIR, shipped
 
 # The largest token count a trace may give: far beyond any model's context window, and within
 # the 64-bit integer columns the trace index keeps.
@@ -31,6 +33,26 @@ MAX_TOKENS = 2**31 - 1
 
 FIELDS = ("arrival_s", "input_tokens", "output_tokens", "id", "prefix_hashes", "prefix_block_tokens",
           "slo_ttft_s", "slo_tpot_s")
+
+
+TRACE_SUFFIXES = (".jsonl", ".json", ".csv")  # of the shipped traces; their README and licences are not traces
+
+
+def trace_catalogue() -> dict[str, Path]:
+    """Shipped traces by catalogue name (the file stem), e.g. `example-chat`."""
+    return {p.stem: p for p in sorted(shipped(TRACES_DIR).iterdir()) if p.suffix in TRACE_SUFFIXES}
+
+
+def resolve_trace(name_or_path: str | Path) -> Path:
+    """A trace file from a path, or else from a catalogue name: a path that exists wins."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    found = trace_catalogue().get(str(name_or_path))
+    if found is None:
+        known = ", ".join(trace_catalogue())
+        raise InputError(f"{name_or_path}: no such trace file or catalogue name (known: {known})")
+    return found
 
 
 @dataclass(slots=True)
@@ -188,9 +210,7 @@ class TraceIndex:
     def build(cls, path: str | Path, fmt: str | None = None) -> TraceIndex:
         from .formats import detect_format, iter_records
 
-        path = Path(path)
-        if not path.exists():
-            raise InputError(f"{path}: no such trace file")
+        path = resolve_trace(path)
         fmt = fmt or detect_format(path)
         skipped: Counter = Counter()
         arrivals, offsets, lines = array("d"), array("q"), array("q")
