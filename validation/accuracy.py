@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +25,7 @@ from simulator.perf.fitting import fit_op, kfold_errors, transfer
 from simulator.perf.kernels import roofline_us
 from simulator.perf.measurements import read_measurements
 
-DATA = Path(__file__).resolve().parent / "data"
+from . import DATA, require_data
 
 # (file, device filter, catalogue system)
 GROUPS = [
@@ -108,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the fixed subsets of the tests (under a minute)")
     parser.add_argument("--folds", type=int, default=5)
     args = parser.parse_args(argv)
+    require_data()
     start = time.time()
     print("| file | device | op | dtype | rows | held-out median \\|err\\| % | held-out p90 \\|err\\| % "
           "| roofline median \\|err\\| % | inside grid % |")

@@ -28,14 +28,14 @@ import tempfile
 from pathlib import Path
 
 from simulator.hardware.loader import load_system
+from simulator.paths import HARDWARE_DIR, shown_path
 from simulator.perf.calibration import calibrate
 from simulator.perf.measurements import read_measurements
 
+from . import DATA, require_data
 from .layer_tables import convert
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "validation" / "data"
-OUT = ROOT / "hardware_specs" / "profiles"
+OUT = HARDWARE_DIR / "profiles"  # the package's catalogue: in a checkout, the repository's hardware_specs/
 
 
 def _h100(tmp: Path) -> list[Path]:
@@ -92,12 +92,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help=f"profiles to build: {', '.join(PROFILES)} (default: all)")
     args = parser.parse_args()
+    require_data()
     unknown = [n for n in args.names if n not in PROFILES]
     if unknown:
         parser.error(f"unknown profile {unknown[0]!r} (known: {', '.join(PROFILES)})")
     for name in args.names or PROFILES:
         path = build(name)
-        print(f"wrote {path.relative_to(ROOT)}")
+        print(f"wrote {shown_path(path)}")
     if not args.names:  # the errors of transferring and scaling them, measured from the new profiles
         from .transfer_errors import main as transfer_errors
 

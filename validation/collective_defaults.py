@@ -26,7 +26,7 @@ from simulator.hardware.loader import load_system
 from simulator.hardware.spec import Efficiency
 from simulator.perf.collectives import allreduce_time_s
 
-from .accuracy import DATA
+from . import DATA, require_data
 
 BANDWIDTH_BYTES = 2**20
 SYSTEM = "dgx-a100"
@@ -62,6 +62,7 @@ def errors(efficiency: float | None = None) -> pd.DataFrame:
 
 
 def main() -> None:
+    require_data()
     efficiency = derive()
     frame = errors()
     print(f"derived network_efficiency {efficiency:.3f} (spec default {Efficiency().network_efficiency})")

@@ -36,7 +36,7 @@ from simulator.perf.fit_inputs import features, work
 from simulator.perf.kernels import roofline_us
 from simulator.perf.measurements import read_measurements
 
-from .accuracy import DATA
+from . import DATA, require_data
 from .layer_tables import convert
 
 LONG_US = 20.0  # rows at least this long are throughput-bound enough to fit efficiencies on
@@ -121,6 +121,7 @@ def errors(rows: pd.DataFrame, system) -> dict[str, float]:
 
 
 def main() -> int:
+    require_data()
     medians, fits = derive()
     print("| set | op | dtype | compute_max | memory_max | attention_compute_max |\n|---|---|---|---:|---:|---:|")
     for f in fits:

@@ -34,6 +34,7 @@ from simulator.perf.calibration import Calibration
 from simulator.perf.measurements import read_all
 from simulator.perf.profile_use import ERRORS_FILE, ERRORS_SCHEMA, SCALED, TRANSFERRED, AppliedProfile
 
+from . import require_data
 from .build_profiles import OUT, PROFILES
 
 GPUS = ("h100-sxm", "a100-80gb-sxm", "rtx4090", "rtx-pro-6000")  # profiled GPUs with measurements
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--print", action="store_true", help="print the tables only, write nothing")
     args = parser.parse_args(argv)
+    require_data()
     table = measure()
     print(markdown(table))
     if not args.print:
