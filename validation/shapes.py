@@ -143,6 +143,8 @@ def attention_heads(models: dict[str, ModelConfig], tps: Iterable[int] = TP_DEGR
     """Distinct per-device (heads, kv_heads, head_dim) of the models at each TP degree, with a label."""
     out = []
     for name, model in models.items():
+        if model.is_mla:
+            continue  # latent attention is its own kernel (mla_prefill, mla_decode), not timed here yet
         for tp in tps:
             heads, kv_heads = model.heads_per_device(tp), model.kv_heads_per_device(tp)
             if heads % kv_heads:

@@ -3,12 +3,12 @@
 `load_model("llama-3.1-8b")` reads `workloads/models/llama-3.1-8b.yaml`; a path to a real
 `config.json` (or any YAML/JSON with the same keys) works too. Only the shape matters here:
 `ModelConfig` is the one description of a model (its attention: heads, KV heads, head size,
-sliding window; its feed-forward: dense, or routed experts with shared experts and dense
+sliding window, or multi-head latent attention with its latent and RoPE sizes; its feed-forward: dense, or routed experts with shared experts and dense
 layers), and `layers.py` derives from it the linear layers that the operators, the parameter
 counts, the memory plan and the measuring harness all use.
 
 What the simulator does not model is refused, never misread: a config whose keys describe
-multi-head latent attention, interleaved local/global or linear attention, state-space layers
+latent attention outside DeepSeek's types, interleaved local/global or linear attention, state-space layers
 or a multimodal wrapper, or whose `model_type` is not one it reads, is an input error naming
 the keys (`unmodelled_features`).
 """
@@ -54,6 +54,13 @@ class ModelConfig:
     shared_expert_gate: bool = False  # a sigmoid gate on the shared expert's output (Qwen2-MoE)
     moe_layers: int = -1  # layers with routed experts (-1: all of them when num_experts > 1)
     sliding_window: int = 0  # every layer attends to at most this many tokens (0: full attention)
+    # Multi-head latent attention (DeepSeek-V2/V3): each token caches one latent of
+    # kv_lora_rank values and a RoPE key of qk_rope_head_dim shared by every head, from which
+    # each head's key (head_dim = nope + rope) and value (v_head_dim) are up-projected. 0: not MLA.
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0  # MLA queries through a low-rank down/up projection (0: one q_proj)
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
 
     def __post_init__(self) -> None:
         if self.moe_layers < 0:
@@ -73,8 +80,15 @@ class ModelConfig:
         return self.moe_intermediate_size or self.intermediate_size
 
     @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
     def attention_kind(self) -> str:
-        """mha (a KV head per query head), mqa (one KV head) or gqa (groups of query heads)."""
+        """mha (a KV head per query head), mqa (one KV head), gqa (groups of query heads) or
+        mla (one latent per token, up-projected to every head)."""
+        if self.is_mla:
+            return "mla"
         if self.num_kv_heads == self.num_heads:
             return "mha"
         return "mqa" if self.num_kv_heads == 1 else "gqa"
@@ -105,10 +119,23 @@ class ModelConfig:
         return int(linear_params(self, 1, self.dense_layers, self.moe_layers)
                    + self.num_layers * layer_small_params(self, 1) + self.embedding_params())
 
+    @property
+    def rotary_dim(self) -> int:
+        """Values per head that RoPE rotates: the whole head, or MLA's RoPE part."""
+        return self.qk_rope_head_dim if self.is_mla else self.head_dim
+
+    @property
+    def latent_size(self) -> int:
+        """Values an MLA layer caches per token: the latent and the shared RoPE key."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
     def kv_bytes_per_token(self, kv_dtype: str, tp: int = 1, layers: int | None = None) -> float:
-        """KV-cache bytes one token occupies on one of `tp` devices (K and V of its KV heads)
-        over `layers` layers (default: all)."""
+        """KV-cache bytes one token occupies on one of `tp` devices over `layers` layers
+        (default: all): K and V of its KV heads, or with MLA the latent, which every device
+        holds whole (vLLM replicates it over tensor parallelism: every head reads all of it)."""
         layers = self.num_layers if layers is None else layers
+        if self.is_mla:
+            return layers * self.latent_size * DTYPE_BYTES[kv_dtype]
         return 2 * layers * self.kv_heads_per_device(tp) * self.head_dim * DTYPE_BYTES[kv_dtype]
 
 
@@ -131,7 +158,9 @@ def _positive_int(value: Any, where: str, key: str) -> int:
 QK_NORM_TYPES = ("qwen3", "qwen3_moe")
 # The `model_type`s whose config.json keys this module reads as their checkpoints mean them
 # (a config without one is read as a Llama-style decoder).
-READ_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "opt")
+READ_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "opt", "deepseek_v2",
+              "deepseek_v3")
+MLA_TYPES = ("deepseek_v2", "deepseek_v3")  # the types whose kv_lora_rank, q_lora_rank... mean MLA as read here
 NON_GATED_TYPES = ("opt",)  # fc1/fc2 MLPs; every other type read here has a SwiGLU gate
 
 
@@ -149,8 +178,10 @@ def _sliding(cfg: dict[str, Any], model_type: str) -> int:
 def unmodelled_features(cfg: dict[str, Any]) -> list[str]:
     """What `cfg` describes that the simulator does not model, each with the keys that say so."""
     found = []
-    if cfg.get("kv_lora_rank") or cfg.get("q_lora_rank"):
-        found.append("multi-head latent attention (kv_lora_rank, q_lora_rank)")
+    model_type = str(cfg.get("model_type") or "llama").lower()
+    if (cfg.get("kv_lora_rank") or cfg.get("q_lora_rank")) and model_type not in MLA_TYPES:
+        found.append(f"multi-head latent attention (kv_lora_rank, q_lora_rank) in a {model_type!r} model "
+                     f"(read for model_type {' or '.join(MLA_TYPES)})")
     kinds = set(cfg.get("layer_types") or ()) - {"full_attention"}
     if kinds:
         found.append(f"per-layer attention kinds {sorted(kinds)} (layer_types)")
@@ -205,6 +236,12 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
                             or 1, where, "num_local_experts")
     moe_inter = cfg.get("moe_intermediate_size") or 0
     shared = cfg.get("shared_expert_intermediate_size") or (cfg.get("n_shared_experts") or 0) * moe_inter
+    latent = _latent_attention(cfg, where) if model_type in MLA_TYPES else {}
+    if latent:
+        kv_heads = 1  # one latent per token serves every head (config.json's num_key_value_heads is unused)
+        head_dim = latent.pop("head_dim")
+    else:
+        head_dim = _positive_int(_get(cfg, where, "head_dim", default=hidden // heads), where, "head_dim")
     return ModelConfig(
         name=name or str(cfg.get("name") or cfg.get("_name_or_path") or where),
         hidden_size=hidden,
@@ -214,7 +251,7 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
         num_layers=layers,
         num_heads=heads,
         num_kv_heads=kv_heads,
-        head_dim=_positive_int(_get(cfg, where, "head_dim", default=hidden // heads), where, "head_dim"),
+        head_dim=head_dim,
         vocab_size=_positive_int(_get(cfg, where, "vocab_size"), where, "vocab_size"),
         max_position_embeddings=_positive_int(
             _get(cfg, where, "max_position_embeddings", "n_positions", default=4096), where, "max_position_embeddings"
@@ -230,7 +267,20 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
         shared_expert_gate=model_type == "qwen2_moe" and bool(shared),
         moe_layers=_moe_layers(cfg, layers, experts, where),
         sliding_window=_sliding(cfg, model_type),
+        **latent,
     )
+
+
+def _latent_attention(cfg: dict[str, Any], where: str) -> dict[str, int]:
+    """DeepSeek's MLA keys as ModelConfig fields: the query/key head size is the part without
+    RoPE plus the RoPE part (qk_nope_head_dim + qk_rope_head_dim); q_lora_rank is null where
+    the queries have one full projection (DeepSeek-V2-Lite)."""
+    fields = {key: _positive_int(_get(cfg, where, key), where, key)
+              for key in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")}
+    q_lora = cfg.get("q_lora_rank")
+    return {"kv_lora_rank": fields["kv_lora_rank"], "qk_rope_head_dim": fields["qk_rope_head_dim"],
+            "v_head_dim": fields["v_head_dim"], "head_dim": fields["qk_nope_head_dim"] + fields["qk_rope_head_dim"],
+            "q_lora_rank": _positive_int(q_lora, where, "q_lora_rank") if q_lora else 0}
 
 
 def model_catalogue() -> dict[str, Path]:

@@ -33,9 +33,28 @@ class Linear(NamedTuple):
 
 
 def attention_linears(model: ModelConfig, tp: int) -> list[Linear]:
+    """The attention's projections, the output projection last."""
+    if model.is_mla:
+        return latent_attention_linears(model, tp)
     h, d = model.hidden_size, model.head_dim
     q, kv = model.heads_per_device(tp) * d, model.kv_heads_per_device(tp) * d
     return [Linear("qkv_proj", q + 2 * kv, h), Linear("o_proj", h, q)]
+
+
+def latent_attention_linears(model: ModelConfig, tp: int) -> list[Linear]:
+    """MLA as vLLM lays it out: the down projections (to the latent and RoPE key, and to the
+    queries' low rank when there is one) fused in one GEMM replicated on every device; the
+    up projections of the queries and of the latent to each head's key and value, and the
+    output projection, split by heads. At decode vLLM absorbs kv_b_proj into the queries and
+    outputs: the same FLOPs per token, so it is costed here as one GEMM either way."""
+    h, heads, rope = model.hidden_size, model.heads_per_device(tp), model.qk_rope_head_dim
+    nope, v = model.head_dim - rope, model.v_head_dim
+    if model.q_lora_rank:
+        queries = [Linear("fused_qkv_a_proj", model.q_lora_rank + model.latent_size, h),
+                   Linear("q_b_proj", heads * model.head_dim, model.q_lora_rank)]
+    else:
+        queries = [Linear("q_proj", heads * model.head_dim, h), Linear("kv_a_proj_with_mqa", model.latent_size, h)]
+    return queries + [Linear("kv_b_proj", heads * (nope + v), model.kv_lora_rank), Linear("o_proj", h, heads * v)]
 
 
 def mlp_linears(model: ModelConfig, tp: int) -> list[Linear]:
@@ -75,6 +94,8 @@ def linear_params(model: ModelConfig, tp: int, dense_layers: int, moe_layers: in
 
 def layer_small_params(model: ModelConfig, tp: int) -> float:
     """Biases and norms of one layer on one device (kept at 16 bits by quantised checkpoints)."""
+    if model.is_mla:  # the norms of the latent and of the low-rank queries
+        return 2 * model.hidden_size + model.kv_lora_rank + model.q_lora_rank
     d = model.head_dim
     q, kv = model.heads_per_device(tp) * d, model.kv_heads_per_device(tp) * d
     bias = q + 2 * kv if model.qkv_bias else 0

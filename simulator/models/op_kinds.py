@@ -1,6 +1,6 @@
 """The kinds of operator the simulator costs, measures and calibrates: one entry each.
 
-An `OpKind` gives a kind the type of its shape (`GemmShape`, `PrefillShape`, `DecodeShape`:
+An `OpKind` gives a kind the type of its shape (`GemmShape`, `GroupedGemmShape`, `PrefillShape`, `DecodeShape`:
 what a calibration table looks its operators up by; none for kinds sized by their bytes);
 its family (a tiled GEMM, an attention kernel, a bandwidth-bound elementwise kernel, a
 collective over a link, a copy between memories), which fixes its roofline (`perf/roofline.py`: the wave-quantised GEMM efficiency, the attention kernels'
@@ -30,6 +30,16 @@ class GemmShape(NamedTuple):
     k: int
 
 
+class GroupedGemmShape(NamedTuple):
+    """The routed experts of an MoE layer as one grouped GEMM (vLLM's fused-MoE kernel):
+    `groups` experts, each a [k -> n] weight matrix, with m rows (tokens) each on average."""
+
+    m: int
+    n: int
+    k: int
+    groups: int
+
+
 class PrefillShape(NamedTuple):
     """One attention call over a batch's prefill chunks: new query tokens summed over the
     chunks (sum c_i), KV tokens read (sum ctx_i + c_i) and query-key pairs under the causal
@@ -48,7 +58,7 @@ class DecodeShape(NamedTuple):
     context_tokens: float | np.ndarray
 
 
-Shape = GemmShape | PrefillShape | DecodeShape
+Shape = GemmShape | GroupedGemmShape | PrefillShape | DecodeShape
 
 GEMM, ATTENTION, ELEMENTWISE, COLLECTIVE, COPY = "gemm", "attention", "elementwise", "collective", "copy"
 
@@ -75,6 +85,8 @@ class OpKind:
 
 OP_KINDS: dict[str, OpKind] = {k.name: k for k in (
     OpKind("gemm", GEMM, GemmShape, ("m", "n", "k"), (("m", 0.0, "mono"), ("n", 0.0, "mono"), ("k", 0.0, "mono"))),
+    # the routed experts of a layer in one kernel; roofline until a harness measures it
+    OpKind("grouped_gemm", GEMM, GroupedGemmShape),
     OpKind("attn_prefill", ATTENTION, PrefillShape, ("batch", "seq_len", "kv_len", "heads", "kv_heads", "head_dim"),
            (("batch", 0.0, "mono"), ("seq_len", 0.0, "mono"), ("context", 1.0, "mono"), *_HEADS)),
     OpKind("attn_decode", ATTENTION, DecodeShape, ("batch", "kv_len", "heads", "kv_heads", "head_dim"),
@@ -83,6 +95,10 @@ OP_KINDS: dict[str, OpKind] = {k.name: k for k in (
     # seq_len tokens attending to prefill_kv_len (the chunk and the context before it): fitted
     # as a slowdown of the two alone (perf/mixed_attention.py), not as a table
     OpKind("attn_mixed", ATTENTION, None, ("batch", "kv_len", "seq_len", "prefill_kv_len", "heads", "kv_heads", "head_dim")),
+    # multi-head latent attention (DeepSeek): prefill over up-projected keys and values, decode
+    # absorbed into the latent space; costed by the roofline until a harness measures them
+    OpKind("mla_prefill", ATTENTION, PrefillShape),
+    OpKind("mla_decode", ATTENTION, DecodeShape),
     OpKind("elementwise", ELEMENTWISE),
     OpKind("allreduce", COLLECTIVE, None, ("bytes", "world_size"), _LINK),
     OpKind("allgather", COLLECTIVE, None, ("bytes", "world_size"), _LINK),

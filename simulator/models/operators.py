@@ -8,12 +8,21 @@ columns split `tp` ways) and per pipeline stage (layers split `pp` ways).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 from .config import DTYPE_BYTES, ModelConfig
-from .layers import Linear, attention_linears, layers_per_stage, mlp_linears, moe_linears, stage_layer_kinds
-from .op_kinds import DecodeShape, GemmShape, PrefillShape, Shape
+from .layers import (
+    Linear,
+    attention_linears,
+    latent_attention_linears,
+    layers_per_stage,
+    mlp_linears,
+    moe_linears,
+    stage_layer_kinds,
+)
+from .op_kinds import DecodeShape, GemmShape, GroupedGemmShape, PrefillShape, Shape
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,9 +78,14 @@ def gemm_op(name: str, m: int | np.ndarray, n: int, k: int, prec: Precision, cou
     dtype (a W8A8 GEMM reads 8-bit activations, quantised by the layer before it; a W4A16 one
     16-bit activations), its weights at their storage dtype, its outputs written at the
     activation dtype. The one formula for a run's GEMMs and a measured row's (perf/kernels.py)."""
-    wb, ib, ob = DTYPE_BYTES[prec.weights], DTYPE_BYTES[prec.gemm_compute], DTYPE_BYTES[prec.activations]
-    return Operator(name, "gemm", flops=2.0 * m * n * k, bytes=k * n * wb + m * k * ib + m * n * ob,
+    return Operator(name, "gemm", flops=2.0 * m * n * k, bytes=_gemm_bytes(m, 1, n, k, prec),
                     dtype=prec.gemm_compute, count=count, shape=GemmShape(m, n, k))
+
+
+def _gemm_bytes(rows: int | np.ndarray, matrices: float, n: int, k: int, prec: Precision) -> float | np.ndarray:
+    """`matrices` [k -> n] weight matrices read once, `rows` input rows read and output rows written."""
+    wb, ib, ob = DTYPE_BYTES[prec.weights], DTYPE_BYTES[prec.gemm_compute], DTYPE_BYTES[prec.activations]
+    return matrices * k * n * wb + rows * (k * ib + n * ob)
 
 
 def _linear(lin: Linear, m: int | np.ndarray, prec: Precision, count: int) -> Operator:
@@ -94,15 +108,13 @@ def dense_ops(model: ModelConfig, tokens: int | np.ndarray, shard: Sharding, pre
     T, tp, L = tokens, shard.tp, layers_per_stage(model, shard.pp)
     dense_layers, moe_layers = stage_layer_kinds(model, shard.pp)
     h = model.hidden_size
-    qkv, o = attention_linears(model, tp)
-    rotated = T * (o.k + (qkv.n - o.k) // 2)  # query and key heads
+    *projections, o = attention_linears(model, tp)
     ops = [
         # the embedding lookup runs once per iteration (first stage), counted with the layers
         Operator("embedding", "elementwise", 0.0, T * h * DTYPE_BYTES[prec.activations] * 2, prec.activations),
         _elementwise("input_layernorm", T * h, 2, prec, L, flops_per=4),
-        _linear(qkv, T, prec, L),
-        *([_elementwise("qk_norm", rotated, 2, prec, L, flops_per=4)] if model.qk_norm else []),
-        _elementwise("rotary_emb", rotated, 2, prec, L, flops_per=3),
+        *(_linear(lin, T, prec, L) for lin in projections),
+        *_rotary_ops(model, T, tp, prec, L),
         _linear(o, T, prec, L),
         _elementwise("post_attention_layernorm", T * h, 2, prec, L, flops_per=4),
     ]
@@ -117,6 +129,21 @@ def dense_ops(model: ModelConfig, tokens: int | np.ndarray, shard: Sharding, pre
     return ops
 
 
+def _rotary_ops(model: ModelConfig, T: int | np.ndarray, tp: int, prec: Precision, L: int) -> list[Operator]:
+    """RoPE on the query and key heads (with MLA, on their RoPE parts: the queries' and the
+    one shared key), after Qwen3's per-head norms or MLA's norms of the latent and the
+    low-rank queries."""
+    heads = model.heads_per_device(tp)
+    if model.is_mla:
+        norms = [_elementwise("kv_a_layernorm", T * model.kv_lora_rank, 2, prec, L, flops_per=4)]
+        if model.q_lora_rank:
+            norms.append(_elementwise("q_a_layernorm", T * model.q_lora_rank, 2, prec, L, flops_per=4))
+        return [*norms, _elementwise("rotary_emb", T * (heads + 1) * model.qk_rope_head_dim, 2, prec, L, flops_per=3)]
+    rotated = T * (heads + model.kv_heads_per_device(tp)) * model.head_dim
+    norms = [_elementwise("qk_norm", rotated, 2, prec, L, flops_per=4)] if model.qk_norm else []
+    return [*norms, _elementwise("rotary_emb", rotated, 2, prec, L, flops_per=3)]
+
+
 def _mlp_ops(linears: list[Linear], T: int | np.ndarray, gated: bool, prec: Precision, count: int) -> list[Operator]:
     """An MLP on T tokens, `count` times: up projection (gate and up fused), activation, down."""
     up, down = linears[:2]
@@ -125,22 +152,31 @@ def _mlp_ops(linears: list[Linear], T: int | np.ndarray, gated: bool, prec: Prec
 
 
 def _moe_ops(model: ModelConfig, T: int, tp: int, prec: Precision, L: int) -> list[Operator]:
-    """Router, top-k routed experts and shared experts. The routed experts run as one GEMM per
-    expert touched: the expected number of distinct experts T tokens reach, each with its
-    share of the T x k routed rows (balanced routing)."""
+    """Router, top-k routed experts and shared experts. The routed experts run as vLLM's
+    fused-MoE kernel runs them: one grouped GEMM for the up (gate and up) projections of
+    every expert the batch touches and one for the down projections, which read the weights
+    of the expected number of distinct experts T tokens reach, E (1 - (1 - k/E)^T) under
+    balanced routing, and compute the T x k routed rows."""
     E, k = model.num_experts, model.experts_per_token
     router, up, down, *shared = moe_linears(model, tp)
     active = E * (1.0 - (1.0 - k / E) ** T)
-    rows = max(1, round(T * k / active))
-    n_active = max(1, round(active))
     ops = [_linear(router, T, prec, L),
-           _linear(up, rows, prec, L * n_active),
+           _grouped(up, T * k, active, prec, L),
            _elementwise("act_fn", T * k * down.k, 3 if model.gated_mlp else 2, prec, L, flops_per=5),
-           _linear(down, rows, prec, L * n_active)]
+           _grouped(down, T * k, active, prec, L)]
     if shared:
         ops += _mlp_ops(shared, T, model.gated_mlp, prec, L)
         ops += [_linear(gate, T, prec, L) for gate in shared[2:]]
     return ops
+
+
+def _grouped(lin: Linear, rows: int, experts: float, prec: Precision, count: int) -> Operator:
+    """The grouped GEMM of `rows` routed rows through `experts` (expected, so fractional)
+    copies of expert matrix `lin`, each read once."""
+    groups = max(1, round(experts))
+    return Operator(lin.name, "grouped_gemm", flops=2.0 * rows * lin.n * lin.k,
+                    bytes=_gemm_bytes(rows, experts, lin.n, lin.k, prec), dtype=prec.gemm_compute, count=count,
+                    shape=GroupedGemmShape(math.ceil(rows / groups), lin.n, lin.k, groups))
 
 
 def attention_prefill_op(
@@ -153,15 +189,32 @@ def attention_prefill_op(
     pair_tokens: query-key pairs under the causal mask, sum c_i * (ctx_i + (c_i + 1) / 2).
     FLOPs are 4 * heads * head_dim per pair (QK^T and PV); bytes are the compulsory Q, K, V
     and O traffic (FlashAttention keeps the scores on chip; re-reads of K/V tiles hit L2).
+    With MLA (kind mla_prefill) vLLM's prefill attends with up-projected keys and values,
+    each head's key of head_dim and value of v_head_dim, which it writes and reads at the
+    activation dtype (`latent_context_op` up-projects the cached part).
     """
     heads, kv_heads = model.heads_per_device(shard.tp), model.kv_heads_per_device(shard.tp)
     d = model.head_dim
     ab, kvb = DTYPE_BYTES[prec.activations], DTYPE_BYTES[prec.kv]
+    shape = PrefillShape(chunk_tokens, context_tokens, pair_tokens)
+    count = layers_per_stage(model, shard.pp)
+    if model.is_mla:
+        qkv = heads * (d + model.v_head_dim)
+        return Operator("mla_prefill", "mla_prefill", 2.0 * qkv * pair_tokens,
+                        (chunk_tokens + context_tokens) * qkv * ab, prec.activations, count, shape)
     flops = 4.0 * heads * d * pair_tokens
     nbytes = 2 * chunk_tokens * heads * d * ab + 2 * context_tokens * kv_heads * d * kvb
-    return Operator("attn_prefill", "attn_prefill", flops, nbytes, prec.activations,
-                    count=layers_per_stage(model, shard.pp),
-                    shape=PrefillShape(chunk_tokens, context_tokens, pair_tokens))
+    return Operator("attn_prefill", "attn_prefill", flops, nbytes, prec.activations, count, shape)
+
+
+def latent_context_op(model: ModelConfig, cached_tokens: float, shard: Sharding, prec: Precision) -> Operator | None:
+    """MLA prefill after cached context: vLLM up-projects the cached latents to keys and
+    values (kv_b_proj over the context tokens, per layer) before attending to them; None for
+    other attention or no cached context."""
+    if not model.is_mla or cached_tokens < 1:
+        return None
+    kv_b = latent_attention_linears(model, shard.tp)[-2]
+    return _linear(kv_b._replace(name="kv_b_proj_context"), int(cached_tokens), prec, layers_per_stage(model, shard.pp))
 
 
 def attention_decode_op(
@@ -169,28 +222,40 @@ def attention_decode_op(
     prec: Precision
 ) -> Operator:
     """One paged decode-attention call: every decode reads its whole KV cache once (arrays of
-    batch sizes and contexts: one call per entry)."""
+    batch sizes and contexts: one call per entry).
+
+    With MLA (kind mla_decode) it is vLLM's absorbed decode (FlashMLA and its kin): each
+    head's query, mapped into the latent space, attends to the cached latents and RoPE keys
+    directly, like multi-query attention with keys of latent_size and values of kv_lora_rank
+    values; every device reads the whole latent cache for its heads."""
     heads, kv_heads = model.heads_per_device(shard.tp), model.kv_heads_per_device(shard.tp)
     d = model.head_dim
     ab, kvb = DTYPE_BYTES[prec.activations], DTYPE_BYTES[prec.kv]
+    shape = DecodeShape(num_decodes, context_tokens)
+    count = layers_per_stage(model, shard.pp)
+    if model.is_mla:
+        latent, values = model.latent_size, model.kv_lora_rank
+        return Operator("mla_decode", "mla_decode", 2.0 * heads * (latent + values) * context_tokens,
+                        context_tokens * latent * kvb + num_decodes * heads * (latent + values) * ab,
+                        prec.activations, count, shape)
     flops = 4.0 * heads * d * context_tokens
     nbytes = 2 * context_tokens * kv_heads * d * kvb + 2 * num_decodes * heads * d * ab
-    return Operator("attn_decode", "attn_decode", flops, nbytes, prec.activations,
-                    count=layers_per_stage(model, shard.pp), shape=DecodeShape(num_decodes, context_tokens))
+    return Operator("attn_decode", "attn_decode", flops, nbytes, prec.activations, count, shape)
 
 
 def head_ops(model: ModelConfig, sampled: int, shard: Sharding, prec: Precision) -> list[Operator]:
     """Final norm, LM head and sampling (last stage).
 
     Only sequences that produce a token this iteration (`sampled`) go through the LM head,
-    as in vLLM, which gathers the last position of each scheduled sequence.
+    as in vLLM, which gathers the last position of each scheduled sequence. The LM head stays
+    at the activation dtype in quantised checkpoints, as in memory (`perf/memory_plan.py`).
     """
     h, V, tp = model.hidden_size, model.vocab_size // shard.tp, shard.tp
     ops: list[Operator] = []
     if sampled:
         ops += [
             _elementwise("final_layernorm", sampled * h, 2, prec, 1, flops_per=4),
-            gemm_op("lm_head", sampled, V, h, prec),
+            gemm_op("lm_head", sampled, V, h, replace(prec, weights=prec.activations)),
             # fp32 logits: softmax + top-k/top-p read them a few times
             Operator("sampler", "elementwise", sampled * V * 5.0, sampled * V * 4.0 * 3, "fp32"),
         ]

@@ -35,14 +35,14 @@ from ..engine.batch import BatchShape
 from ..hardware.loader import System
 from ..hardware.spec import Link
 from ..models.config import DTYPE_BYTES, ModelConfig
-from ..models.op_kinds import COLLECTIVE_KINDS
+from ..models.op_kinds import COLLECTIVE_KINDS, DecodeShape
 from ..models.operators import (
-    DecodeShape,
     Operator,
     attention_decode_op,
     attention_prefill_op,
     dense_ops,
     head_ops,
+    latent_context_op,
 )
 from .collectives import TIME_MODELS, p2p_time_s
 from .cuda_graphs import GraphPlan
@@ -288,17 +288,22 @@ class CostModel:
 
     def _attention_part(self, batch: BatchShape, graphed: bool) -> _Part:
         """Attention of one stage: its layers' prefill and decode attention calls; decodes
-        in a step with prefill chunks run the prefill kernel's slower path."""
+        in a step with prefill chunks run the prefill kernel's slower path (not with MLA, whose
+        backends in vLLM run decodes and prefills as separate calls)."""
         ops: list[Operator] = []
         factor = 1.0
         if batch.num_decodes:
             ops.append(attention_decode_op(self.model, batch.num_decodes, batch.decode_context, self.shard, self.prec))
-            if batch.prefill_tokens and self.mixed_decode_slowdown:
+            if batch.prefill_tokens and self.mixed_decode_slowdown and not self.model.is_mla:
                 n = batch.num_decodes
                 factor = self.kernels.mixed_decode_factor(n, batch.decode_context / n)
         if batch.prefill_tokens:
             ops.append(attention_prefill_op(self.model, batch.prefill_tokens, batch.prefill_context,
                                             batch.prefill_pairs, self.shard, self.prec))
+            upprojection = latent_context_op(self.model, batch.prefill_context - batch.prefill_tokens,
+                                             self.shard, self.prec)
+            if upprojection is not None:
+                ops.append(upprojection)
         return self._sum(ops, graphed, (factor,))
 
     def pipeline_send_s(self, tokens: int) -> float:

@@ -113,7 +113,7 @@ def weights_bytes(model: ModelConfig, dep: Deployment) -> float:
     vocab = padded_vocab(model, tp) * model.hidden_size * hp
     embedding, head = vocab, (0.0 if model.tie_word_embeddings else vocab) + model.hidden_size * hp
     ends = embedding + head if dep.pp == 1 else max(embedding, head)
-    rotary = model.max_position_embeddings * model.head_dim * DTYPE_BYTES[dep.activation_dtype]
+    rotary = model.max_position_embeddings * model.rotary_dim * DTYPE_BYTES[dep.activation_dtype]
     return layers + ends + rotary
 
 

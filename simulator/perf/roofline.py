@@ -20,7 +20,7 @@ from typing import cast
 import numpy as np
 
 from ..hardware.spec import DeviceSpec
-from ..models.op_kinds import ATTENTION, GEMM, OP_KINDS, GemmShape
+from ..models.op_kinds import ATTENTION, GEMM, OP_KINDS, GemmShape, GroupedGemmShape
 from ..models.operators import Operator
 
 
@@ -40,8 +40,10 @@ def compute_efficiency(device: DeviceSpec, op: Operator) -> float:
     eff = device.efficiency
     family = OP_KINDS[op.kind].family
     if family == GEMM:
-        shape = cast(GemmShape, op.shape)
-        return eff.compute_max * wave_efficiency(shape.m, shape.n, eff.tile_m, eff.tile_n, device.compute.units)
+        shape = cast(GemmShape | GroupedGemmShape, op.shape)
+        # a grouped GEMM's tiles: those of each group's matrix, side by side
+        columns = shape.n * shape.groups if isinstance(shape, GroupedGemmShape) else shape.n
+        return eff.compute_max * wave_efficiency(shape.m, columns, eff.tile_m, eff.tile_n, device.compute.units)
     if family == ATTENTION:
         return eff.attention_compute_max
     return eff.compute_max
