@@ -294,3 +294,38 @@ def test_a_pick_within_the_model_error_is_flagged(tmp_path):
     _edit_plan(root, {}, {"margin_within_uncertainty": False, "headroom_within_uncertainty": False})
     write_report(root)
     assert "Caution" not in (root / "report.md").read_text()
+
+
+def _crowded_plan_dir(root: Path) -> Path:
+    """Ten candidates with long names whose Pareto-optimal points sit close together: more
+    legend entries than fit a row, and names that collide where they are first tried."""
+    names = [f"dgx-h100-tp{i}-max_num_seqs-{64 * i}-chunked" for i in range(1, 11)]
+    candidates = [_candidate(name, "H100-SXM5-80GB", rank=i + 1, feasible=True, recommended=i == 0,
+                             max_rate=1.7 + 0.7 * i, price=2.1 + 0.1 * i) for i, name in enumerate(names)]
+    _write_csv(root / "candidates.csv", candidates)
+    _write_csv(root / "results.csv", [row for i, name in enumerate(names) for row in _points(name, 1.7 + 0.7 * i)])
+    (root / "plan.json").write_text(json.dumps({
+        "objective": "min_cost", "target_rate_req_s": 12.0, "recommended": names[0],
+        "slo": {"ttft_s": 0.5, "tpot_s": 0.05, "e2e_s": None, "attainment": 0.9}}))
+    _write_csv(root / "recommended" / "iterations.csv", _iterations())
+    return root
+
+
+@pytest.mark.parametrize("crowded", [False, True])
+def test_report_figures_have_no_colliding_text(tmp_path, crowded):
+    """No tick label, axis label, legend or point name of a report figure overlaps another or
+    runs off the figure (the latency-versus-load legend and the Pareto names were reported)."""
+    from simulator.report import figures
+    from simulator.report.plan_data import load
+    from simulator.report.text_layout import text_problems
+
+    data = load(_crowded_plan_dir(tmp_path) if crowded else make_plan_dir(tmp_path))
+    drawn = {"latency": figures.draw_latency(data), "attainment": figures.draw_attainment(data),
+             "pareto": figures.draw_pareto(data, figures.feasible_points(data)),
+             "utilisation": figures.draw_utilisation(data)}
+    assert {name: [str(p) for p in text_problems(fig)] for name, fig in drawn.items()} == {
+        name: [] for name in drawn}
+    points = figures.feasible_points(data)
+    best = pareto_mask(points["max_rate_req_s"].to_numpy(float), points["cost_per_hour"].to_numpy(float))
+    named = sorted(t.get_text() for t in drawn["pareto"].axes[0].texts)
+    assert named == sorted(points["candidate"][best]) and len(named) >= (3 if crowded else 1)

@@ -3,8 +3,10 @@
 Latency and SLO attainment against load, cost against capacity (with the Pareto front), and
 the recommended configuration's utilisation and KV-cache occupancy over time.
 
-Each figure function draws with matplotlib's object API (no pyplot global state), saves the
-PNG without software or date metadata, so the same inputs give the same bytes, and returns a
+Each `draw_*` function draws one with matplotlib's object API (no pyplot global state) and
+returns the matplotlib figure (the tests check its text with `text_layout.text_problems`: no
+label overlaps another or leaves the canvas); each `*_figure` function saves it as a PNG
+without software or date metadata, so the same inputs give the same bytes, and returns a
 `Figure` block with its title and caption. Every candidate keeps one colour and marker in
 every figure. `figures` puts a note in place of a figure the inputs cannot support.
 """
@@ -66,24 +68,37 @@ def _scale(ax: Any, values: pd.Series, axis: str = "y") -> None:
 
 
 _XLABEL_IN = 0.62  # room under the panels for the tick labels and the axis label (inches)
-_LEGEND_ROW_IN = 0.2  # one row of 8-point legend entries (inches)
+
+
+def _renderer(fig: Any) -> Any:
+    """The renderer of an Agg canvas attached to `fig`, to measure text before saving."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    return canvas.get_renderer()
 
 
 def _legend(fig: Any, axes: Any) -> None:
-    """One legend under the panels, without repeats; the figure grows by its rows so it never covers the x label."""
+    """One legend under the panels, without repeats, in as many columns (up to 5) as fit the
+    figure's width; the figure grows by its height so it never covers the x label."""
     labels: dict[str, Any] = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             labels.setdefault(label, handle)
-    columns = min(len(labels), 5)
-    legend_in = _LEGEND_ROW_IN * -(-len(labels) // max(columns, 1)) + 0.1
+    renderer = _renderer(fig)
     width_in, height_in = fig.get_size_inches()
+    for columns in range(min(len(labels), 5), 0, -1):
+        legend = fig.legend(labels.values(), labels.keys(), loc="lower center", bbox_to_anchor=(0.5, 0.01),
+                            ncol=columns, fontsize=8, frameon=False)
+        box = legend.get_window_extent(renderer)
+        if columns == 1 or box.width <= 0.98 * fig.bbox.width:
+            break
+        legend.remove()
+    legend_in = box.height / fig.dpi + 0.1
     top_in = height_in * (1 - fig.subplotpars.top)
     fig.set_size_inches(width_in, height_in + legend_in)
     fig.subplots_adjust(bottom=(_XLABEL_IN + legend_in) / (height_in + legend_in),
                         top=1 - top_in / (height_in + legend_in))
-    fig.legend(labels.values(), labels.keys(), loc="lower center", bbox_to_anchor=(0.5, 0.01), ncol=columns,
-               fontsize=8, frameon=False)
 
 
 def _per_candidate(ax: Any, data: PlanOutput, column: str, scale: float = 1.0) -> None:
@@ -103,7 +118,8 @@ def _percentile(attainment: Any) -> int:
     return next((p for p in PERCENTILES if p >= 100 * attainment - 1e-9), PERCENTILES[-1])
 
 
-def latency_figure(data: PlanOutput, out_dir: Path) -> Figure:
+def draw_latency(data: PlanOutput) -> Any:
+    """TTFT and TPOT at the percentile of the required attainment against load, per candidate."""
     q = _percentile(data.slo.get("attainment"))
     fig, axes = _new_figure(1, 2, 4.0)
     for ax, metric, key in zip(axes[0], ("TTFT", "TPOT"), ("ttft", "tpot")):
@@ -118,7 +134,12 @@ def latency_figure(data: PlanOutput, out_dir: Path) -> Figure:
         ax.grid(True, which="major", linewidth=0.3)
     fig.subplots_adjust(left=0.08, right=0.98, top=0.95, wspace=0.25)
     _legend(fig, axes)
-    return Figure(_save(fig, out_dir, "latency_vs_load"), "Latency versus load",
+    return fig
+
+
+def latency_figure(data: PlanOutput, out_dir: Path) -> Figure:
+    q = _percentile(data.slo.get("attainment"))
+    return Figure(_save(draw_latency(data), out_dir, "latency_vs_load"), "Latency versus load",
                   f"TTFT and TPOT p{q} per candidate against the request rate offered to one replica; "
                   f"dashed red: the SLO targets. p{q} is the first percentile at or above the required attainment, "
                   "but the SLO is judged "
@@ -134,7 +155,8 @@ def _capacity_ticks(ax: Any, data: PlanOutput, level: float) -> None:
                 color=styles[row["candidate"]]["color"])
 
 
-def attainment_figure(data: PlanOutput, out_dir: Path) -> Figure:
+def draw_attainment(data: PlanOutput) -> Any:
+    """The share of requests meeting the SLO against load, per candidate, with their capacities."""
     fig, axes = _new_figure(1, 1, 3.8)
     ax = axes[0, 0]
     _per_candidate(ax, data, "attainment", scale=100.0)
@@ -148,7 +170,11 @@ def attainment_figure(data: PlanOutput, out_dir: Path) -> Figure:
     ax.grid(True, which="major", linewidth=0.3)
     fig.subplots_adjust(left=0.08, right=0.98, top=0.95)
     _legend(fig, axes)
-    return Figure(_save(fig, out_dir, "attainment_vs_rate"), "SLO attainment versus load",
+    return fig
+
+
+def attainment_figure(data: PlanOutput, out_dir: Path) -> Figure:
+    return Figure(_save(draw_attainment(data), out_dir, "attainment_vs_rate"), "SLO attainment versus load",
                   "Share of requests meeting every SLO target at each simulated rate; a rate passes when its "
                   "point is on or above the dashed line. The ticks on that line mark each candidate's capacity "
                   "(max rate/replica in the table): the highest passing rate the search found.")
@@ -160,17 +186,63 @@ def pareto_mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return ~np.array(dominated, dtype=bool)
 
 
-def _label_points(ax: Any, x: np.ndarray, y: np.ndarray, names: Any) -> None:
-    """Name each point, on its left in the right third of the axes so no label runs off the figure."""
+# Where a point's name may go, in points from the point: beside it (right or left, above or
+# below), then above or below it; tried in turn, then further out with a leader line.
+_LABEL_PLACES = ((6, 5), (6, -5), (-6, 5), (-6, -5), (0, 9), (0, -9))
+_LABEL_REACH = (1.0, 2.5, 4.0)
+_MARKER_PX = 6.0  # half the side of the box a plotted point covers
+
+
+def _label_points(ax: Any, x: np.ndarray, y: np.ndarray, names: Any, others: np.ndarray | None = None) -> None:
+    """Name each point at the first place that keeps the name inside the axes and clear of
+    the names already placed and of every plotted point (`others` too, in data coordinates):
+    beside it, on its left first in the right third of the axes, then further out with a
+    leader line. Where no place is clear, the one with the fewest collisions."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    renderer = _renderer(ax.figure)
     ax.autoscale_view()  # the limits the labels are placed against
+    area = ax.get_window_extent(renderer)
+    everything = np.column_stack([x, y]) if others is None else np.vstack([np.column_stack([x, y]), others])
+    markers = [Bbox.from_bounds(px - _MARKER_PX, py - _MARKER_PX, 2 * _MARKER_PX, 2 * _MARKER_PX)
+               for px, py in ax.transData.transform(everything)]
+    placed: list[Any] = []
     to_axes = ax.transData + ax.transAxes.inverted()
-    for xi, yi, name in zip(x, y, names):
-        right_side = to_axes.transform((xi, yi))[0] > 2 / 3
-        ax.annotate(_plain(name), (xi, yi), textcoords="offset points", xytext=(-6 if right_side else 6, 5),
-                    ha="right" if right_side else "left", fontsize=8)
+    for i, (xi, yi, name) in enumerate(zip(x, y, names)):
+        places = list(_LABEL_PLACES)
+        if to_axes.transform((xi, yi))[0] > 2 / 3:  # near the right edge: the left side first
+            places.sort(key=lambda place: place[0] >= 0)
+        best: tuple[int, Any] | None = None
+        for reach in _LABEL_REACH:
+            for dx, dy in places:
+                leader = {"arrowstyle": "-", "color": "#777777", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 4}
+                label = ax.annotate(_plain(name), (xi, yi), textcoords="offset points",
+                                    xytext=(dx * reach, dy * reach), fontsize=8,
+                                    ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                                    va="bottom" if dy > 0 else "top",
+                                    arrowprops=leader if reach > 1 else None)
+                label.update_positions(renderer)  # an annotation is placed when drawn; measured now
+                box = Text.get_window_extent(label, renderer)
+                clashes = (not (area.x0 <= box.x0 and box.x1 <= area.x1 and area.y0 <= box.y0 and box.y1 <= area.y1)) \
+                    * len(markers) + sum(box.overlaps(other) for other in placed) \
+                    + sum(box.overlaps(marker) for j, marker in enumerate(markers) if j != i)
+                if best is None or clashes < best[0]:
+                    if best is not None:
+                        best[1].remove()
+                    best = (clashes, label)
+                else:
+                    label.remove()
+                if clashes == 0:
+                    break
+            if best is not None and best[0] == 0:
+                break
+        assert best is not None  # at least one place was tried
+        placed.append(Text.get_window_extent(best[1], renderer))
 
 
-def pareto_figure(data: PlanOutput, out_dir: Path, points: pd.DataFrame) -> Figure:
+def draw_pareto(data: PlanOutput, points: pd.DataFrame) -> Any:
+    """Cost against capacity of the feasible candidates (`points`), the Pareto-optimal ones named."""
     x, y = points["max_rate_req_s"].to_numpy(float), points["cost_per_hour"].to_numpy(float)
     best = pareto_mask(x, y)
     fig, axes = _new_figure(1, 1, 4.8)
@@ -182,12 +254,17 @@ def pareto_figure(data: PlanOutput, out_dir: Path, points: pd.DataFrame) -> Figu
     ax.scatter(x[chosen], y[chosen], marker="*", s=220, color="#d62728", zorder=3, label="recommended")
     _scale(ax, points["max_rate_req_s"], "x")
     _scale(ax, points["cost_per_hour"], "y")
-    _label_points(ax, x[best], y[best], points["candidate"][best])
     ax.set_xlabel("capacity per replica: max rate meeting the SLO (req/s)")
     ax.set_ylabel("cost to serve the target rate ($/hour)")
     ax.grid(True, which="major", linewidth=0.3)
-    ax.legend(fontsize=8)
-    fig.subplots_adjust(left=0.09, right=0.98, top=0.95, bottom=0.12)
+    fig.subplots_adjust(left=0.09, right=0.98, top=0.95, bottom=0.12)  # before the labels are placed
+    _label_points(ax, x[best], y[best], points["candidate"][best], np.column_stack([x[~best], y[~best]]))
+    ax.legend(fontsize=8)  # placed where it covers the fewest points and names
+    return fig
+
+
+def pareto_figure(data: PlanOutput, out_dir: Path, points: pd.DataFrame) -> Figure:
+    fig = draw_pareto(data, points)
     left_out = len(data.candidates) - len(points)
     omitted = f" {left_out} candidate{'s' if left_out > 1 else ''} without a feasible capacity not shown." \
         if left_out else ""
@@ -216,7 +293,8 @@ def _binned(iterations: pd.DataFrame) -> pd.DataFrame:
     return means.assign(time_s=(means["bin"] + 0.5) * width)
 
 
-def utilisation_figure(data: PlanOutput, out_dir: Path) -> Figure:
+def draw_utilisation(data: PlanOutput) -> Any:
+    """MFU, MBU and KV occupancy of the recommended run over time."""
     assert data.iterations is not None  # `figures` draws it only when the file was read
     binned = _binned(data.iterations)
     fig, axes = _new_figure(2, 1, 6.0)
@@ -239,6 +317,11 @@ def utilisation_figure(data: PlanOutput, out_dir: Path) -> Figure:
         ax.grid(True, which="major", linewidth=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.subplots_adjust(left=0.08, right=0.84, top=0.97, bottom=0.09, hspace=0.15)
+    return fig
+
+
+def utilisation_figure(data: PlanOutput, out_dir: Path) -> Figure:
+    fig = draw_utilisation(data)
     util = data.summary.get("utilization") or {}
     served = (data.summary.get("throughput") or {}).get("requests_per_s")
     overall = (f" Over the whole run (summary.json, {sig(served)} req/s completed): MFU {percent(util.get('mfu'))}, "
@@ -253,6 +336,12 @@ def utilisation_figure(data: PlanOutput, out_dir: Path) -> Figure:
                   f"cache size.{overall}")
 
 
+def feasible_points(data: PlanOutput) -> pd.DataFrame:
+    """The candidates the cost-versus-capacity figure shows: feasible, with a capacity and a cost."""
+    feasible = data.candidates[data.candidates["feasible"]].dropna(subset=["max_rate_req_s", "cost_per_hour"])
+    return feasible.reset_index(drop=True)
+
+
 def figures(data: PlanOutput, out_dir: Path) -> list[Block]:
     """The four figures, or a note in place of each one the inputs cannot support."""
     blocks: list[Block] = []
@@ -260,11 +349,11 @@ def figures(data: PlanOutput, out_dir: Path) -> list[Block]:
         blocks.append(Paragraph(("No simulated points in results.csv: no latency or attainment figures.",)))
     else:
         blocks += [latency_figure(data, out_dir), attainment_figure(data, out_dir)]
-    feasible = data.candidates[data.candidates["feasible"]].dropna(subset=["max_rate_req_s", "cost_per_hour"])
+    feasible = feasible_points(data)
     if feasible.empty:
         blocks.append(Paragraph(("No feasible candidate has a capacity and a cost: no cost-versus-capacity figure.",)))
     else:
-        blocks.append(pareto_figure(data, out_dir, feasible.reset_index(drop=True)))
+        blocks.append(pareto_figure(data, out_dir, feasible))
     if data.iterations is None or data.iterations.empty:
         blocks.append(Paragraph(("recommended/iterations.csv is absent: no utilisation-over-time figure for the "
                                  "recommended configuration.",)))
