@@ -10,10 +10,31 @@ where REPORT is a `simulate plan` output directory or its index.html. For each r
    `data:image/png;base64,` URI that decodes to a valid PNG (signature, then decoded with
    matplotlib); nothing may be fetched from elsewhere (no external src/href, no <script>,
    <link> or <iframe>), since the page is meant to be mailed on its own.
-2. When a Chromium is installed (`chromium`, `chromium-browser`, `google-chrome`; on Debian
-   `apt-get install -y chromium`): the page is loaded headless with a probe script added to a
-   temporary copy, which lists the images the browser failed to decode, and a full-page
-   screenshot (1280×4000) is written beside the report as screenshot.png for a person to look at.
+2. When a Chromium is found (`find_browser`): the page is loaded headless with a probe script
+   added to a temporary copy, which lists the images the browser failed to decode, and a
+   full-page screenshot (1280×4000) is written beside the report as screenshot.png for a person
+   to look at.
+
+The browser, first found first used:
+
+- the `CHROME`, then `CHROMIUM_PATH` environment variable: a path or a command name;
+- on the PATH: `chromium`, `chromium-browser`, `google-chrome`, `google-chrome-stable`,
+  `chrome`, `chromium-headless-shell`, `headless_shell` (on Debian `apt-get install -y
+  chromium`; `apt-get install -y chromium-headless-shell` for the shell alone);
+- Playwright's downloads (`npx playwright install chromium`), newest first, in
+  `$PLAYWRIGHT_BROWSERS_PATH` or `~/.cache/ms-playwright` (`~/Library/Caches/ms-playwright` on
+  macOS): `chromium_headless_shell-*/chrome-linux/headless_shell` (and the newer
+  `chrome-headless-shell-linux64/chrome-headless-shell`), `chromium-*/chrome-linux/chrome`,
+  `chromium-*/chrome-linux64/chrome`, `chromium-*/chrome-mac/Chromium.app/...`;
+- Puppeteer's (`npx @puppeteer/browsers install chrome`), newest first, in
+  `~/.cache/puppeteer`: `chrome*/*/chrome-linux64/chrome`,
+  `chrome-headless-shell/*/chrome-headless-shell-linux64/chrome-headless-shell`;
+- macOS app bundles in /Applications and ~/Applications: Google Chrome, Chromium.
+
+The flags work for a full Chrome or Chromium and for the headless shell alike: plain
+`--headless` (the shell is headless by itself and has no "new" headless mode, so
+`--headless=new` is not used), `--dump-dom`, `--screenshot`, `--window-size`,
+`--virtual-time-budget` (checked with Debian's chromium and chromium-headless-shell 156).
 
 Prints one line per report and every problem found; exits 1 when there is any problem, 0 otherwise.
 """
@@ -22,6 +43,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +55,18 @@ from urllib.parse import urlparse
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DATA_PNG = "data:image/png;base64,"
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome",
+            "chromium-headless-shell", "headless_shell")
+BROWSER_VARIABLES = ("CHROME", "CHROMIUM_PATH")
+PLAYWRIGHT_BUILDS = ("chromium_headless_shell-*/chrome-linux/headless_shell",
+                     "chromium_headless_shell-*/chrome-headless-shell-linux64/chrome-headless-shell",
+                     "chromium-*/chrome-linux/chrome", "chromium-*/chrome-linux64/chrome",
+                     "chromium_headless_shell-*/chrome-mac/headless_shell",
+                     "chromium-*/chrome-mac/Chromium.app/Contents/MacOS/Chromium")
+PUPPETEER_BUILDS = ("chrome*/*/chrome-linux64/chrome",
+                    "chrome-headless-shell/*/chrome-headless-shell-linux64/chrome-headless-shell",
+                    "chrome/*/chrome-mac-*/Google Chrome for Testing.app/Contents/MacOS/Google Chrome for Testing")
+MAC_APPS = ("Google Chrome.app/Contents/MacOS/Google Chrome", "Chromium.app/Contents/MacOS/Chromium")
 WINDOW = "1280,4000"
 BROWSER_TIMEOUT_S = 120
 # Added to a temporary copy of the page: once loaded, the browser records on <body> how many
@@ -110,8 +144,46 @@ def check_images(index_html: Path) -> list[str]:
     return problems
 
 
-def find_browser() -> str | None:
-    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _newest_first(root: Path, patterns: tuple[str, ...]) -> list[Path]:
+    """Executables matching `patterns` under `root`, the highest build numbers first."""
+    def version(path: Path) -> list[int]:
+        return [int(n) for n in re.findall(r"\d+", str(path.relative_to(root)))]
+
+    found = [path for pattern in patterns for path in root.glob(pattern) if _executable(path)]
+    return sorted(found, key=version, reverse=True)
+
+
+def find_browser(env: dict[str, str] | None = None, home: Path | None = None,
+                 applications: tuple[Path, ...] = (Path("/Applications"),)) -> str | None:
+    """The Chromium to render with (module docstring: the variables, the PATH, Playwright's and
+    Puppeteer's downloads, macOS app bundles), or None. A variable naming nothing usable is
+    reported on stderr and passed over."""
+    env = dict(os.environ) if env is None else env
+    home = Path.home() if home is None else home
+    for variable in BROWSER_VARIABLES:
+        value = env.get(variable)
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        if _executable(path):
+            return str(path)
+        if (found := shutil.which(value, path=env.get("PATH"))) is not None:
+            return found
+        print(f"{variable}={value}: not an executable file or command; looking elsewhere", file=sys.stderr)
+    for name in BROWSERS:
+        if (found := shutil.which(name, path=env.get("PATH"))) is not None:
+            return found
+    playwright = [Path(env["PLAYWRIGHT_BROWSERS_PATH"])] if env.get("PLAYWRIGHT_BROWSERS_PATH") else []
+    playwright += [home / ".cache" / "ms-playwright", home / "Library" / "Caches" / "ms-playwright"]
+    candidates = [path for root in playwright for path in _newest_first(root, PLAYWRIGHT_BUILDS)]
+    candidates += _newest_first(home / ".cache" / "puppeteer", PUPPETEER_BUILDS)
+    candidates += [folder / app for folder in (*applications, home / "Applications") for app in MAC_APPS
+                   if _executable(folder / app)]
+    return str(candidates[0]) if candidates else None
 
 
 def _run_browser(browser: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -161,7 +233,7 @@ def check_report(report: Path, browser: str | None) -> list[str]:
         problems += shot_problems
         done += f", rendered in {Path(browser).name}, screenshot {shot}"
     else:
-        done += "; no Chromium found, so not rendered"
+        done += "; no Chromium found (set CHROME to one), so not rendered"
     print(f"{'OK  ' if not problems else 'FAIL'} {index_html}: {done}")
     return problems
 
