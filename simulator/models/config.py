@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from ..errors import InvalidFile
-from ..paths import MODELS_DIR
+from ..paths import MODELS_DIR, shipped
 from .layers import layer_small_params, linear_params
 
 # Bytes per element of each storage dtype the deployment may choose for weights or KV.
@@ -284,7 +284,7 @@ def _latent_attention(cfg: dict[str, Any], where: str) -> dict[str, int]:
 
 
 def model_catalogue() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(MODELS_DIR.glob("*.yaml"))}
+    return {p.stem: p for p in sorted(shipped(MODELS_DIR).glob("*.yaml"))}
 
 
 @lru_cache(maxsize=32)
