@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import simpy
 
 from .deployment import Deployment, build_deployment, knob_where, set_in_yaml
+from .engine.data_parallel import DataParallelGroup
 from .engine.frontend import OUTPUT_S, ApiServer
 from .engine.kv_transfer import KvTransfer
 from .engine.pipeline import Pipeline
@@ -174,7 +175,8 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     started = time.perf_counter()
     dep = setup.deployment
     pools = setup.pools()
-    hardware = [replica_hardware(pool) for pool in pools for _ in range(pool.deployment.replicas * pool.engines)]
+    hardware = [replica_hardware(pool) for pool in pools
+                for _ in range(pool.deployment.replicas * pool.ranks * pool.engines)]
     recorder = Recorder(out_dir, keep_frames, hardware, slo, output_delay_s=OUTPUT_S if dep.api_server else 0.0)
     env = simpy.Environment()
 
@@ -184,11 +186,12 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
 
     arrivals = Arrivals(trace.requests(), ApiServer() if dep.api_server else None)
     by_role: dict[str, list[Replica]] = {}
+    groups: list[DataParallelGroup] = []
     for pool in pools:
         # a class is hashable; mypy misreads type[X] against Hashable (python/mypy#20409)
         cls = for_role(get_scheduler(pool.deployment.scheduler), pool.role)  # type: ignore[arg-type]
         plan = replace(pool.plan, num_blocks=pool.plan.num_blocks // pool.engines)  # vLLM v0 splits the blocks
-        for _ in range(pool.deployment.replicas):
+        for _ in range(pool.deployment.replicas * pool.ranks):
             pipeline = Pipeline(pool.deployment.pp) if pool.engines > 1 else None
             for _ in range(pool.engines):
                 sched = cls(pool.deployment, plan, setup.model)
@@ -196,6 +199,10 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
                 index = sum(len(r) for r in by_role.values())
                 by_role.setdefault(pool.role, []).append(Replica(
                     env, index, sched, pool.cost, recorder, arrivals.horizon_s, report, fast_forward, pipeline))
+        if pool.ranks > 1 and setup.model.is_moe:  # a dense model's ranks are independent engines
+            engines = by_role[pool.role]
+            groups += [DataParallelGroup(env, engines[i:i + pool.ranks], pool.cost, recorder, report)
+                       for i in range(0, len(engines), pool.ranks)]
     replicas = [r for group in by_role.values() for r in group]
     transfer = None
     if setup.disagg is not None:
@@ -203,7 +210,10 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     entry = by_role.get("prefill") or by_role["mixed"]  # where arriving requests go
     env.process(arrivals.process(env, entry, ROUTERS[dep.router](seed)))
     for replica in replicas:
-        env.process(replica.run())
+        if replica.group is None:
+            env.process(replica.run())
+    for group in groups:
+        env.process(group.run())
     with _rare_cycle_collection():
         env.run()
     recorder.close()
@@ -222,8 +232,9 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
     summary = build_summary(
         rec=recorder, total=trace.count, hardware=setup.system.name, model=setup.model.name,
         scheduler=dep.scheduler,
-        parallelism={"tp": first.tp, "pp": first.pp, "ep": 1, "replicas": sum(p.deployment.replicas for p in pools),
-                     "engines_per_replica": pools[0].engines},
+        parallelism={"tp": first.tp, "pp": first.pp, "dp": first.data_parallel_size,
+                     "ep": first.tp * first.data_parallel_size if first.enable_expert_parallel else 1,
+                     "replicas": sum(p.deployment.replicas for p in pools), "engines_per_replica": pools[0].engines},
         kv_peak=max(b.peak / b.num_blocks for b in blocks),
         kv_mean=sum(b.mean_utilization(makespan) for b in blocks) / len(blocks),
         preemptions=sum(s.preemptions for s in schedulers),

@@ -45,6 +45,17 @@ class Deployment(BaseModel):
     pipeline_overlap: bool = knob(True, "with pp > 1, pp virtual engines (vLLM v0's) keep every stage busy with "
                                         "micro-batches")
     replicas: int = knob(1, "model replicas behind the router", ge=1)
+    # MoE models: dp ranks, each an engine with its own scheduler and KV cache, stepping together
+    # through MoE layers that span all their devices (engine/data_parallel.py)
+    data_parallel_size: int = knob(1, "data-parallel ranks of a replica: own scheduler and KV cache each, MoE "
+                                      "layers shared (a dense model's ranks are plain replicas)",
+                                   "vLLM --data-parallel-size", ge=1)
+    enable_expert_parallel: bool = knob(False, "MoE: experts whole on each device, spread over the dp x tp devices "
+                                               "(off: every expert split over them)",
+                                        "vLLM --enable-expert-parallel")
+    all2all_backend: Literal["allgather_reducescatter", "deepep_high_throughput", "deepep_low_latency", "pplx"] = knob(
+        "allgather_reducescatter", "MoE with data_parallel_size > 1: how tokens reach the experts (all-gather and "
+                                   "reduce-scatter, or all-to-all dispatch and combine)", "vLLM --all2all-backend")
     weight_dtype: StorageDtype = knob("bf16", "storage type of the weights", "vLLM --dtype / --quantization")
     kv_cache_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4", "int2"] = knob(
         "bf16", "storage type of the KV cache", "vLLM --kv-cache-dtype")
@@ -150,7 +161,8 @@ class Deployment(BaseModel):
 
     @property
     def sharding(self) -> Sharding:
-        return Sharding(tp=self.tp, pp=self.pp)
+        return Sharding(tp=self.tp, pp=self.pp, dp=self.data_parallel_size, ep=self.enable_expert_parallel,
+                        all2all=self.all2all_backend)
 
     @property
     def precision(self) -> Precision:
@@ -158,7 +170,7 @@ class Deployment(BaseModel):
 
     @property
     def devices_per_replica(self) -> int:
-        return self.tp * self.pp
+        return self.tp * self.pp * self.data_parallel_size
 
 
 KNOBS = tuple(Deployment.model_fields)
@@ -185,6 +197,7 @@ VLLM_ENGINE_KNOBS = {
     "max_cudagraph_capture_size": "cuda_graph_max_batch_size", "enable_prefix_caching": "enable_block_reuse",
     "async_scheduling": "disable_overlap_scheduler (inverted)", "scheduler_reserve_full_isl": None,
     "preemption_mode": None, "swap_space": None, "num_gpu_blocks_override": None,
+    "data_parallel_size": None, "enable_expert_parallel": None, "all2all_backend": None,
 }
 TRTLLM_KNOBS = {
     "capacity_scheduler_policy": None, "max_batch_size": "max_num_seqs",

@@ -2,9 +2,9 @@
 model agree, and the alpha-beta models match hand-computed values."""
 from __future__ import annotations
 
-import pytest
-
 from types import SimpleNamespace
+
+import pytest
 
 from simulator.hardware.spec import Link
 from simulator.models.config import load_model

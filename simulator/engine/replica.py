@@ -6,7 +6,7 @@ The replica never computes times itself (the cost model does) and never decides 
 from __future__ import annotations
 
 import math
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import simpy
@@ -16,6 +16,9 @@ from ..perf.cost_model import CostModel, IterationCost, SpanCost
 from ..schedulers.base import Scheduler
 from .batch import ScheduledBatch, SpanPlan
 from .pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from .data_parallel import DataParallelGroup
 
 # Longest span planned at once (steps); a longer quiet stretch is simply several spans.
 MAX_SPAN_STEPS = 4096
@@ -42,6 +45,7 @@ class Replica:
         self.steps_started = 0
         self.in_step = False  # a step (or span) is in flight
         self._span: tuple[int, np.ndarray] | None = None  # steps started before it, its steps' ends
+        self.group: DataParallelGroup | None = None  # the group that runs this rank's steps, if any
 
     def submit(self, req) -> None:
         req.replica = self.index
@@ -58,8 +62,10 @@ class Replica:
             self.wake()
 
     def wake(self) -> None:
-        """New work: an idle replica looks for a batch now."""
-        if self._wake is not None and not self._wake.triggered:
+        """New work: an idle replica (or its data-parallel group) looks for a batch now."""
+        if self.group is not None:
+            self.group.wake()
+        elif self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
     def run(self):

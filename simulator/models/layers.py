@@ -65,14 +65,18 @@ def mlp_linears(model: ModelConfig, tp: int) -> list[Linear]:
     return [Linear("fc1", inter, h), Linear("fc2", h, inter)]
 
 
-def moe_linears(model: ModelConfig, tp: int) -> list[Linear]:
-    """Router, routed experts (each split over tp, vLLM's fused-MoE layout) and shared experts."""
-    h, E = model.hidden_size, model.num_experts
-    inter = model.expert_intermediate_size // tp
+def moe_linears(model: ModelConfig, tp: int, *, dp: int = 1, ep: bool = False) -> list[Linear]:
+    """Router, routed experts and shared experts on one device. The routed experts are spread
+    over the dp x tp devices of the data-parallel ranks (vLLM's MoE layers span all of them):
+    with expert parallelism (`ep`) each device holds E / (dp x tp) whole experts, else every
+    expert split dp x tp ways by columns (vLLM's fused-MoE layout); shared experts are split
+    over tp within a rank and the router replicated."""
+    h, E, devices = model.hidden_size, model.num_experts, dp * tp
+    experts, inter = (E // devices, model.expert_intermediate_size) if ep else (E, model.expert_intermediate_size // devices)
     mats = 2 if model.gated_mlp else 1
     out = [Linear("router", E, h),
-           Linear("experts_up", mats * inter, h, E, routed=True),
-           Linear("experts_down", h, inter, E, routed=True)]
+           Linear("experts_up", mats * inter, h, experts, routed=True),
+           Linear("experts_down", h, inter, experts, routed=True)]
     shared = model.shared_expert_intermediate_size // tp
     if shared:
         out += [Linear("shared_expert_up", mats * shared, h), Linear("shared_expert_down", h, shared)]
@@ -81,14 +85,17 @@ def moe_linears(model: ModelConfig, tp: int) -> list[Linear]:
     return out
 
 
-def linear_layers(model: ModelConfig, tp: int, kind: str) -> list[Linear]:
-    """Every weight matrix of one layer of `kind` (DENSE or MOE) on one of `tp` devices."""
-    return attention_linears(model, tp) + (moe_linears(model, tp) if kind == MOE else mlp_linears(model, tp))
+def linear_layers(model: ModelConfig, tp: int, kind: str, *, dp: int = 1, ep: bool = False) -> list[Linear]:
+    """Every weight matrix of one layer of `kind` (DENSE or MOE) on one of `tp` devices (of
+    one of `dp` data-parallel ranks, which share the routed experts: `moe_linears`)."""
+    return attention_linears(model, tp) + (moe_linears(model, tp, dp=dp, ep=ep) if kind == MOE
+                                           else mlp_linears(model, tp))
 
 
-def linear_params(model: ModelConfig, tp: int, dense_layers: int, moe_layers: int) -> float:
+def linear_params(model: ModelConfig, tp: int, dense_layers: int, moe_layers: int, *, dp: int = 1,
+                  ep: bool = False) -> float:
     """Linear weights of that many dense and MoE layers on one of `tp` devices."""
-    return sum(layers * sum(lin.n * lin.k * lin.copies for lin in linear_layers(model, tp, kind))
+    return sum(layers * sum(lin.n * lin.k * lin.copies for lin in linear_layers(model, tp, kind, dp=dp, ep=ep))
                for kind, layers in ((DENSE, dense_layers), (MOE, moe_layers)) if layers)
 
 

@@ -1,7 +1,8 @@
 """The kinds of operator the simulator costs, measures and calibrates: one entry each.
 
-An `OpKind` gives a kind the type of its shape (`GemmShape`, `GroupedGemmShape`, `PrefillShape`, `DecodeShape`:
-what a calibration table looks its operators up by; none for kinds sized by their bytes);
+An `OpKind` gives a kind the type of its shape (`GemmShape`, `GroupedGemmShape`, `PrefillShape`,
+`DecodeShape`: what a calibration table looks its operators up by; `CollectiveShape`: a
+collective's group, whose message is its bytes; none for elementwise kernels);
 its family (a tiled GEMM, an attention kernel, a bandwidth-bound elementwise kernel, a
 collective over a link, a copy between memories), which fixes its roofline (`perf/roofline.py`: the wave-quantised GEMM efficiency, the attention kernels'
 own ceiling, or the plain one; collectives and copies go over links, not the roofline);
@@ -58,7 +59,15 @@ class DecodeShape(NamedTuple):
     context_tokens: float | np.ndarray
 
 
-Shape = GemmShape | GroupedGemmShape | PrefillShape | DecodeShape
+class CollectiveShape(NamedTuple):
+    """A collective's group: `world` devices, spread over `span` consecutive devices (the
+    data-parallel group of MoE dispatch has one device in every tp; the span picks the link)."""
+
+    world: int
+    span: int
+
+
+Shape = GemmShape | GroupedGemmShape | PrefillShape | DecodeShape | CollectiveShape
 
 GEMM, ATTENTION, ELEMENTWISE, COLLECTIVE, COPY = "gemm", "attention", "elementwise", "collective", "copy"
 
@@ -100,10 +109,10 @@ OP_KINDS: dict[str, OpKind] = {k.name: k for k in (
     OpKind("mla_prefill", ATTENTION, PrefillShape),
     OpKind("mla_decode", ATTENTION, DecodeShape),
     OpKind("elementwise", ELEMENTWISE),
-    OpKind("allreduce", COLLECTIVE, None, ("bytes", "world_size"), _LINK),
-    OpKind("allgather", COLLECTIVE, None, ("bytes", "world_size"), _LINK),
-    OpKind("reducescatter", COLLECTIVE, None, ("bytes", "world_size"), _LINK),
-    OpKind("alltoall", COLLECTIVE, None, ("bytes", "world_size"), _LINK),
+    OpKind("allreduce", COLLECTIVE, CollectiveShape, ("bytes", "world_size"), _LINK),
+    OpKind("allgather", COLLECTIVE, CollectiveShape, ("bytes", "world_size"), _LINK),
+    OpKind("reducescatter", COLLECTIVE, CollectiveShape, ("bytes", "world_size"), _LINK),
+    OpKind("alltoall", COLLECTIVE, CollectiveShape, ("bytes", "world_size"), _LINK),
     OpKind("memcpy", COPY, None, ("bytes", "direction"), (("bytes", 0.0, "mono"), ("direction", 0.0, "cat"))),
 )}
 

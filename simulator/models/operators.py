@@ -22,7 +22,7 @@ from .layers import (
     moe_linears,
     stage_layer_kinds,
 )
-from .op_kinds import DecodeShape, GemmShape, GroupedGemmShape, PrefillShape, Shape
+from .op_kinds import CollectiveShape, DecodeShape, GemmShape, GroupedGemmShape, PrefillShape, Shape
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,10 +67,23 @@ class Precision:
         return self.weights if self.weights in ("fp8", "int8") else self.activations
 
 
+# vLLM's default --all2all-backend: an all-gather of every rank's tokens before the experts
+# and a reduce-scatter after them; its others (DeepEP's, pplx's kernels) dispatch each token
+# to the devices holding its experts and combine the results with all-to-alls
+ALLGATHER_REDUCESCATTER = "allgather_reducescatter"
+
+
 @dataclass(frozen=True)
 class Sharding:
+    """How one replica is split: tensor and pipeline parallelism, and the data-parallel ranks
+    (vLLM's data_parallel_size) whose MoE layers span all dp x tp devices, with experts whole
+    on each device under expert parallelism (`ep`) and tokens moved by `all2all`."""
+
     tp: int = 1
     pp: int = 1
+    dp: int = 1
+    ep: bool = False
+    all2all: str = ALLGATHER_REDUCESCATTER
 
 
 def gemm_op(name: str, m: int | np.ndarray, n: int, k: int, prec: Precision, count: int = 1) -> Operator:
@@ -82,7 +95,7 @@ def gemm_op(name: str, m: int | np.ndarray, n: int, k: int, prec: Precision, cou
                     dtype=prec.gemm_compute, count=count, shape=GemmShape(m, n, k))
 
 
-def _gemm_bytes(rows: int | np.ndarray, matrices: float, n: int, k: int, prec: Precision) -> float | np.ndarray:
+def _gemm_bytes(rows: float | np.ndarray, matrices: float, n: int, k: int, prec: Precision) -> float | np.ndarray:
     """`matrices` [k -> n] weight matrices read once, `rows` input rows read and output rows written."""
     wb, ib, ob = DTYPE_BYTES[prec.weights], DTYPE_BYTES[prec.gemm_compute], DTYPE_BYTES[prec.activations]
     return matrices * k * n * wb + rows * (k * ib + n * ob)
@@ -121,11 +134,12 @@ def dense_ops(model: ModelConfig, tokens: int | np.ndarray, shard: Sharding, pre
     if dense_layers:
         ops += _mlp_ops(mlp_linears(model, tp), T, model.gated_mlp, prec, dense_layers)
     if moe_layers:
-        ops += _moe_ops(model, cast(int, T), tp, prec, moe_layers)  # experts: one token count at a time
+        ops += _moe_ops(model, cast(int, T), shard, prec, moe_layers)  # experts: one token count at a time
     if tp > 1:
         # Megatron-style TP: one all-reduce after attention and one after the MLP.
         msg = T * h * DTYPE_BYTES[prec.activations]
-        ops.append(Operator("tp_allreduce", "allreduce", flops=0.0, bytes=msg, dtype=prec.activations, count=2 * L))
+        ops.append(Operator("tp_allreduce", "allreduce", flops=0.0, bytes=msg, dtype=prec.activations, count=2 * L,
+                            shape=CollectiveShape(tp, tp)))
     return ops
 
 
@@ -151,26 +165,52 @@ def _mlp_ops(linears: list[Linear], T: int | np.ndarray, gated: bool, prec: Prec
     return [_linear(up, T, prec, count), act, _linear(down, T, prec, count)]
 
 
-def _moe_ops(model: ModelConfig, T: int, tp: int, prec: Precision, L: int) -> list[Operator]:
-    """Router, top-k routed experts and shared experts. The routed experts run as vLLM's
-    fused-MoE kernel runs them: one grouped GEMM for the up (gate and up) projections of
-    every expert the batch touches and one for the down projections, which read the weights
-    of the expected number of distinct experts T tokens reach, E (1 - (1 - k/E)^T) under
-    balanced routing, and compute the T x k routed rows."""
-    E, k = model.num_experts, model.experts_per_token
-    router, up, down, *shared = moe_linears(model, tp)
-    active = E * (1.0 - (1.0 - k / E) ** T)
+def _moe_ops(model: ModelConfig, T: int, shard: Sharding, prec: Precision, L: int) -> list[Operator]:
+    """Router, top-k routed experts and shared experts of the MoE layers on one device. The
+    routed experts run as vLLM's fused-MoE kernel runs them: one grouped GEMM for the up
+    (gate and up) projections of every expert the batch reaches and one for the down
+    projections, which read the weights of the expected number of distinct experts reached,
+    E (1 - (1 - k/E)^T) under balanced routing, and compute the routed rows. With dp
+    data-parallel ranks the experts see every rank's T tokens (vLLM pads the ranks to one
+    count), brought by the all-to-all backend's dispatch and returned by its combine; under
+    expert parallelism a device holds E / (dp x tp) whole experts and computes the rows
+    routed to them, a 1 / (dp x tp) share, else a 1 / (dp x tp) slice of every expert."""
+    E, k, dp, devices = model.num_experts, model.experts_per_token, shard.dp, shard.dp * shard.tp
+    router, up, down, *shared = moe_linears(model, shard.tp, dp=dp, ep=shard.ep)
+    tokens = T * dp
+    reached = up.copies * (1.0 - (1.0 - k / E) ** tokens)
+    rows = tokens * k / devices if shard.ep else tokens * k
     ops = [_linear(router, T, prec, L),
-           _grouped(up, T * k, active, prec, L),
-           _elementwise("act_fn", T * k * down.k, 3 if model.gated_mlp else 2, prec, L, flops_per=5),
-           _grouped(down, T * k, active, prec, L)]
+           _grouped(up, rows, reached, prec, L),
+           _elementwise("act_fn", rows * down.k, 3 if model.gated_mlp else 2, prec, L, flops_per=5),
+           _grouped(down, rows, reached, prec, L)]
     if shared:
         ops += _mlp_ops(shared, T, model.gated_mlp, prec, L)
         ops += [_linear(gate, T, prec, L) for gate in shared[2:]]
+    if dp > 1:
+        ops += _dispatch_ops(model, T, shard, prec, L)
     return ops
 
 
-def _grouped(lin: Linear, rows: int, experts: float, prec: Precision, count: int) -> Operator:
+def _dispatch_ops(model: ModelConfig, T: int, shard: Sharding, prec: Precision, L: int) -> list[Operator]:
+    """Moving the tokens of dp ranks to the experts and back, once each per MoE layer: an
+    all-gather of every rank's hidden states over the data-parallel group (one device per
+    rank, spread over all dp x tp) and a reduce-scatter of the expert outputs; or an
+    all-to-all over all dp x tp devices sending each of a device's tokens (its 1 / tp share
+    of the rank's) to the devices of its k experts, and back."""
+    ab, h, devices = DTYPE_BYTES[prec.activations], model.hidden_size, shard.dp * shard.tp
+    if shard.all2all == ALLGATHER_REDUCESCATTER:
+        gathered = T * shard.dp * h * ab
+        group = CollectiveShape(shard.dp, devices)
+        return [Operator("moe_dispatch", "allgather", 0.0, gathered, prec.activations, L, group),
+                Operator("moe_combine", "reducescatter", 0.0, gathered, prec.activations, L, group)]
+    sent = T / shard.tp * model.experts_per_token * h * ab
+    group = CollectiveShape(devices, devices)
+    return [Operator("moe_dispatch", "alltoall", 0.0, sent, prec.activations, L, group),
+            Operator("moe_combine", "alltoall", 0.0, sent, prec.activations, L, group)]
+
+
+def _grouped(lin: Linear, rows: float, experts: float, prec: Precision, count: int) -> Operator:
     """The grouped GEMM of `rows` routed rows through `experts` (expected, so fractional)
     copies of expert matrix `lin`, each read once."""
     groups = max(1, round(experts))
@@ -263,5 +303,6 @@ def head_ops(model: ModelConfig, sampled: int, shard: Sharding, prec: Precision)
             # each device holds vocab/tp logits in the model dtype; vLLM v1 all-gathers the full
             # rows so that every rank samples (message = the whole result)
             ab = DTYPE_BYTES[prec.activations]
-            ops.append(Operator("logits_gather", "allgather", 0.0, sampled * model.vocab_size * ab, prec.activations))
+            ops.append(Operator("logits_gather", "allgather", 0.0, sampled * model.vocab_size * ab, prec.activations,
+                                shape=CollectiveShape(tp, tp)))
     return ops

@@ -35,7 +35,7 @@ from ..engine.batch import BatchShape
 from ..hardware.loader import System
 from ..hardware.spec import Link
 from ..models.config import DTYPE_BYTES, ModelConfig
-from ..models.op_kinds import COLLECTIVE_KINDS, DecodeShape
+from ..models.op_kinds import COLLECTIVE_KINDS, CollectiveShape, DecodeShape
 from ..models.operators import (
     Operator,
     attention_decode_op,
@@ -167,16 +167,22 @@ class CostModel:
         gap, launch = self._kernel_overheads(graphed)
         return op.count * max(gpu + gap, launch), op.count * gpu, source
 
+    def _group_link(self, op: Operator) -> tuple[int, Link]:
+        """A collective's group size and the link its devices cross: the tensor-parallel
+        group's, or (MoE dispatch) the data-parallel ranks' devices."""
+        world, span = cast(CollectiveShape, op.shape)
+        link = self.tp_link if span == self.dep.tp else self._link_for(span)
+        return world, self._require_link(link, f"a {world}-device {op.kind} ({op.name})")
+
     def _collective_s(self, op: Operator) -> tuple[float, int]:
         """One execution of a collective and its source: measured by the profile if it covers
-        it, else the alpha-beta model over the tensor-parallel link."""
-        world = self.dep.tp
+        it, else the alpha-beta model over the link its group crosses."""
+        world, link = self._group_link(op)
         measured = (self.kernels.calibration is not None
                     and self.kernels.collective_time_s(op.kind, cast(float, op.bytes), world))
         if measured:
             one, source = measured
         else:
-            link = self._require_link(self.tp_link, f"tensor-parallel {op.kind}")
             model = TIME_MODELS[op.kind]
             one, source = model(op.bytes, world, link, self.device.efficiency.network_efficiency), ROOFLINE
         if self.kernel_scale is not None:
@@ -253,13 +259,13 @@ class CostModel:
 
     def _collective_many(self, op: Operator) -> tuple[np.ndarray, np.ndarray | int]:
         """`_collective_s` of a collective whose message sizes are an array."""
+        world, link = self._group_link(op)
         if self.kernels.calibration is not None:
-            measured = self.kernels.collective_times_many(op.kind, cast(np.ndarray, op.bytes), self.dep.tp)
+            measured = self.kernels.collective_times_many(op.kind, cast(np.ndarray, op.bytes), world)
             if measured is not None:
                 return measured
-        link = self._require_link(self.tp_link, f"tensor-parallel {op.kind}")
         model = TIME_MODELS[op.kind]
-        return model(op.bytes, self.dep.tp, link, self.device.efficiency.network_efficiency), ROOFLINE
+        return model(op.bytes, world, link, self.device.efficiency.network_efficiency), ROOFLINE
 
     def _head_part(self, sampled: int) -> _Part:
         return self._sum(head_ops(self.model, sampled, self.shard, self.prec), False)
@@ -315,11 +321,28 @@ class CostModel:
 
     def iteration(self, batch: BatchShape) -> IterationCost:
         """Wall time of one iteration of `batch`, and per-device FLOPs and bytes."""
-        tokens, pp = batch.tokens, self.dep.pp
+        tokens = batch.tokens
         decode_only = not batch.prefill_tokens
-        fixed = self._fixed(tokens, batch.sampled, decode_only)
-        # attention is inside the graph only in a FULL graph: a decode-only step
-        attn = self._attention_part(batch, decode_only and self.graphs.graphed(tokens))
+        return self._with_attention(self._fixed(tokens, batch.sampled, decode_only), batch,
+                                    decode_only and self.graphs.graphed(tokens))
+
+    def lockstep(self, batches: list[BatchShape]) -> list[IterationCost]:
+        """One step of the data-parallel ranks of an MoE replica (engine/data_parallel.py),
+        each rank's cost: vLLM pads every rank to the step's largest token count (and runs
+        it through the same CUDA graph or none), so each runs the token-parallel layers on
+        that count, whose MoE layers take the experts over all ranks' padded tokens
+        (`operators.dense_ops` with the sharding's dp), and its own attention."""
+        tokens = max(batch.tokens for batch in batches)
+        decode_only = not any(batch.prefill_tokens for batch in batches)
+        fixed = self._fixed(tokens, max(batch.sampled for batch in batches), decode_only)
+        graphed = decode_only and self.graphs.graphed(tokens)
+        return [self._with_attention(fixed, batch, graphed) for batch in batches]
+
+    def _with_attention(self, fixed: _Part, batch: BatchShape, graphed: bool) -> IterationCost:
+        """A step's cost: its token-parallel part and the attention of `batch` in every stage
+        (attention is inside the graph only in a FULL graph: a decode-only step)."""
+        pp = self.dep.pp
+        attn = self._attention_part(batch, graphed)
         sources = [f + pp * a for f, a in zip(fixed.sources_s, attn.sources_s)]
         gpu = fixed.time_s + pp * attn.time_s
         time_s = self.with_host(gpu)

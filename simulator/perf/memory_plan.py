@@ -108,7 +108,8 @@ def weights_bytes(model: ModelConfig, dep: Deployment) -> float:
     norm on the last (both with pp = 1; the larger side with pp > 1), and the rotary table."""
     tp, hp = dep.tp, DTYPE_BYTES[HIGH_PRECISION]
     dense, moe = stage_layer_kinds(model, dep.pp)
-    layers = (linear_params(model, tp, dense, moe) * linear_bytes_per_param(dep.weight_dtype)
+    layers = (linear_params(model, tp, dense, moe, dp=dep.data_parallel_size, ep=dep.enable_expert_parallel)
+              * linear_bytes_per_param(dep.weight_dtype)
               + (dense + moe) * layer_small_params(model, tp) * hp)
     vocab = padded_vocab(model, tp) * model.hidden_size * hp
     embedding, head = vocab, (0.0 if model.tie_word_embeddings else vocab) + model.hidden_size * hp

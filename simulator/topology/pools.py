@@ -40,8 +40,13 @@ class Pool:
         return self.deployment.devices_per_replica * self.deployment.replicas
 
     @property
+    def ranks(self) -> int:
+        """Data-parallel ranks per replica, each an engine on its own tp x pp devices."""
+        return self.deployment.data_parallel_size
+
+    @property
     def engines(self) -> int:
-        """Virtual engines per replica: pp with `pipeline_overlap` (engine/pipeline.py), else 1."""
+        """Virtual engines per rank: pp with `pipeline_overlap` (engine/pipeline.py), else 1."""
         dep = self.deployment
         return dep.pp if dep.pp > 1 and dep.pipeline_overlap else 1
 
@@ -57,12 +62,14 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
     if kv_heads % dep.tp and dep.tp % kv_heads:  # vLLM splits KV heads, or replicates them evenly
         raise InputError(f"{where}--tp {dep.tp}: must divide {model_cfg.name}'s {kv_heads} KV heads or be a "
                          "multiple of them")
+    _check_data_parallel(role, where, dep, model_cfg)
     needed = dep.devices_per_replica * dep.replicas
     system = system.sized_for(needed)
     if needed > system.total_devices:
+        ranks = f"data_parallel_size={dep.data_parallel_size} x " if dep.data_parallel_size > 1 else ""
         raise InputError(
             f"{system.source_file}: {where}{system.name} has {system.total_devices} devices but tp={dep.tp} x "
-            f"pp={dep.pp} x replicas={dep.replicas} needs {needed}; lower them or add nodes"
+            f"pp={dep.pp} x {ranks}replicas={dep.replicas} needs {needed}; lower them or add nodes"
         )
     if dep.devices_per_replica > 1 and system.fabric is None and system.network is None:
         raise InputError(f"{system.source_file}: links: {system.name} has no link for tp/pp; add nvlink or pcie")
@@ -96,12 +103,30 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
     return pool
 
 
+def _check_data_parallel(role: str, where: str, dep: Deployment, model: ModelConfig) -> None:
+    """What the data-parallel knobs need: experts to spread (expert parallelism), whole
+    experts per device, and no pipeline stages or disaggregated pools beside the ranks."""
+    dp, devices = dep.data_parallel_size, dep.data_parallel_size * dep.tp
+    if dep.enable_expert_parallel:
+        if not model.is_moe:
+            raise InputError(f"{where}enable_expert_parallel: {model.name} has no experts to spread; leave it off")
+        if model.num_experts % devices:
+            raise InputError(f"{where}enable_expert_parallel: {model.name}'s {model.num_experts} experts do not "
+                             f"spread evenly over data_parallel_size x tp = {devices} devices")
+    if dp > 1 and dep.pp > 1:
+        raise InputError(f"{where}data_parallel_size {dp} with pp {dep.pp}: data-parallel ranks are modelled with "
+                         "tensor parallelism only; set pp 1")
+    if dp > 1 and role != "mixed":
+        raise InputError(f"{where}data_parallel_size {dp}: data-parallel ranks are modelled in colocated "
+                         "deployments only; set it per pool with prefill_replicas / decode_replicas instead")
+
+
 def replica_hardware(pool: Pool) -> ReplicaHardware:
     """A replica's devices, or a virtual engine's share of them (one stage group)."""
     device, dep = pool.system.accelerator, pool.deployment
     power, eff = device.power, device.efficiency
     return ReplicaHardware(
-        role=pool.role, devices=dep.devices_per_replica // pool.engines,
+        role=pool.role, devices=dep.tp * dep.pp // pool.engines,
         peak_flops=device.peak_flops(pool.cost.prec.gemm_compute),
         bandwidth=device.main_memory.bandwidth, idle_w=power.idle if power else 0.0, tdp_w=power.tdp if power else 0.0,
         compute_max=eff.compute_max, memory_max=eff.memory_max,
