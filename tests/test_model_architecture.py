@@ -6,6 +6,8 @@ The configs below are the architecture keys of the models' Hugging Face `config.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from simulator.errors import InputError
@@ -109,17 +111,29 @@ def test_unknown_model_type_is_refused_with_the_known_ones():
         model_from_dict({**MIXTRAL_8X7B, "model_type": "falcon"}, "config.json")
 
 
-def test_sliding_window_runs_only_where_full_attention_is_exact():
+def _write(tmp_path, cfg):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def test_sliding_window_runs_only_where_full_attention_is_exact(tmp_path):
     from simulator.api import prepare
 
     with pytest.raises(InputError, match=r"sliding_window.*set max_model_len 4096"):
         prepare("h100-sxm", "mistral-7b", calibration="none")
     setup = prepare("h100-sxm", "mistral-7b", calibration="none", knobs={"max_model_len": 4096})
     assert setup.model.sliding_window == 4096
-    # Qwen configs state a window but switch it off; switched on for the upper layers only, it is refused
+    assert setup.model.window_layers == 32  # every layer
+    # Qwen configs state a window but switch it off; switched on, it covers the layers after the
+    # first max_window_layers
     assert model_from_dict(QWEN15_MOE, "qwen").sliding_window == 0
     assert model_from_dict({k: v for k, v in QWEN15_MOE.items() if k != "use_sliding_window"}, "q").sliding_window == 0
-    with pytest.raises(InputError, match="max_window_layers"):
-        model_from_dict(dict(QWEN15_MOE, use_sliding_window=True, max_window_layers=21), "qwen")
+    upper = model_from_dict(dict(QWEN15_MOE, use_sliding_window=True, max_window_layers=21), "qwen")
+    assert (upper.sliding_window, upper.window_layers) == (32768, 3)
     assert model_from_dict(dict(QWEN15_MOE, use_sliding_window=True, max_window_layers=24), "q").sliding_window == 0
-    assert model_from_dict(dict(QWEN15_MOE, use_sliding_window=True, max_window_layers=0), "q").sliding_window == 32768
+    every = model_from_dict(dict(QWEN15_MOE, use_sliding_window=True, max_window_layers=0), "q")
+    assert (every.sliding_window, every.window_layers) == (32768, 24)
+    with pytest.raises(InputError, match="last 3 layers attend to the last 32768 tokens"):
+        prepare("h100-sxm", _write(tmp_path, dict(QWEN15_MOE, use_sliding_window=True, max_window_layers=21,
+                                                  max_position_embeddings=65536)), calibration="none")

@@ -53,7 +53,8 @@ class ModelConfig:
     shared_expert_intermediate_size: int = 0  # the always-on shared expert(s) of an MoE layer, summed
     shared_expert_gate: bool = False  # a sigmoid gate on the shared expert's output (Qwen2-MoE)
     moe_layers: int = -1  # layers with routed experts (-1: all of them when num_experts > 1)
-    sliding_window: int = 0  # every layer attends to at most this many tokens (0: full attention)
+    sliding_window: int = 0  # windowed layers attend to at most this many tokens (0: full attention)
+    window_layers: int = -1  # the last this many layers have the window, the others full attention (-1: all)
     # Multi-head latent attention (DeepSeek-V2/V3): each token caches one latent of
     # kv_lora_rank values and a RoPE key of qk_rope_head_dim shared by every head, from which
     # each head's key (head_dim = nope + rope) and value (v_head_dim) are up-projected. 0: not MLA.
@@ -65,6 +66,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.moe_layers < 0:
             object.__setattr__(self, "moe_layers", self.num_layers if self.num_experts > 1 else 0)
+        if self.window_layers < 0 or not self.sliding_window:
+            object.__setattr__(self, "window_layers", self.num_layers if self.sliding_window else 0)
 
     @property
     def is_moe(self) -> bool:
@@ -164,15 +167,18 @@ MLA_TYPES = ("deepseek_v2", "deepseek_v3")  # the types whose kv_lora_rank, q_lo
 NON_GATED_TYPES = ("opt",)  # fc1/fc2 MLPs; every other type read here has a SwiGLU gate
 
 
-def _sliding(cfg: dict[str, Any], model_type: str) -> int:
-    """The attention window every layer uses (0: full attention). Qwen configs state a window
-    that applies only with `use_sliding_window: true` (off by default, as in their
-    configuration classes) and only to the layers after the first `max_window_layers`
-    (mixed layers are refused by `unmodelled_features`); Mistral's applies whenever given."""
+def _sliding(cfg: dict[str, Any], model_type: str) -> tuple[int, int]:
+    """The attention window and how many layers (the last ones) have it; (0, 0): full
+    attention everywhere. Qwen configs state a window that applies only with
+    `use_sliding_window: true` (off by default, as in their configuration classes) and only to
+    the layers after the first `max_window_layers`; Mistral's applies to every layer."""
     window = cfg.get("sliding_window")
     enabled = cfg.get("use_sliding_window", not model_type.startswith("qwen"))
-    full_layers = cfg.get("max_window_layers") or 0
-    return int(window) if window and enabled and full_layers < cfg.get("num_hidden_layers", 1) else 0
+    layers = cfg.get("num_hidden_layers", 1)
+    full_layers = min(cfg.get("max_window_layers") or 0, layers) if model_type.startswith("qwen") else 0
+    if not (window and enabled) or full_layers == layers:
+        return 0, 0
+    return int(window), layers - full_layers
 
 
 def unmodelled_features(cfg: dict[str, Any]) -> list[str]:
@@ -193,9 +199,6 @@ def unmodelled_features(cfg: dict[str, Any]) -> list[str]:
                       ("text_config", "a multimodal wrapper (the language model is its text_config)")):
         if cfg.get(key):
             found.append(f"{what} ({key})")
-    window_layers = cfg.get("max_window_layers")
-    if cfg.get("use_sliding_window") and 0 < (window_layers or 0) < cfg.get("num_hidden_layers", 0):
-        found.append("a sliding window on some layers only (use_sliding_window, max_window_layers)")
     if (cfg.get("moe_layer_freq") or 1) != 1:
         found.append("MoE every few layers (moe_layer_freq)")
     return found
@@ -236,6 +239,7 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
                             or 1, where, "num_local_experts")
     moe_inter = cfg.get("moe_intermediate_size") or 0
     shared = cfg.get("shared_expert_intermediate_size") or (cfg.get("n_shared_experts") or 0) * moe_inter
+    window, window_layers = _sliding(cfg, model_type)
     latent = _latent_attention(cfg, where) if model_type in MLA_TYPES else {}
     if latent:
         kv_heads = 1  # one latent per token serves every head (config.json's num_key_value_heads is unused)
@@ -266,7 +270,8 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
         shared_expert_intermediate_size=int(shared),
         shared_expert_gate=model_type == "qwen2_moe" and bool(shared),
         moe_layers=_moe_layers(cfg, layers, experts, where),
-        sliding_window=_sliding(cfg, model_type),
+        sliding_window=window,
+        window_layers=window_layers,
         **latent,
     )
 

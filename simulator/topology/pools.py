@@ -88,7 +88,8 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
     window = model_cfg.sliding_window
     if window and (dep.max_model_len or context) > window:
         raise InputError(
-            f"{where}{model_cfg.name} attends to its last {window} tokens (sliding_window), and the simulator costs "
+            f"{where}{model_cfg.name}'s {_windowed(model_cfg)} attend to the last {window} tokens (sliding_window), "
+            "and the simulator costs "
             f"full attention over a KV cache that keeps every block: exact only for requests of up to {window} "
             f"tokens, so set max_model_len {window} (or less), or drop sliding_window from a copy of the config to "
             "cost full attention")
@@ -101,6 +102,10 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
                          f"{pool.engines} virtual engines; lower max_num_batched_tokens, raise "
                          "gpu_memory_utilization or set pipeline_overlap=false")
     return pool
+
+
+def _windowed(model: ModelConfig) -> str:
+    return "layers" if model.window_layers == model.num_layers else f"last {model.window_layers} layers"
 
 
 def _check_data_parallel(role: str, where: str, dep: Deployment, model: ModelConfig) -> None:
