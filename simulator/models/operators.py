@@ -174,12 +174,13 @@ def _moe_ops(model: ModelConfig, T: int, shard: Sharding, prec: Precision, L: in
     data-parallel ranks the experts see every rank's T tokens (vLLM pads the ranks to one
     count), brought by the all-to-all backend's dispatch and returned by its combine; under
     expert parallelism a device holds E / (dp x tp) whole experts and computes the rows
-    routed to them, a 1 / (dp x tp) share, else a 1 / (dp x tp) slice of every expert."""
+    routed to them (the step waits for the busiest device: `busiest_rows`), else a
+    1 / (dp x tp) slice of every expert on every row."""
     E, k, dp, devices = model.num_experts, model.experts_per_token, shard.dp, shard.dp * shard.tp
     router, up, down, *shared = moe_linears(model, shard.tp, dp=dp, ep=shard.ep)
     tokens = T * dp
     reached = up.copies * (1.0 - (1.0 - k / E) ** tokens)
-    rows = tokens * k / devices if shard.ep else tokens * k
+    rows = busiest_rows(tokens * k, devices) if shard.ep else tokens * k
     ops = [_linear(router, T, prec, L),
            _grouped(up, rows, reached, prec, L),
            _elementwise("act_fn", rows * down.k, 3 if model.gated_mlp else 2, prec, L, flops_per=5),
@@ -190,6 +191,19 @@ def _moe_ops(model: ModelConfig, T: int, shard: Sharding, prec: Precision, L: in
     if dp > 1:
         ops += _dispatch_ops(model, T, shard, prec, L)
     return ops
+
+
+def busiest_rows(routed: float, devices: int) -> float:
+    """Routed rows on the busiest of `devices` expert-parallel devices, which the others wait
+    for: each row lands on a device with probability 1 / devices (routing balanced on
+    average), so a device's load is binomial, mean m = routed / devices and variance
+    m (1 - 1 / devices), and the expected largest of `devices` such loads is about
+    m + sqrt(2 var ln devices) (the Gaussian maximum). Real routers are more skewed than
+    uniform and engines rebalance (redundant experts), which this leaves out."""
+    mean = routed / devices
+    if devices <= 1:
+        return mean
+    return mean + math.sqrt(2.0 * mean * (1.0 - 1.0 / devices) * math.log(devices))
 
 
 def _dispatch_ops(model: ModelConfig, T: int, shard: Sharding, prec: Precision, L: int) -> list[Operator]:
