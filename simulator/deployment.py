@@ -151,6 +151,13 @@ class Deployment(BaseModel):
         "TensorRT-LLM cuda_graph_config.batch_sizes")
     cuda_graph_padding: bool = knob(False, "trtllm: a batch runs in the next captured CUDA graph size",
                                     "TensorRT-LLM cuda_graph_config.enable_padding")
+    # TensorRT-LLM's attention data parallelism for MoE models: its tp GPUs become tp ranks, as
+    # vLLM's data_parallel_size ranks at tp 1 (engine/data_parallel.py)
+    enable_attention_dp: bool = knob(False, "trtllm: MoE: each of the tp GPUs an attention rank with its own "
+                                            "requests and KV cache, stepping together", "TensorRT-LLM enable_attention_dp")
+    moe_expert_parallel_size: int | None = knob(
+        None, "trtllm: MoE: GPUs the experts spread over whole (unset or 1: every expert split over all the GPUs; "
+              "all of them)", "TensorRT-LLM moe_expert_parallel_size (trtllm-bench --ep)", ge=1)
 
     @field_validator("max_model_len")
     @classmethod
@@ -206,6 +213,7 @@ TRTLLM_KNOBS = {
     "enable_chunked_context": "enable_chunked_prefill", "enable_block_reuse": "enable_prefix_caching",
     "disable_overlap_scheduler": "async_scheduling (inverted)", "cuda_graph_max_batch_size": "max_cudagraph_capture_size",
     "cuda_graph_batch_sizes": None, "cuda_graph_padding": None,
+    "enable_attention_dp": "data_parallel_size", "moe_expert_parallel_size": "enable_expert_parallel",
 }
 
 

@@ -113,6 +113,15 @@ def test_a_dense_model_ranks_are_replicas(tmp_path):
         assert ranks[key] == replicas[key]
 
 
+def test_tensorrt_llm_attention_data_parallelism_is_ranks_at_tp_1():
+    setup = prepare("dgx-h100", "qwen3-30b-a3b", scheduler="trtllm", tp=4, calibration="none",
+                    knobs={"enable_attention_dp": True, "moe_expert_parallel_size": 4})
+    dep = setup.deployment
+    assert (dep.tp, dep.data_parallel_size, dep.enable_expert_parallel) == (1, 4, True)
+    with pytest.raises(InputError, match="moe_expert_parallel_size: 2 is modelled as 1"):
+        prepare("dgx-h100", "qwen3-30b-a3b", scheduler="trtllm", tp=4, knobs={"moe_expert_parallel_size": 2})
+
+
 @pytest.mark.parametrize("model, knobs, message", [
     ("llama-3.1-8b", {"enable_expert_parallel": True}, "has no experts to spread"),
     ("qwen3-30b-a3b", {"data_parallel_size": 3, "enable_expert_parallel": True}, "do not spread evenly"),

@@ -61,6 +61,7 @@ import numpy as np
 from ..deployment import VLLM_ENGINE_KNOBS, Deployment
 from ..engine.batch import ScheduledBatch, SpanPlan
 from ..engine.request import Request
+from ..errors import InputError
 from ..hardware.spec import DeviceSpec
 from ..models.config import ModelConfig
 from ..perf.memory_plan import MemoryPlan
@@ -95,7 +96,19 @@ class TrtllmScheduler(Scheduler):
 
     @classmethod
     def resolve(cls, dep: Deployment) -> Deployment:
+        """TensorRT-LLM's parallelism knobs in the simulator's terms: attention data
+        parallelism makes the tp GPUs tp ranks at tp 1 (data_parallel_size), and experts
+        spread whole over all the GPUs are expert parallelism."""
         cls.check_knobs(dep)
+        gpus = dep.tp
+        if dep.enable_attention_dp:
+            dep = dep.model_copy(update={"data_parallel_size": dep.tp, "tp": 1})
+        ep = dep.moe_expert_parallel_size
+        if ep not in (None, 1):
+            if ep != gpus:
+                raise InputError(f"deployment: moe_expert_parallel_size: {ep} is modelled as 1 (experts split over "
+                                 f"the GPUs) or all {gpus} GPUs (whole experts on each)")
+            dep = dep.model_copy(update={"enable_expert_parallel": True})
         return dep
 
     @classmethod
