@@ -91,11 +91,12 @@ def gemm_op(name: str, m: int | np.ndarray, n: int, k: int, prec: Precision, cou
     dtype (a W8A8 GEMM reads 8-bit activations, quantised by the layer before it; a W4A16 one
     16-bit activations), its weights at their storage dtype, its outputs written at the
     activation dtype. The one formula for a run's GEMMs and a measured row's (perf/kernels.py)."""
-    return Operator(name, "gemm", flops=2.0 * m * n * k, bytes=_gemm_bytes(m, 1, n, k, prec),
+    return Operator(name, "gemm", flops=2.0 * m * n * k, bytes=gemm_bytes(m, 1, n, k, prec),
                     dtype=prec.gemm_compute, count=count, shape=GemmShape(m, n, k))
 
 
-def _gemm_bytes(rows: float | np.ndarray, matrices: float, n: int, k: int, prec: Precision) -> float | np.ndarray:
+def gemm_bytes(rows: float | np.ndarray, matrices: float, n: int | np.ndarray, k: int | np.ndarray,
+               prec: Precision) -> float | np.ndarray:
     """`matrices` [k -> n] weight matrices read once, `rows` input rows read and output rows written."""
     wb, ib, ob = DTYPE_BYTES[prec.weights], DTYPE_BYTES[prec.gemm_compute], DTYPE_BYTES[prec.activations]
     return matrices * k * n * wb + rows * (k * ib + n * ob)
@@ -229,7 +230,7 @@ def _grouped(lin: Linear, rows: float, experts: float, prec: Precision, count: i
     copies of expert matrix `lin`, each read once."""
     groups = max(1, round(experts))
     return Operator(lin.name, "grouped_gemm", flops=2.0 * rows * lin.n * lin.k,
-                    bytes=_gemm_bytes(rows, experts, lin.n, lin.k, prec), dtype=prec.gemm_compute, count=count,
+                    bytes=gemm_bytes(rows, experts, lin.n, lin.k, prec), dtype=prec.gemm_compute, count=count,
                     shape=GroupedGemmShape(math.ceil(rows / groups), lin.n, lin.k, groups))
 
 

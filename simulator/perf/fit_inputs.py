@@ -17,6 +17,8 @@ import pandas as pd
 
 from ..hardware.loader import System
 from ..models.op_kinds import ATTENTION, GEMM, TABLE_AXES, kinds_of
+from ..models.operators import gemm_bytes
+from .kernels import measured_precision
 
 DIRECTIONS = ("h2d", "d2h", "d2d")
 DTYPE_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -45,9 +47,7 @@ def work(op: str, dtype: str, f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.
     """(FLOPs, bytes) of each row, as `kernels.operator_for` computes them."""
     if op == "gemm":
         m, n, k = f["m"], f["n"], f["k"]
-        b = DTYPE_BYTES.get(dtype, 2.0)
-        out_b = 2.0 if b < 2 else b
-        return 2.0 * m * n * k, (m * k + k * n) * b + m * n * out_b
+        return 2.0 * m * n * k, np.asarray(gemm_bytes(m, 1, n, k, measured_precision(dtype)))
     ab = DTYPE_BYTES[dtype] if dtype in ("bf16", "fp16") else 2.0  # attention runs in 16-bit
     h, kvh, d, batch = f["heads"], f["kv_heads"], f["head_dim"], f["batch"]
     if op == "attn_prefill":

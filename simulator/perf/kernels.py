@@ -32,7 +32,9 @@ def attention_model(heads: int, kv_heads: int, head_dim: int) -> ModelConfig:
     return ModelConfig("kernel", heads * head_dim, 1, 1, heads, kv_heads, head_dim, 1, 1 << 30, False, True, False)
 
 
-def _precision(dtype: str) -> Precision:
+def measured_precision(dtype: str) -> Precision:
+    """The precision a measured row of `dtype` ran at: 8- and 4-bit rows have 8- or 4-bit
+    weights and 16-bit activations (a W8A8 GEMM quantises them on the way in)."""
     act = dtype if dtype in ("bf16", "fp16", "fp32") else "bf16"
     return Precision(weights=dtype if dtype in DTYPE_BYTES else "bf16", kv=act, activations=act)
 
@@ -41,9 +43,9 @@ def operator_for(row) -> Operator:
     """The Operator a measured compute row stands for (gemm or attention)."""
     op, dtype = row.op, str(row.dtype)
     if op == "gemm":
-        return gemm_op("gemm", int(row.m), int(row.n), int(row.k), _precision(dtype))
+        return gemm_op("gemm", int(row.m), int(row.n), int(row.k), measured_precision(dtype))
     model = attention_model(int(row.heads), int(row.kv_heads), int(row.head_dim))
-    prec, shard, batch = _precision(dtype), Sharding(), int(row.batch)
+    prec, shard, batch = measured_precision(dtype), Sharding(), int(row.batch)
     if op == "attn_prefill":
         seq, kv = int(row.seq_len), int(row.kv_len)
         cached = kv - seq  # context before the chunk
