@@ -105,8 +105,24 @@ class Deployment(BaseModel):
         "vLLM v0 --preemption-mode")
     swap_space: float = knob(4.0, "GiB of host memory per device for swapped KV blocks", "vLLM v0 --swap-space",
                              ge=0)
+    # weights kept in host memory and read over the host link by every forward pass (vLLM's UVA
+    # offload): room for KV on the device, paid in step time (perf/memory_plan.py)
+    cpu_offload_gb: float = knob(0.0, "GiB of each device's weights kept in host memory, read over the host link "
+                                      "every forward pass", "vLLM --cpu-offload-gb", ge=0)
     cpu_kvcache_space: float = knob(4.0, "on a CPU: the KV cache, GiB", "vLLM VLLM_CPU_KVCACHE_SPACE (environment)",
                                     gt=0)
+    # KV offloading (engine/kv_offload.py): KV blocks copied to a memory tier outside the device
+    # and loaded back on a prefix hit or a resume; off while the size is unset (vLLM >= 0.11.1)
+    kv_offloading_size: float | None = knob(
+        None, "GiB of KV blocks kept in a tier outside the device (the replica's total over its devices); unset: "
+              "no offloading", "vLLM --kv-offloading-size", gt=0)
+    kv_offloading_backend: Literal["native", "lmcache"] = knob(
+        "native", "with kv_offloading_size: vLLM's OffloadingConnector (asynchronous loads, every full block "
+                  "stored) or LMCache's connector (loads and stores in the step, prompt chunks of 256 tokens)",
+        "vLLM --kv-offloading-backend")
+    kv_offloading_tier: str | None = knob(
+        None, "with kv_offloading_size: the hardware spec's tier that holds the blocks (unset: the nearest off the "
+              "device, usually the host's memory; a disk tier such as nvme is LMCache's LMCACHE_LOCAL_DISK)")
     # disaggregated prefill/decode (scheduler: disagg): each pool's replicas, TP and hardware
     prefill_replicas: int = knob(1, "disagg: replicas in the prefill pool", ge=1)
     decode_replicas: int = knob(1, "disagg: replicas in the decode pool", ge=1)
@@ -204,7 +220,8 @@ VLLM_ENGINE_KNOBS = {
     "max_cudagraph_capture_size": "cuda_graph_max_batch_size", "enable_prefix_caching": "enable_block_reuse",
     "async_scheduling": "disable_overlap_scheduler (inverted)", "scheduler_reserve_full_isl": None,
     "preemption_mode": None, "swap_space": None, "num_gpu_blocks_override": None,
-    "data_parallel_size": None, "enable_expert_parallel": None, "all2all_backend": None,
+    "data_parallel_size": None, "enable_expert_parallel": None, "all2all_backend": None, "cpu_offload_gb": None,
+    "kv_offloading_size": None, "kv_offloading_backend": None, "kv_offloading_tier": None,
 }
 TRTLLM_KNOBS = {
     "capacity_scheduler_policy": None, "max_batch_size": "max_num_seqs",

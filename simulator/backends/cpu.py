@@ -38,6 +38,9 @@ class CpuBackend(Backend):
         if dep.preemption_mode == "swap":
             raise InputError(f"{where}preemption_mode=swap: on a CPU ({device}) the KV cache already lives in host "
                              "memory; use preemption_mode=recompute")
+        if dep.cpu_offload_gb:
+            raise InputError(f"{where}cpu_offload_gb: on a CPU ({device}) the weights already live in host memory; "
+                             "set it 0")
 
     @staticmethod
     def plan_memory(policy: type[Scheduler], device: DeviceSpec, model: ModelConfig, dep: Deployment,

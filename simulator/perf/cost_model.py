@@ -47,6 +47,7 @@ from ..models.operators import (
 from .collectives import TIME_MODELS, p2p_time_s
 from .cuda_graphs import GraphPlan
 from .kernel_times import GEMM_TABLE_ROWS, HOST, ROOFLINE, SOURCES, grown_size, kernel_times
+from .memory_plan import offloaded_weights_bytes
 from .profile_use import AppliedProfile
 
 # Eager steps of up to this many tokens have their dense part tabulated (`_eager_dense`);
@@ -121,6 +122,7 @@ class CostModel:
         self.device = system.accelerator
         self.kernels = kernel_times(system, model, dep, calibration)
         self.shard, self.prec = dep.sharding, dep.precision
+        self.offload_s = self._weights_offload_s()
         self.tp_link = self._link_for(dep.tp)
         self.pp_link = self._link_for(dep.tp * dep.pp)
         self._dense = lru_cache(maxsize=65536)(self._dense_part)
@@ -131,6 +133,17 @@ class CostModel:
         self._decode_table = np.empty((_SOURCE_ROWS.stop, 0))
         self._eager_table: np.ndarray | None = None  # see _eager_dense; built when first needed
         self._eager_built = False
+
+    def _weights_offload_s(self) -> float:
+        """Reading the weights a device keeps in host memory (`cpu_offload_gb`) over the link
+        to that memory, once per forward pass: vLLM reads them in place (unified addressing),
+        so the layers wait for them; at the link's full bandwidth, as swapping assumes."""
+        offloaded = offloaded_weights_bytes(self.model, self.dep)
+        if not offloaded:
+            return 0.0
+        tier = self.system.offload_tier
+        link = self._require_link(tier.link if tier is not None else None, f"cpu_offload_gb {self.dep.cpu_offload_gb}")
+        return link.latency + offloaded / link.bandwidth
 
     def _link_for(self, devices: int) -> Link | None:
         """The slowest link a group of `devices` consecutive devices must cross."""
@@ -276,7 +289,7 @@ class CostModel:
         pp, graphs = self.dep.pp, self.graphs
         dense = self._dense(graphs.padded(tokens, decode_only), graphs.graphed(tokens, decode_only))
         head = self._head(sampled)
-        send = self.pipeline_send_s(tokens)
+        send = self.pipeline_send_s(tokens) + pp * self.offload_s
         sources = [pp * d + h for d, h in zip(dense.sources_s, head.sources_s)]
         sources[ROOFLINE] += send
         return _Part(pp * dense.time_s + head.time_s + send, dense.flops + head.flops / pp,

@@ -67,6 +67,7 @@ class MemoryPlan:
     num_blocks: int  # as vLLM logs num_gpu_blocks (the null block included)
     block_size: int
     engine: str = ENGINE
+    offloaded_weights_bytes: float = 0.0  # weights in host memory (cpu_offload_gb), not in weights_bytes
 
     @property
     def kv_bytes(self) -> float:
@@ -83,11 +84,14 @@ class MemoryPlan:
 
     def summary(self) -> dict[str, float | int | str]:
         """The summary.json `memory` block."""
-        return {"engine": self.engine, "device_capacity_bytes": self.capacity_bytes,
-                "usable_bytes": self.usable_bytes, "weights_bytes": self.weights_bytes,
-                "activation_bytes": self.activation_bytes, "reserved_bytes": self.reserved_bytes,
-                "kv_bytes": self.kv_bytes, "kv_blocks": self.num_blocks, "kv_tokens": self.kv_tokens,
-                "block_size": self.block_size}
+        out: dict[str, float | int | str] = {"engine": self.engine, "device_capacity_bytes": self.capacity_bytes,
+               "usable_bytes": self.usable_bytes, "weights_bytes": self.weights_bytes,
+               "activation_bytes": self.activation_bytes, "reserved_bytes": self.reserved_bytes,
+               "kv_bytes": self.kv_bytes, "kv_blocks": self.num_blocks, "kv_tokens": self.kv_tokens,
+               "block_size": self.block_size}
+        if self.offloaded_weights_bytes:
+            out["offloaded_weights_bytes"] = self.offloaded_weights_bytes
+        return out
 
 
 def padded_vocab(model: ModelConfig, tp: int) -> int:
@@ -161,13 +165,21 @@ def _gib(x: float) -> str:
     return f"{x / GiB:.2f} GiB"
 
 
+def offloaded_weights_bytes(model: ModelConfig, dep: Deployment) -> float:
+    """Weights one device keeps in host memory (vLLM's `--cpu-offload-gb`: parameters moved
+    to pinned host memory until that many GiB are, at most all of them), which every forward
+    pass reads over the host link."""
+    return min(dep.cpu_offload_gb * GiB, weights_bytes(model, dep)) if dep.cpu_offload_gb else 0.0
+
+
 def plan_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment, batched_tokens: int) -> MemoryPlan:
     """The KV-cache plan of one device (see the module docstring). One request of
     `max_model_len` tokens (default: the model's context; -1: whatever fits) must fit, as
     vLLM checks."""
     capacity = device.main_memory.capacity
     requested = math.ceil(capacity * dep.gpu_memory_utilization)
-    weights = weights_bytes(model, dep)
+    offloaded = offloaded_weights_bytes(model, dep)
+    weights = weights_bytes(model, dep) - offloaded
     activations = activation_peak_bytes(model, dep, batched_tokens, device.compute.units)
     per_block = kv_bytes_per_block(model, dep)
     available = requested - weights - activations - NON_TORCH_BYTES
@@ -196,4 +208,5 @@ def plan_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment, batched
                 f"{where}: num_gpu_blocks_override {blocks} needs {_gib(blocks * per_block)} of KV cache, more than "
                 f"the {_gib(free)} the device has left ({ENGINE} would run out of memory); set it <= "
                 f"{int(free // per_block)}")
-    return MemoryPlan(capacity, requested, weights, activations, NON_TORCH_BYTES, per_block, blocks, dep.block_size)
+    return MemoryPlan(capacity, requested, weights, activations, NON_TORCH_BYTES, per_block, blocks, dep.block_size,
+                      offloaded_weights_bytes=offloaded)

@@ -76,6 +76,14 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
     if dep.preemption_mode == "swap" and system.offload_tier is None:
         raise InputError(f"{system.source_file}: {where}preemption_mode=swap needs a host link (pcie or nvlink_c2c) "
                          f"on {system.accelerator.name}; add one or use preemption_mode=recompute")
+    if dep.cpu_offload_gb:
+        tier = system.offload_tier
+        if tier is None:
+            raise InputError(f"{system.source_file}: {where}cpu_offload_gb needs a host link (pcie or nvlink_c2c) on "
+                             f"{system.accelerator.name}; add one or set cpu_offload_gb 0")
+        if tier.capacity is not None and dep.cpu_offload_gb * 2**30 > tier.capacity:
+            raise InputError(f"{where}cpu_offload_gb {dep.cpu_offload_gb:g}: more than the {tier.capacity / 2**30:.1f} "
+                             f"GiB of {tier.name} each device has; lower it")
     context = model_cfg.max_position_embeddings
     longest = context if dep.max_model_len in (None, -1) else dep.max_model_len
     policy = get_scheduler(dep.scheduler)
