@@ -24,6 +24,13 @@ def _positive(text: str) -> int:
 SCHEDULER_HELP = "serving policy (default vllm)"
 
 
+def _add_format(parser: argparse.ArgumentParser, json_is: str) -> None:
+    """`--format table|json|csv` (simulator/cli/output.py)."""
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                        help=f"table (default; whole, without truncation, when stdout is not a terminal), json ({json_is}) "
+                             "or csv (the table, unrounded)")
+
+
 class _RunHelp(argparse.HelpFormatter):
     """`simulate run --help` lists the registered scheduling policies. They are imported only
     when help is shown: importing every policy takes most of a second, which every other
@@ -66,17 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
                           "with an optional _pNN required percentile; attainment=0.95 overrides it)")
     run.add_argument("--timeline", metavar="FILE.json",
                      help="also write the engine iterations as a Chrome/Perfetto trace (ui.perfetto.dev)")
+    run.add_argument("--plots", action="store_true",
+                     help="also draw the run's figure into its directory (plots.png, as `simulate show`)")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    _add_format(run, "summary.json's content")
 
     specs = sub.add_parser("specs", help="list, show or check hardware specs")
     specs_sub = specs.add_subparsers(dest="specs_command", required=True)
-    specs_sub.add_parser("list", help="the shipped catalogue")
+    _add_format(specs_sub.add_parser("list", help="the shipped catalogue"), "one object per spec")
     show = specs_sub.add_parser("show", help="one spec, resolved, in SI units")
     show.add_argument("name")
     check = specs_sub.add_parser("check", help="validate spec files")
     check.add_argument("files", nargs="+")
 
-    sub.add_parser("models", help="list the shipped model catalogue")
+    _add_format(sub.add_parser("models", help="list the shipped model catalogue"), "one object per model")
+    _add_format(sub.add_parser("knobs", help="list the deployment knobs (--set KEY=VALUE): default, meaning and "
+                                             "the engine option each mirrors"), "one object per knob")
 
     cal = sub.add_parser("calibrate", help="fit a calibration profile from measured kernel timings")
     cal.add_argument("hardware", help="hardware YAML path or catalogue name the measurements were taken on")
@@ -122,5 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--workers", type=_positive, help="worker processes (default: one per CPU); with ray and no "
                                                         "--ray-address, the CPUs of the local Ray")
     plan.add_argument("--ray-address", help="address of a running Ray cluster (ray.init's address, e.g. auto)")
-    plan.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    plan.add_argument("--quiet", action="store_true", help="no progress bar, no table, no Ray start-up lines")
+    _add_format(plan, "one object per candidate, as the table's rows")
+
+    compare = sub.add_parser("compare", help="run summaries side by side, the differences from the first run, and "
+                                             "a figure of their latency CDFs and throughput")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders (`simulate run --out`); the first is "
+                                                                "the baseline")
+    compare.add_argument("--out", metavar="FILE.png", help="where the figure goes: a PNG file or an existing folder "
+                                                           "(default: beside the first run, compare-A-vs-B.png)")
+    show_run = sub.add_parser("show", help="draw a run's latency CDFs, queue and KV cache over time, and step "
+                                           "time by batch size into RUN/plots.png")
+    show_run.add_argument("run", metavar="RUN", help="run folder (`simulate run --out`)")
     return parser

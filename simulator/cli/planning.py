@@ -17,9 +17,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     progress = PointProgress(enabled=not args.quiet and sys.stderr.isatty())
     try:
-        outcome = run_plan(args.plan, args.out, args.executor, args.workers, args.ray_address, progress)
+        outcome = run_plan(args.plan, args.out, args.executor, args.workers, args.ray_address, progress,
+                           quiet=args.quiet)
     finally:
         progress.close()
     if not args.quiet:
-        print_outcome(outcome)
+        print_outcome(outcome, args.format)
     return 0

@@ -8,29 +8,38 @@ terminal shows exactly what the run wrote to disk.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from .output import print_line, print_table
+
+LATENCY_COLUMNS = ("latency (s)", "mean", "p50", "p90", "p99", "max")
+LATENCIES = ("ttft_s", "tbt_s", "tpot_s", "e2e_s", "queue_s")
+
+
+def latency_rows(summary: dict) -> list[list[Any]]:
+    """The latency table's rows (`LATENCY_COLUMNS`), unrounded: TTFT, TBT, TPOT, E2E, QUEUE."""
+    return [[key.removesuffix("_s").upper(), *(summary[key][c] for c in LATENCY_COLUMNS[1:])] for key in LATENCIES]
 
 
 def print_run_summary(summary: dict, out_dir: Path | None) -> None:
-    """The latency table and the lines below it, on stdout."""
-    from rich.console import Console
+    """The latency table and the lines below it, on stdout (output.py: whole when not on a
+    terminal)."""
     from rich.table import Table
 
-    console = Console(stderr=False)
     req = summary["requests"]
     title = (f"{summary['model']} on {summary['hardware']} · {summary['scheduler']} · "
              f"tp={summary['parallelism']['tp']} pp={summary['parallelism']['pp']} "
              + ("(overlapped) " if summary['parallelism'].get('engines_per_replica', 1) > 1 else "")
              + f"replicas={summary['parallelism']['replicas']}")
     table = Table(title=title, title_justify="left")
-    table.add_column("latency (s)")
-    for col in ("mean", "p50", "p90", "p99", "max"):
+    table.add_column(LATENCY_COLUMNS[0])
+    for col in LATENCY_COLUMNS[1:]:
         table.add_column(col, justify="right")
-    for key in ("ttft_s", "tbt_s", "tpot_s", "e2e_s", "queue_s"):
-        d = summary[key]
-        table.add_row(key.removesuffix("_s").upper(), *(f"{d[c]:.4f}" for c in ("mean", "p50", "p90", "p99", "max")))
-    console.print(table)
+    for name, *values in latency_rows(summary):
+        table.add_row(name, *(f"{v:.4f}" for v in values))
+    print_table(table)
     tp, util = summary["throughput"], summary["utilization"]
-    console.print(
+    print_line(
         f"requests {req['completed']}/{req['total']} completed, {req['rejected']} rejected · "
         f"makespan {summary['makespan_s']:.1f} s · {tp['requests_per_s']:.2f} req/s · "
         f"{tp['output_tokens_per_s']:.0f} output tok/s\n"
@@ -42,24 +51,24 @@ def print_run_summary(summary: dict, out_dir: Path | None) -> None:
     )
     prov = summary["provenance"]
     shares = " · ".join(f"{k} {v:.0%}" for k, v in prov["share_of_time_by_source"].items() if v >= 0.005)
-    console.print(f"time by source: {shares} ({prov['note']})")
+    print_line(f"time by source: {shares} ({prov['note']})")
     if "uncertainty" in summary and summary["uncertainty"].get("calibrated"):
         band = summary["uncertainty"]
         errors = "; ".join(f"{source} " + ", ".join(f"{op} ±{error:.0%}" for op, error in ops.items())
                            for source, ops in band["kernel_error_p90_by_source"].items())
-        console.print("uncertainty (p90 kernel error: {}): TTFT mean {:.4f}-{:.4f} s · TPOT mean {:.4f}-{:.4f} s · "
+        print_line("uncertainty (p90 kernel error: {}): TTFT mean {:.4f}-{:.4f} s · TPOT mean {:.4f}-{:.4f} s · "
                       "{:.0f}-{:.0f} output tok/s".format(
                           errors, band["ttft_s"]["mean"]["low"], band["ttft_s"]["mean"]["high"],
                           band["tpot_s"]["mean"]["low"], band["tpot_s"]["mean"]["high"],
                           band["throughput"]["output_tokens_per_s"]["low"],
                           band["throughput"]["output_tokens_per_s"]["high"]))
-    console.print(_memory_line(summary["memory"]))
+    print_line(_memory_line(summary["memory"]))
     for line in _extra_lines(summary):
-        console.print(line)
+        print_line(line)
     if req["rejected"]:
-        console.print(f"rejected: {req['rejected_reasons']}")
+        print_line(f"rejected: {req['rejected_reasons']}")
     if req.get("skipped_trace_rows"):
-        console.print(f"skipped trace rows: {req['skipped_trace_rows']}")
+        print_line(f"skipped trace rows: {req['skipped_trace_rows']}")
 
 
 def _memory_line(memory: dict) -> str:

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .output import print_csv
 from .progress import ProgressBar
-from .run_summary import print_run_summary
+from .run_summary import LATENCY_COLUMNS, latency_rows, print_run_summary
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -50,7 +51,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         assert result.out_dir is not None  # the run was given its directory (`out`)
         write_timeline(result.out_dir / "iterations.csv", timeline)
-    if not args.quiet:
+    if args.plots:  # the figure of `simulate show`, into the run's directory
+        from ..report.run_data import load_run
+        from .showing import show_run
+
+        assert result.out_dir is not None  # the run was given its directory (`out`)
+        for path in show_run(load_run(result.out_dir)):
+            if not args.quiet:  # on stderr when stdout carries --format json or csv
+                print(f"wrote {path}", file=sys.stdout if getattr(args, "format", "table") == "table" else sys.stderr)
+    if args.quiet:
+        return 0
+    assert result.out_dir is not None  # the run was given its directory (`out`)
+    if args.format == "json":  # summary.json as written, byte for byte
+        sys.stdout.write((result.out_dir / "summary.json").read_text())
+    elif args.format == "csv":
+        print_csv(LATENCY_COLUMNS, latency_rows(result.summary))
+    else:
         print_run_summary(result.summary, result.out_dir)
     return 0
 
