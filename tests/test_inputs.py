@@ -348,6 +348,20 @@ def test_specs_check_accepts_every_shipped_yaml(repo_root):
         assert f"ok {file}:" in proc.stdout, file
 
 
+@pytest.mark.parametrize("body, message", [
+    ("extends: h100-sxm\nname: x\ncalibration: missing.yaml\n", "cannot read calibration"),
+    ("extends: h100-sxm\nname: x\ncalibration: spec.yaml\n", "not a calibration profile"),
+    ("name: x\nkind: system\nnode:\n  accelerator: {spec: h100-sxm, count: 8, fabric: nvlink}\n"
+     "deployment: {max_num_seqs: -3}\nsources: [a test]\n", "deployment.max_num_seqs"),
+])
+def test_specs_check_fails_where_a_run_would(tmp_path, repo_root, body, message):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(body)
+    for command in (["specs", "check", str(spec)], ["run", str(spec), "example-chat", "--out", str(tmp_path / "o")]):
+        proc = _cli(command, repo_root)
+        assert proc.returncode == 2 and message in proc.stderr, (command, proc.stderr)
+
+
 def test_specs_list_has_the_required_catalogue(repo_root):
     proc = _cli(["specs", "list"], repo_root)
     assert proc.returncode == 0, proc.stderr

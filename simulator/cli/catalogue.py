@@ -25,7 +25,7 @@ def _print_rows(fmt: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) 
 
 
 def cmd_specs(args: argparse.Namespace) -> int:
-    from ..hardware.loader import catalogue, load_spec, load_system
+    from ..hardware.loader import catalogue, load_spec
 
     if args.specs_command == "list":
         rows = [{"name": name, "kind": spec.kind, "device": spec.name, "file": f"{path.parent.name}/{path.name}"}
@@ -40,9 +40,23 @@ def cmd_specs(args: argparse.Namespace) -> int:
         print(json.dumps(spec.model_dump(), indent=2))
     else:
         for file in args.files:
-            system = load_system(file)
+            system = check_spec(file)
             print(f"ok {file}: {system.name} ({system.total_devices} x {system.accelerator.name})")
     return 0
+
+
+def check_spec(file: str):
+    """Everything a run reads from a spec before it simulates, so `specs check` fails where a
+    run would: the spec and what it extends, its `deployment:` knobs, and the calibration
+    profile it names (or the shipped one it would use)."""
+    from ..deployment import build_deployment
+    from ..hardware.loader import load_system
+    from ..perf.profile_use import resolve_calibration
+
+    system = load_system(file)
+    build_deployment(system.deployment, yaml_file=system.source_file)
+    resolve_calibration(system, None)
+    return system
 
 
 def cmd_models(args: argparse.Namespace) -> int:
