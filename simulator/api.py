@@ -37,6 +37,7 @@ from .paths import shown_path
 from .perf.cost_model import CostModel
 from .perf.memory_plan import MemoryPlan
 from .perf.profile_use import AppliedProfile
+from .report.run_data import PLOTS
 from .schedulers.base import get_scheduler
 from .schedulers.disagg import for_role
 from .topology.disaggregated import Disaggregation, connect, disaggregated_pools
@@ -318,6 +319,8 @@ def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = 
         if final.exists():  # a previous run's outputs: replace them file by file
             for name in OUTPUT_FILES:
                 os.replace(staging / name, final / name)
+            for name in DRAWN_FILES:  # drawn from the outputs just replaced
+                (final / name).unlink(missing_ok=True)
             staging.rmdir()
         else:
             os.replace(staging, final)
@@ -329,15 +332,20 @@ def simulate_setup(setup: Setup, trace: str | Path, *, out: str | Path | None = 
 
 
 OUTPUT_FILES = ("summary.json", "requests.csv", "iterations.csv")
+# drawn from a run's outputs afterwards (`simulate show`, `run --plots`): a run folder may hold
+# them, and a run written over the folder removes them with the outputs they were drawn from
+DRAWN_FILES = (PLOTS,)
 
 
 def check_out_dir(path: Path, outputs: tuple[str, ...] = OUTPUT_FILES) -> None:
-    """An output directory must be new, empty, or hold only a previous run's outputs."""
+    """An output directory must be new, empty, or hold only a previous run's outputs (and what
+    was drawn from them)."""
     if not path.exists():
         return
     if not path.is_dir():
         raise InputError(f"--out {path}: exists and is not a directory")
-    others = sorted(p.name for p in path.iterdir() if p.name not in outputs)
+    allowed = outputs + DRAWN_FILES if set(OUTPUT_FILES) <= set(outputs) else outputs
+    others = sorted(p.name for p in path.iterdir() if p.name not in allowed)
     if others:
         raise InputError(f"--out {path}: directory holds other files ({', '.join(others[:3])}); choose a new one")
 
