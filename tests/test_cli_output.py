@@ -210,3 +210,23 @@ def test_catalogue_lists_in_each_format(capsys):
     assert models["llama-3.1-8b"]["layers"] == 32 and models["llama-3.1-8b"]["experts"] is None
     assert main(["models", "--format", "csv"]) == 0
     assert next(csv.reader(io.StringIO(capsys.readouterr().out)))[:3] == ["name", "params_b", "layers"]
+
+
+def test_traces_lists_the_shipped_traces_by_catalogue_name(tmp_path, monkeypatch, capsys):
+    from simulator.paths import TRACES_DIR
+    from simulator.workloads.trace import trace_catalogue
+
+    monkeypatch.chdir(tmp_path)  # the names work from any folder
+    assert main(["traces"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[:-1]] == list(trace_catalogue())
+    assert lines[0].split()[:3] == ["azure-code-2023", "azure", "8,819"]
+    assert lines[-1] == f"origins and licences: {TRACES_DIR / 'README.md'}"
+    assert main(["traces", "--format", "json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["example-chat"]["requests"] == 200 and rows["example-chat"]["format"] == "jsonl"
+    assert rows["example-chat"]["file"] == "workloads/traces/example-chat.jsonl"
+    assert rows["mooncake-conversation-1k"]["span_s"] == pytest.approx(330.0)
+    assert main(["traces", "--format", "csv"]) == 0
+    assert next(csv.reader(io.StringIO(capsys.readouterr().out))) == [
+        "name", "format", "requests", "span_s", "mean_input_tokens", "mean_output_tokens", "file"]

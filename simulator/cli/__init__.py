@@ -7,7 +7,7 @@ stderr and exit code 2.
 - `running.py`: `simulate run` and `simulate trace`;
 - `run_summary.py`: what `simulate run` prints once a run is done;
 - `progress.py`: the delayed progress bar of the long commands;
-- `catalogue.py`: `simulate specs`, `simulate models` and `simulate knobs`;
+- `catalogue.py`: `simulate specs`, `simulate models`, `simulate traces` and `simulate knobs`;
 - `output.py`: how results print (`--format table|json|csv`; whole tables off a terminal);
 - `calibration.py`: `simulate calibrate` and `simulate validate`;
 - `planning.py`: `simulate plan`;
@@ -20,7 +20,7 @@ import sys
 
 from ..errors import InputError
 from .calibration import cmd_calibrate, cmd_validate
-from .catalogue import cmd_knobs, cmd_models, cmd_specs
+from .catalogue import cmd_knobs, cmd_models, cmd_specs, cmd_traces
 from .parser import build_parser
 from .planning import cmd_plan
 from .running import cmd_run, cmd_trace
@@ -31,7 +31,7 @@ __all__ = ["build_parser", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "specs": cmd_specs, "models": cmd_models, "trace": cmd_trace,
+    handler = {"run": cmd_run, "specs": cmd_specs, "models": cmd_models, "traces": cmd_traces, "trace": cmd_trace,
                "calibrate": cmd_calibrate, "validate": cmd_validate, "plan": cmd_plan,
                "knobs": cmd_knobs, "compare": cmd_compare, "show": cmd_show}[args.command]
     try:

@@ -1,6 +1,7 @@
 """The commands that show what ships with the simulator: `simulate specs` (list the hardware
 catalogue, show one spec resolved in SI units, check spec files), `simulate models` (list
-the model catalogue with each model's shape) and `simulate knobs` (list the deployment knobs).
+the model catalogue with each model's shape), `simulate traces` (list the shipped traces, whose
+catalogue names work as TRACE from any folder) and `simulate knobs` (list the deployment knobs).
 The lists print as aligned lines, or `--format json|csv` (output.py)."""
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ SPEC_COLUMNS = ("name", "kind", "device", "file")
 MODEL_COLUMNS = ("name", "params_b", "layers", "hidden_size", "heads", "kv_heads", "attention", "experts",
                  "experts_per_token", "moe_layers", "sliding_window")
 KNOB_COLUMNS = ("knob", "default", "meaning", "mirrors")
+TRACE_COLUMNS = ("name", "format", "requests", "span_s", "mean_input_tokens", "mean_output_tokens", "file")
 
 
 def _print_rows(fmt: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
@@ -76,6 +78,33 @@ def cmd_models(args: argparse.Namespace) -> int:
         window = f"  sliding window {m.sliding_window}" if m.sliding_window else ""
         print(f"{name:16} {m.total_params() / 1e9:6.2f} B params  {m.num_layers} layers  hidden {m.hidden_size}  "
               f"heads {m.num_heads}/{m.num_kv_heads} kv ({m.attention_kind}){moe}{window}")
+    return 0
+
+
+def cmd_traces(args: argparse.Namespace) -> int:
+    """The shipped traces by catalogue name, with what a user picks one by: its size, the time
+    its arrivals span and its mean prompt and output lengths."""
+    from ..paths import TRACES_DIR, shown_path
+    from ..workloads.trace import TraceIndex, trace_catalogue
+
+    rows = []
+    for name, path in trace_catalogue().items():
+        index = TraceIndex.build(path)
+        inputs = outputs = 0
+        for request in index.requests():
+            inputs += request.input_tokens
+            outputs += request.output_tokens
+        rows.append({"name": name, "format": index.fmt, "requests": index.count,
+                     "span_s": float(index.arrivals_s.max() - index.arrivals_s.min()),
+                     "mean_input_tokens": inputs / index.count, "mean_output_tokens": outputs / index.count,
+                     "file": shown_path(path)})
+    if args.format != "table":
+        _print_rows(args.format, TRACE_COLUMNS, rows)
+        return 0
+    for row in rows:
+        print(f"{row['name']:26} {row['format']:8} {row['requests']:7,} requests over {row['span_s']:7.1f} s  "
+              f"mean {row['mean_input_tokens']:5.0f} in {row['mean_output_tokens']:4.0f} out tokens  {row['file']}")
+    print(f"origins and licences: {TRACES_DIR / 'README.md'}")
     return 0
 
 

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="replay a request trace on a deployment and report latency, throughput, cost",
                          formatter_class=_RunHelp)
     run.add_argument("hardware", help="hardware YAML path or catalogue name (see `simulate specs list`)")
-    run.add_argument("trace", help="trace: contract JSONL, Azure LLM inference CSV or Mooncake JSONL")
+    run.add_argument("trace", help="trace: contract JSONL, Azure LLM inference CSV or Mooncake JSONL; a path or a "
+                                   "shipped trace's catalogue name (see `simulate traces`)")
     run.add_argument("--model", help="catalogue name (workloads/models/) or path to a config.json")
     run.add_argument("--scheduler", help=SCHEDULER_HELP)
     run.add_argument("--tp", type=_positive, help="tensor-parallel degree")
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+")
 
     _add_format(sub.add_parser("models", help="list the shipped model catalogue"), "one object per model")
+    _add_format(sub.add_parser("traces", help="list the shipped traces (their catalogue names work as TRACE from any "
+                                              "folder)"), "one object per trace")
     _add_format(sub.add_parser("knobs", help="list the deployment knobs (--set KEY=VALUE): default, meaning and "
                                              "the engine option each mirrors"), "one object per knob")
 
