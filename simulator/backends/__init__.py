@@ -2,11 +2,12 @@
 spec's `kind`.
 
 A backend supplies the engine's start-up plans on its devices (the KV cache it sizes, the
-CUDA graphs it captures, or none) and refuses what the engine cannot do there. `gpu.py` is
-vLLM's (or TensorRT-LLM's) CUDA engine: the policy's own memory and graph plans. `cpu.py` is
-vLLM's CPU backend: a KV cache of a fixed size in host memory, no CUDA graphs, no swapping
-to a host memory the cache already lives in, no TensorRT-LLM. A new kind of device (a
-wafer-scale mesh) is one new module that registers its backend here.
+CUDA graphs it captures, or none), the cost model that times its steps, the knobs it sets
+itself, and refuses what the engine cannot do there. `gpu.py` is vLLM's (or TensorRT-LLM's)
+CUDA engine: the policy's own memory and graph plans. `cpu.py` is vLLM's CPU backend: a KV
+cache of a fixed size in host memory, no CUDA graphs, no swapping to a host memory the cache
+already lives in, no TensorRT-LLM. A new kind of device (a wafer-scale mesh) is one new
+module that registers its backend here.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import pkgutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import InputError
+from ..perf.cost_model import CostModel
+
 if TYPE_CHECKING:
     from ..deployment import Deployment
     from ..hardware.loader import System
@@ -22,6 +26,7 @@ if TYPE_CHECKING:
     from ..models.config import ModelConfig
     from ..perf.cuda_graphs import GraphPlan
     from ..perf.memory_plan import MemoryPlan
+    from ..perf.profile_use import AppliedProfile
     from ..schedulers.base import Scheduler
 
 
@@ -29,10 +34,18 @@ class Backend:
     """The GPU engine's behaviour, which other kinds override where they differ."""
 
     kind = "gpu"
+    own_knobs: tuple[str, ...] = ()  # knobs only this kind of device reads: refused on the others
 
     @staticmethod
     def check(dep: Deployment, system: System, where: str) -> None:
         """Refuse knobs the engine does not support on this kind of device."""
+
+    @staticmethod
+    def resolve(dep: Deployment, system: System, model: ModelConfig, role: str,
+                policy: type[Scheduler]) -> Deployment:
+        """The deployment as this kind's engine runs it, for a pool of `role`: the knobs it
+        defaults or chooses itself (none on a GPU)."""
+        return dep
 
     @staticmethod
     def plan_memory(policy: type[Scheduler], device: DeviceSpec, model: ModelConfig, dep: Deployment,
@@ -43,6 +56,15 @@ class Backend:
     def graph_plan(policy: type[Scheduler], dep: Deployment, forward_tokens: int) -> GraphPlan:
         return policy.graph_plan(dep, forward_tokens)
 
+    @classmethod
+    def cost_model(cls, system: System, model: ModelConfig, dep: Deployment, calibration: AppliedProfile | None,
+                   policy: type[Scheduler], forward_tokens: int) -> CostModel:
+        """The cost model of the pool's steps: the roofline (or the profile) with the policy's
+        launch, graph and host-overlap behaviour."""
+        return CostModel(system, model, dep, calibration, host_overlapped=policy.host_overlapped(dep),
+                         budget_tokens=forward_tokens, graphs=cls.graph_plan(policy, dep, forward_tokens),
+                         mixed_decode_slowdown=policy.mixed_decode_slowdown)
+
 
 BACKENDS: dict[str, type[Backend]] = {}
 
@@ -52,9 +74,25 @@ def register(cls: type[Backend]) -> type[Backend]:
     return cls
 
 
-def backend_for(device: DeviceSpec) -> type[Backend]:
-    """The backend of the device's kind (every module of this package registers one)."""
+def _registered() -> dict[str, type[Backend]]:
+    """Every backend: each module of this package registers one when it is imported."""
     if not BACKENDS:
         for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
             importlib.import_module(f"{__package__}.{info.name}")
-    return BACKENDS[device.kind]
+    return BACKENDS
+
+
+def backend_for(device: DeviceSpec) -> type[Backend]:
+    """The backend of the device's kind."""
+    return _registered()[device.kind]
+
+
+def refuse_foreign_knobs(dep: Deployment, system: System, where: str) -> None:
+    """A knob only another kind of device reads (say `wafer_mesh` on a GPU) is an input error,
+    so that it never looks as if it took effect."""
+    kind = system.accelerator.kind
+    for other in _registered().values():
+        for name in other.own_knobs if other.kind != kind else ():
+            if getattr(dep, name) is not None:
+                raise InputError(f"{where}{name}: a {other.kind} knob, and {system.accelerator.name} is a {kind}; "
+                                 "remove it")

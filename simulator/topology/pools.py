@@ -2,15 +2,16 @@
 
 The whole deployment when colocated, or the prefill or decode pool of a disaggregated one.
 `build_pool` validates the pool's parallelism against its hardware and builds its memory
-plan and cost model with its policy; the engine then makes one scheduler per virtual engine
-of each replica (its policy in its role, schedulers/disagg.py `for_role`), with its host swap space (`swap_space`), and the recorder
+plan and cost model with its policy and its device kind's backend (backends/); the engine
+then makes one scheduler per virtual engine of each replica (its policy in its role,
+schedulers/disagg.py `for_role`), with its host swap space (`swap_space`), and the recorder
 one hardware row each (`replica_hardware`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..backends import backend_for
+from ..backends import backend_for, refuse_foreign_knobs
 from ..deployment import Deployment
 from ..engine.swap_space import SwapSpace
 from ..errors import InputError
@@ -84,11 +85,13 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
         if tier.capacity is not None and dep.cpu_offload_gb * 2**30 > tier.capacity:
             raise InputError(f"{where}cpu_offload_gb {dep.cpu_offload_gb:g}: more than the {tier.capacity / 2**30:.1f} "
                              f"GiB of {tier.name} each device has; lower it")
-    context = model_cfg.max_position_embeddings
-    longest = context if dep.max_model_len in (None, -1) else dep.max_model_len
     policy = get_scheduler(dep.scheduler)
     backend = backend_for(system.accelerator)
+    refuse_foreign_knobs(dep, system, where)
     backend.check(dep, system, where)
+    dep = backend.resolve(dep, system, model_cfg, role, policy)
+    context = model_cfg.max_position_embeddings
+    longest = context if dep.max_model_len in (None, -1) else dep.max_model_len
     forward = policy.forward_tokens(dep, longest)
     plan = backend.plan_memory(policy, system.accelerator, model_cfg, dep, forward)
     if dep.max_model_len == -1:  # vLLM's auto-fit: the longest request the KV cache holds
@@ -101,9 +104,7 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
             f"full attention over a KV cache that keeps every block: exact only for requests of up to {window} "
             f"tokens, so set max_model_len {window} (or less), or drop sliding_window from a copy of the config to "
             "cost full attention")
-    cost = CostModel(system, model_cfg, dep, calib, host_overlapped=policy.host_overlapped(dep),
-                     budget_tokens=forward, graphs=backend.graph_plan(policy, dep, forward),
-                     mixed_decode_slowdown=policy.mixed_decode_slowdown)
+    cost = backend.cost_model(system, model_cfg, dep, calib, policy, forward)
     pool = Pool(role, system, dep, plan, cost, calib)
     if plan.num_blocks // pool.engines < 2:  # each engine needs a block besides vLLM's null block
         raise InputError(f"{where}pp={dep.pp}: {plan.num_blocks} KV block(s) per device cannot be split among "
