@@ -123,6 +123,11 @@ class Deployment(BaseModel):
     kv_offloading_tier: str | None = knob(
         None, "with kv_offloading_size: the hardware spec's tier that holds the blocks (unset: the nearest off the "
               "device, usually the host's memory; a disk tier such as nvme is LMCache's LMCACHE_LOCAL_DISK)")
+    # wafer-scale meshes (hardware kind wafer, docs/wafer.md): the square sub-mesh each layer runs on
+    wafer_mesh: int | None = knob(None, "wafer: side in cores of the square sub-mesh each layer runs on (unset: the "
+                                        "fastest that fits for a one-sequence decode step)", ge=2)
+    wafer_prefill_mesh: int | None = knob(None, "wafer, disagg: the prefill pool's sub-mesh side (unset: the fastest "
+                                                "that fits for a prefill chunk of the token budget)", ge=2)
     # disaggregated prefill/decode (scheduler: disagg): each pool's replicas, TP and hardware
     prefill_replicas: int = knob(1, "disagg: replicas in the prefill pool", ge=1)
     decode_replicas: int = knob(1, "disagg: replicas in the decode pool", ge=1)

@@ -57,8 +57,8 @@ def test_each_catalogue_is_read_through_the_package_from_the_repository_folder(n
 
 
 def test_every_catalogue_lists_what_it_ships():
-    assert {"h100-sxm", "a100-80gb-sxm", "dgx-h100", "xeon-8480"} <= set(catalogue())
-    assert {p.parent.name for p in catalogue().values()} == {"gpus", "cpus", "systems"}
+    assert {"h100-sxm", "a100-80gb-sxm", "dgx-h100", "xeon-8480", "wse-2"} <= set(catalogue())
+    assert {p.parent.name for p in catalogue().values()} == {"gpus", "cpus", "wafers", "systems"}
     assert list((paths.HARDWARE_DIR / "profiles").glob("*.yaml"))
     assert "llama-3.1-8b" in model_catalogue()
     assert set(trace_catalogue()) == {"azure-code-2023", "azure-conv-2023", "example-chat", "mooncake-conversation-1k"}

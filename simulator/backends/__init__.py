@@ -6,8 +6,9 @@ CUDA graphs it captures, or none), the cost model that times its steps, the knob
 itself, and refuses what the engine cannot do there. `gpu.py` is vLLM's (or TensorRT-LLM's)
 CUDA engine: the policy's own memory and graph plans. `cpu.py` is vLLM's CPU backend: a KV
 cache of a fixed size in host memory, no CUDA graphs, no swapping to a host memory the cache
-already lives in, no TensorRT-LLM. A new kind of device (a wafer-scale mesh) is one new
-module that registers its backend here.
+already lives in, no TensorRT-LLM. `wafer.py` is a wafer-scale mesh: weights and KV cache in
+the cores' SRAM, every operator timed on the mesh (docs/wafer.md). A new kind of device is one
+new module that registers its backend here.
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import InvalidFile
 from ..paths import HARDWARE_DIR, shipped
 from .spec import DeviceSpec, Link, SystemSpec
+from .wafer import SYSTEM_IO, WaferSpec
 
 
 def catalogue() -> dict[str, Path]:
@@ -135,16 +136,16 @@ def _fields_beside(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 def _load(path: Path) -> DeviceSpec | SystemSpec:
     data = _raw(path)
     kind: Any = data.get("kind")  # whatever the YAML says
-    models: dict[str, type[DeviceSpec] | type[SystemSpec]] = {
-        "gpu": DeviceSpec, "cpu": DeviceSpec, "system": SystemSpec}
+    models: dict[str, type[DeviceSpec] | type[SystemSpec] | type[WaferSpec]] = {
+        "gpu": DeviceSpec, "cpu": DeviceSpec, "wafer": WaferSpec, "system": SystemSpec}
     model = models.get(kind)
     if model is None:
-        hint = "wafer-scale meshes are not supported yet; " if kind == "wafer" else ""
-        raise InvalidFile(f"{path}: kind: {kind!r} is not one of gpu, cpu, system ({hint}set kind:)")
+        raise InvalidFile(f"{path}: kind: {kind!r} is not one of {', '.join(models)} (set kind:)")
     try:
-        return model.model_validate(data)
+        spec = model.model_validate(data)
     except ValidationError as exc:
         raise InvalidFile(validation_message(path, exc, model)) from None
+    return spec.device() if isinstance(spec, WaferSpec) else spec
 
 
 def load_spec(name_or_path: str | Path) -> DeviceSpec | SystemSpec:
@@ -233,8 +234,9 @@ def _pick_link(device: DeviceSpec, name: str | None, preference: tuple[str, ...]
     return None, None
 
 
-_FABRIC_PREFERENCE = ("nvlink", "infinity_fabric", "xgmi", "pcie")
-_HOST_PREFERENCE = ("nvlink_c2c", "pcie")
+# a wafer's system I/O (Ethernet) joins it to other wafers and to its host
+_FABRIC_PREFERENCE = ("nvlink", "infinity_fabric", "xgmi", "pcie", SYSTEM_IO)
+_HOST_PREFERENCE = ("nvlink_c2c", "pcie", SYSTEM_IO)
 
 
 def load_system(name_or_path: str | Path) -> System:
@@ -248,7 +250,7 @@ def load_system(name_or_path: str | Path) -> System:
     accel_path = resolve_path(spec.node.accelerator.spec, path)
     accel = _load(accel_path)
     if not isinstance(accel, DeviceSpec):
-        raise InvalidFile(f"{path}: node.accelerator.spec: {accel_path} is a system, expected a gpu or cpu")
+        raise InvalidFile(f"{path}: node.accelerator.spec: {accel_path} is a system, expected a gpu, cpu or wafer")
     declared = spec.node.accelerator.fabric
     if isinstance(declared, Link):
         fabric_name, fabric = "fabric", declared
