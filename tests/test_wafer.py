@@ -147,9 +147,11 @@ def test_pipelining_over_wafers_holds_a_stage_per_wafer():
     setup = prepare("wse-2", "qwen2.5-72b", pp=5)
     plan = setup.plan
     assert plan.weights_bytes < plan.usable_bytes - plan.activation_bytes  # 16 of 80 layers per wafer
-    one = decode_rate(setup, 1024.0)
-    # five stages in a row, and four activation sends over the 150 GB/s system I/O (10 us each)
-    assert 1 / one > 5 * 4 * 1e-5
+    # a decode's hidden state (8,192 bf16 values) crosses four stage boundaries over the system
+    # I/O: 10 us of latency and 16,384 B at 150 GB/s each
+    send = 4 * (1e-5 + 8192 * 2 / 150e9)
+    assert setup.cost.pipeline_send_s(1) == pytest.approx(send)
+    assert 1 / decode_rate(setup, 1024.0) > send
 
 
 def test_streamed_weights_cost_every_step_their_trip_over_the_system_io():

@@ -5,8 +5,9 @@
   chosen per pool when unset (a disaggregated prefill pool's is `wafer_prefill_mesh`).
 - Time: every operator on the mesh (perf/wafer_cost.py), no kernel launches, no CUDA graphs.
 - The longest request defaults to min(the model's context, 8,192 tokens), the context
-  Cerebras's inference service gave its Llama models at launch (their API documentation,
-  2024), since no wafer holds a 128k-token context beside the weights; max_model_len sets it.
+  Cerebras's inference API gave Llama 3.1 8B and Llama 3.3 70B in its free tier (the AI SDK's
+  Cerebras provider documentation, 2024-2025), since no wafer holds a 128k-token context
+  beside an 8B model's weights; max_model_len sets it.
 - Refused: tensor parallelism across wafers (a layer never leaves its wafer: split the layers
   with --pp), mixture-of-experts models (grouped expert GEMMs are not modelled on a mesh),
   TensorRT-LLM (no wafer backend) and calibration profiles (they time GPU and CPU kernels).
@@ -27,7 +28,7 @@ from ..perf.wafer_plan import choose_side, plan_wafer_memory
 from ..schedulers.base import Scheduler
 from . import Backend, register
 
-DEFAULT_CONTEXT = 8192  # tokens: Cerebras Inference's context for Llama 3.1 8B and 70B at launch
+DEFAULT_CONTEXT = 8192  # tokens: Cerebras's inference API's context for its Llama models (free tier)
 
 
 @register
