@@ -155,14 +155,29 @@ def load_spec(name_or_path: str | Path) -> DeviceSpec | SystemSpec:
 
 @dataclass(frozen=True)
 class Tier:
-    """A level of memory an accelerator can keep data in: its capacity for that accelerator
-    (its share, for memory shared by several; None if no spec states it), its bandwidth,
-    and the link that reaches it (None: the device's own memory)."""
+    """A level of memory an accelerator can keep data in: its capacity and bandwidth for that
+    accelerator (its share, for memory shared by several; None if no spec states it), the
+    link that reaches it (None: the device's own memory), what it writes at (None: its
+    bandwidth) and its own access latency."""
 
     name: str
     capacity: float | None
     bandwidth: float | None
     link: Link | None
+    write_bandwidth: float | None = None
+    latency: float = 0.0
+
+    def copy_bandwidth(self, write: bool = False) -> float:
+        """Bytes/s a copy between the accelerator and this tier reaches: the slower of the
+        link (per direction) and the tier itself (reading, or writing when `write`)."""
+        assert self.link is not None  # only tiers off the device are copied to
+        own = (self.write_bandwidth or self.bandwidth) if write else self.bandwidth
+        return min(self.link.bandwidth, own) if own is not None else self.link.bandwidth
+
+    @property
+    def copy_latency(self) -> float:
+        """Seconds a copy takes before its first byte: the link's latency and the tier's own."""
+        return (self.link.latency if self.link is not None else 0.0) + self.latency
 
 
 @dataclass(frozen=True)
@@ -184,6 +199,7 @@ class System:
     standalone: bool = False  # a bare gpu/cpu spec: a box of as many such devices as needed
     hosts_per_node: int = 1
     price_per_hour: float | None = None  # a system spec's own `price:`, for all of its nodes
+    node_tiers: tuple[Tier, ...] = ()  # the node's own tiers (node.tiers), each accelerator's share
 
     def sized_for(self, devices: int) -> System:
         """The system with room for `devices` accelerators (only a standalone spec grows)."""
@@ -194,17 +210,21 @@ class System:
     @property
     def memory_tiers(self) -> list[Tier]:
         """The memory hierarchy of one accelerator, nearest first: its own tiers (those its
-        spec reaches over a link included), then its host's main memory over the host link."""
+        spec reaches over a link included), then its host's main memory over the host link
+        (capacity and bandwidth shared evenly by the node's accelerators), then the node's own
+        tiers (`node.tiers`: CXL memory, NVMe drives)."""
         device = self.accelerator
-        tiers = [Tier(t.name, t.capacity, t.bandwidth, device.links[t.link] if t.link else None) for t in device.memory]
+        tiers = [Tier(t.name, t.capacity, t.bandwidth, device.links[t.link] if t.link else None, t.write_bandwidth,
+                      t.latency) for t in device.memory]
         if self.host_link is not None:
             if self.host is None:  # a bare accelerator spec: the host's memory is not described
                 tiers.append(Tier("host memory", None, None, self.host_link))
             else:
                 memory = self.host.main_memory
-                share = memory.capacity * self.hosts_per_node / self.devices_per_node
-                tiers.append(Tier(f"host {memory.name}", share, memory.bandwidth, self.host_link))
-        return tiers
+                share = self.hosts_per_node / self.devices_per_node
+                tiers.append(Tier(f"host {memory.name}", memory.capacity * share, memory.bandwidth * share,
+                                  self.host_link))
+        return tiers + list(self.node_tiers)
 
     @property
     def offload_tier(self) -> Tier | None:
@@ -261,6 +281,15 @@ def load_system(name_or_path: str | Path) -> System:
             f"{path}: node.accelerator.fabric: {accel.name} has no link named "
             f"{spec.node.accelerator.fabric!r} (has {sorted(accel.links)})"
         )
+    node_tiers = []
+    for i, tier in enumerate(spec.node.tiers):  # the node's, shared evenly by its accelerators
+        if tier.link is None or tier.link not in accel.links:
+            raise InvalidFile(f"{path}: node.tiers[{i}].link: {tier.link!r} is not one of {accel.name}'s links "
+                              f"({', '.join(accel.links) or 'none'}); name the link that reaches the tier, e.g. pcie")
+        share = 1 / spec.node.accelerator.count
+        node_tiers.append(Tier(tier.name, tier.capacity * share, tier.bandwidth * share if tier.bandwidth else None,
+                               accel.links[tier.link],
+                               tier.write_bandwidth * share if tier.write_bandwidth else None, tier.latency))
     host: DeviceSpec | SystemSpec | None
     host = host_link = None
     if spec.node.host is not None:
@@ -286,4 +315,5 @@ def load_system(name_or_path: str | Path) -> System:
         accelerator_file=str(accel_path),
         hosts_per_node=spec.node.host.count if spec.node.host is not None else 1,
         price_per_hour=spec.price.per_hour if spec.price is not None else None,
+        node_tiers=tuple(node_tiers),
     )

@@ -55,12 +55,17 @@ class Link(_Strict):
 
 
 class MemoryTier(_Strict):
-    """One level of the memory hierarchy (HBM, DDR, L2, SRAM): on the device, or reached over
-    one of its links (`link`, e.g. a Grace CPU's LPDDR over nvlink_c2c)."""
+    """One level of the memory hierarchy (HBM, DDR, L2, SRAM, a CXL expander, NVMe drives): on
+    the device, or reached over one of its links (`link`, e.g. a Grace CPU's LPDDR over
+    nvlink_c2c). `bandwidth` is what the tier reads at; `write_bandwidth` what it writes at
+    (unset: the same; NVMe drives write slower than they read); `latency` is the tier's own
+    access time, added to its link's when KV blocks are copied to or from it."""
 
     name: str
     capacity: Bytes
     bandwidth: Bandwidth | None = None
+    write_bandwidth: Bandwidth | None = None
+    latency: Duration = 0.0
     link: str | None = None  # the name of the device link that reaches it; None: the device's own
 
 
@@ -242,8 +247,14 @@ class Member(_Strict):
 
 
 class Node(_Strict):
+    """One node: its accelerators, their hosts, and `tiers`, memory or storage of the node
+    beyond those (a CXL memory expander, local NVMe drives), each reached from an accelerator
+    over `link` (one of its links, e.g. pcie) and listed with the node's whole capacity and
+    bandwidth, which its accelerators share evenly."""
+
     accelerator: Member
     host: Member | None = None
+    tiers: list[MemoryTier] = []
 
 
 class SystemSpec(_Strict):
