@@ -22,6 +22,7 @@ import simpy
 from .deployment import Deployment, build_deployment, knob_where, set_in_yaml
 from .engine.data_parallel import DataParallelGroup
 from .engine.frontend import OUTPUT_S, ApiServer
+from .engine.kv_offload import offload_summary
 from .engine.kv_transfer import KvTransfer
 from .engine.pipeline import Pipeline
 from .engine.replica import Replica
@@ -41,7 +42,7 @@ from .report.run_data import PLOTS
 from .schedulers.base import get_scheduler
 from .schedulers.disagg import for_role
 from .topology.disaggregated import Disaggregation, connect, disaggregated_pools
-from .topology.pools import Pool, build_pool, replica_hardware, swap_space
+from .topology.pools import Pool, build_pool, kv_offload, replica_hardware, swap_space
 from .workloads.trace import TraceIndex
 
 if TYPE_CHECKING:  # pandas is imported only when frames are asked for (start-up time)
@@ -197,9 +198,11 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
             for _ in range(pool.engines):
                 sched = cls(pool.deployment, plan, setup.model)
                 sched.swap = swap_space(pool)
+                sched.offload = kv_offload(pool)  # with it, every step is its own (each step's stores are costed)
                 index = sum(len(r) for r in by_role.values())
                 by_role.setdefault(pool.role, []).append(Replica(
-                    env, index, sched, pool.cost, recorder, arrivals.horizon_s, report, fast_forward, pipeline))
+                    env, index, sched, pool.cost, recorder, arrivals.horizon_s, report,
+                    fast_forward and sched.offload is None, pipeline))
         if pool.ranks > 1 and setup.model.is_moe:  # a dense model's ranks are independent engines
             engines = by_role[pool.role]
             groups += [DataParallelGroup(env, engines[i:i + pool.ranks], pool.cost, recorder, report)
@@ -264,6 +267,9 @@ def _policy_blocks(setup: Setup, schedulers: list, transfer: KvTransfer | None) 
         blocks["swaps"] = {"count": sum(w.out_count for w in swaps), "bytes": sum(w.out_bytes + w.in_bytes for w in swaps),
                            "swap_ins": sum(w.in_count for w in swaps), "time_s": sum(w.time_s for w in swaps),
                            "recomputed_for_lack_of_space": sum(w.full for w in swaps)}
+    offloads = [s.offload for s in schedulers if s.offload is not None]
+    if offloads:
+        blocks["kv_offload"] = offload_summary(offloads, OUTPUT_S if setup.deployment.api_server else 0.0)
     if transfer is not None:
         blocks["kv_transfer"] = transfer.summary()
         blocks["pools"] = {pool.role: {"hardware": pool.system.name, "scheduler": pool.deployment.scheduler,

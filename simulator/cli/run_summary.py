@@ -87,7 +87,7 @@ def _memory_line(memory: dict) -> str:
 
 def _extra_lines(summary: dict) -> list[str]:
     """One line for each optional summary block the run produced (SLO, prefix cache, KV
-    transfer, swaps)."""
+    offload, KV transfer, swaps)."""
     lines = []
     if "slo" in summary:
         slo = summary["slo"]
@@ -105,6 +105,8 @@ def _extra_lines(summary: dict) -> list[str]:
         if cache.get("resumed_tokens"):
             parts.append(f"{cache['resumed_tokens']} tokens found again by preempted requests")
         lines.append("prefix cache: " + " · ".join(parts))
+    if "kv_offload" in summary:
+        lines.append(_offload_line(summary["kv_offload"]))
     if "kv_transfer" in summary:
         kv = summary["kv_transfer"]
         lines.append(f"KV transfer: {kv['bytes'] / 1e9:.2f} GB in {kv['time_s']:.3f} s")
@@ -112,6 +114,21 @@ def _extra_lines(summary: dict) -> list[str]:
         swaps = summary["swaps"]
         lines.append(f"swaps: {swaps['count']} ({swaps['bytes'] / 1e9:.2f} GB)")
     return lines
+
+
+def _offload_line(kv: dict) -> str:
+    """KV offloading: where the blocks went, what the tier served, what crossed its link, and
+    the TTFT of requests it served against the others'."""
+    ttft = kv["ttft_s"]
+    parts = [f"prompt tokens found {kv['device_hit_rate']:.1%} on the device + {kv['tier_hit_rate']:.1%} in the tier",
+             f"{kv['bytes_loaded'] / 1e9:.2f} GB loaded in {kv['loads']} loads ({kv['load_time_s']:.3f} s)"
+             + (f", {kv['resumed_blocks']} blocks by resumed requests" if kv["resumed_blocks"] else ""),
+             f"{kv['bytes_stored'] / 1e9:.2f} GB stored"
+             + (f", steps waited {kv['store_stall_s']:.3f} s for stores" if kv["store_stall_s"] else "")]
+    if ttft["with_tier_hits"]["count"]:
+        parts.append(f"TTFT mean {ttft['with_tier_hits']['mean']:.4f} s with tier hits, "
+                     f"{ttft['without_tier_hits']['mean']:.4f} s without")
+    return f"KV offload ({kv['backend']}, {kv['tier']} over {kv['link']}): " + " · ".join(parts)
 
 
 def _seconds(target: float | str) -> str:

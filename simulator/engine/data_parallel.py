@@ -53,7 +53,11 @@ class DataParallelGroup:
                         raise RuntimeError(f"replica {rank.index}: work waiting but nothing schedulable at t={env.now}")
                     rank.busy_until = math.inf
                 self._wake = env.event()
-                yield self._wake
+                lands = [t for t in (rank.scheduler.next_wake_s() for rank in self.ranks) if t is not None]
+                if lands:  # KV blocks loading from the offload tier: wake when the first lands
+                    yield self._wake | env.timeout(max(min(lands) - env.now, 0.0))
+                else:
+                    yield self._wake
                 self._wake = None
                 continue
             start = env.now

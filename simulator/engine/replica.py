@@ -78,7 +78,11 @@ class Replica:
                     raise RuntimeError(f"replica {self.index}: work waiting but nothing schedulable at t={env.now}")
                 self.busy_until = math.inf
                 self._wake = env.event()
-                yield self._wake
+                lands_s = sched.next_wake_s() if sched.loading else None  # KV blocks loading from the offload tier
+                if lands_s is None:
+                    yield self._wake
+                else:  # wake when the first load ends, or sooner for new work
+                    yield self._wake | env.timeout(max(lands_s - env.now, 0.0))
                 self._wake = None
                 continue
             start = env.now

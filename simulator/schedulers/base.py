@@ -19,6 +19,7 @@ import numpy as np
 from ..deployment import TRTLLM_KNOBS, Deployment
 from ..engine.batch import BatchOutcome, BatchShape, ScheduledBatch, SpanPlan, gaps
 from ..engine.kv_cache import KVCacheManager
+from ..engine.kv_offload import KVOffload
 from ..engine.request import Request, RequestTable
 from ..engine.swap_space import SwapSpace
 from ..errors import InputError
@@ -26,6 +27,7 @@ from ..hardware.spec import DeviceSpec
 from ..models.config import ModelConfig
 from ..perf.cuda_graphs import GraphPlan
 from ..perf.memory_plan import MemoryPlan, plan_memory
+from .offloading import OffloadSteps
 from .spans import SpanSteps
 
 REGISTRY: dict[str, type[Scheduler]] = {}
@@ -59,7 +61,7 @@ def _import_policies() -> None:
             importlib.import_module(f"{__package__}.{info.name}")
 
 
-class Scheduler(SpanSteps):
+class Scheduler(SpanSteps, OffloadSteps):
     name = "base"
     role = "mixed"  # what its replica runs: prefill and decode ("mixed"), or one of them
     topology = "colocated"  # or "disaggregated": the name picks pools, each with its own policy
@@ -72,6 +74,7 @@ class Scheduler(SpanSteps):
     # whether decodes sharing a step with prefill chunks run the prefill kernel's slower path
     # (one attention call over all sequences, as vLLM's backends make it; perf/mixed_attention.py)
     mixed_decode_slowdown = True
+    kv_offloading = False  # whether the policy runs with KV offloading (kv_offloading_size)
     # The other engine's knobs (deployment.py), refused by `check_knobs`: vLLM's policies
     # refuse TensorRT-LLM's and the reverse.
     foreign_engine, foreign_knobs = "TensorRT-LLM", TRTLLM_KNOBS
@@ -142,6 +145,9 @@ class Scheduler(SpanSteps):
         self.preemptions = 0
         self.swap: SwapSpace | None = None  # set by the engine when preemption_mode is swap
         self.swapped: deque[Request] = deque()  # preempted to host memory, FCFS
+        self.offload: KVOffload | None = None  # set by the engine when kv_offloading_size is set
+        self.loading: list[Request] = []  # waiting for KV blocks to load from the offload tier
+        self._offload_now_s = 0.0  # the start of the step being scheduled (offloading only)
         self.span_in_flight: tuple[np.ndarray, SpanPlan] | None = None  # (step ends, the span's plan)
         self.step_index = 0  # steps the replica has started (set by it before asking for a batch)
         # whether an arrival first runs in the step after the next (asynchronous scheduling)
@@ -171,7 +177,7 @@ class Scheduler(SpanSteps):
 
     # -- state the engine and routers read --------------------------------------------
     def has_work(self) -> bool:
-        return bool(self.waiting) or bool(self.swapped) or self.running.n > 0
+        return bool(self.waiting) or bool(self.swapped) or self.running.n > 0 or bool(self.loading)
 
     def prefix_hit_tokens(self, record) -> int:
         """Prompt tokens of `record` whose KV this replica holds (in use or cached)."""
@@ -196,7 +202,7 @@ class Scheduler(SpanSteps):
 
     def waiting_on_transfers(self) -> bool:
         """Whether KV copies in flight will free or bring work (so idling with work is fine)."""
-        return False
+        return bool(self.loading)
 
     def may_start_waiting(self) -> bool:
         """Whether a waiting request could join the running set at the next step; while
@@ -218,6 +224,8 @@ class Scheduler(SpanSteps):
         blocks of its prompt that are present, then, if it was preempted, the run of its own
         blocks still cached (`PrefixCache.keep_run`); at least its last token is computed.
         """
+        if self.offload is not None:
+            return self._try_start_offloading(budget, now_s, whole, watermark, reserve_tokens, full_prompt)
         req = self.waiting[0]
         kv = self.blocks
         hits, revived, own = kv.computed_blocks(req)
@@ -261,7 +269,10 @@ class Scheduler(SpanSteps):
             return
         self.blocks.free_request(req, blocks, req.num_computed)
         req.num_computed = 0
-        self._push_waiting(req, front=True)
+        if self.offload is not None:  # behind the requests back from loads, as vLLM re-queues those first
+            self._requeue_after_loads(req)
+        else:
+            self._push_waiting(req, front=True)
 
     def _swap_in(self, budget: int, now_s: float) -> int:
         """Bring swapped requests back (FCFS) while their blocks fit; returns budget used."""
@@ -312,6 +323,8 @@ class Scheduler(SpanSteps):
         nd = size - len(idx)
         shape = BatchShape(prefill_tokens, float(prefill_context), pairs, nd, float(decode_context), size - len(partial))
         transfer_s = self.swap.take_transfer_s() if self.swap is not None else 0.0
+        if self.offload is not None:
+            transfer_s += self._offload_step_s(completing, partial)
         return ScheduledBatch(rows, shape, prefill_tokens, nd, self.blocks.used, completing, partial, transfer_s)
 
     def on_batch_done(self, batch: ScheduledBatch, now_s: float) -> BatchOutcome:
@@ -333,7 +346,13 @@ class Scheduler(SpanSteps):
         for i, held in zip(partial, kept):
             last[i] = held
             t.num_tokens[i] -= 1
-        return BatchOutcome(self._take_finished(), [step_gaps])
+        if self.offload is None:
+            return BatchOutcome(self._take_finished(), [step_gaps])
+        self._offload_after_step(batch, now_s)
+        finished = self._take_finished()
+        if finished:
+            self.offload.finished(finished)
+        return BatchOutcome(finished, [step_gaps])
 
     def _first_tokens(self, completing: list[int], now_s: float) -> int:
         """Stamp the first token of the `completing` rows that had none; returns how many."""

@@ -37,6 +37,7 @@ from ..engine.request import Request
 from ..models.config import ModelConfig
 from ..perf.memory_plan import MemoryPlan
 from .base import Scheduler, register
+from .offloading import LOADING
 
 # vLLM v0's BlockSpaceManager keeps 1 % of blocks free when admitting prompts.
 V0_WATERMARK = 0.01
@@ -48,6 +49,7 @@ class VLLMScheduler(Scheduler):
     # admission check; policies built on this class's batching (Sarathi, SplitFuse) say False
     v1_engine = True
     prefix_caching_default = True  # vLLM v1: automatic prefix caching on by default
+    kv_offloading = True  # its batching starts requests through Scheduler._try_start
 
     @classmethod
     def host_overlapped(cls, dep: Deployment) -> bool:
@@ -77,6 +79,8 @@ class VLLMScheduler(Scheduler):
 
     def next_batch(self, now_s: float) -> ScheduledBatch | None:
         self.blocks.tick(now_s)
+        if self.offload is not None:
+            self._offload_begin(now_s)
         if not self.chunked and not self.swapped:
             start = self.running.n
             self._admit_waiting(self.budget, now_s, whole=True)
@@ -141,6 +145,8 @@ class VLLMScheduler(Scheduler):
                 break
             take = self._try_start(budget, now_s, whole, self.watermark,
                                    full_prompt=v1 and self.dep.scheduler_reserve_full_isl)
-            if not take:
+            if take <= 0:
+                if take == LOADING:  # it waits for a load off the queue; the next may start
+                    continue
                 break
             budget -= take

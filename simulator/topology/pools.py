@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 from ..backends import backend_for, refuse_foreign_knobs
 from ..deployment import Deployment
+from ..engine.kv_offload import LMCACHE_CHUNK_TOKENS, KVOffload
 from ..engine.swap_space import SwapSpace
 from ..errors import InputError
-from ..hardware.loader import System
+from ..hardware.loader import System, Tier
 from ..metrics.recorder import ReplicaHardware
 from ..models.config import ModelConfig
 from ..perf.cost_model import CostModel
-from ..perf.memory_plan import MemoryPlan
+from ..perf.memory_plan import GiB, MemoryPlan
 from ..perf.profile_use import AppliedProfile, resolve_calibration
 from ..schedulers.base import get_scheduler
 
@@ -110,6 +111,11 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
         raise InputError(f"{where}pp={dep.pp}: {plan.num_blocks} KV block(s) per device cannot be split among "
                          f"{pool.engines} virtual engines; lower max_num_batched_tokens, raise "
                          "gpu_memory_utilization or set pipeline_overlap=false")
+    if dep.kv_offloading_size is not None:
+        _offload_blocks(pool, where)
+    elif "kv_offloading_backend" in dep.model_fields_set or dep.kv_offloading_tier is not None:
+        knob = "kv_offloading_tier" if dep.kv_offloading_tier is not None else "kv_offloading_backend"
+        raise InputError(f"{where}{knob}: read only with kv_offloading_size; set the size (GiB) too, or drop it")
     return pool
 
 
@@ -145,6 +151,76 @@ def replica_hardware(pool: Pool) -> ReplicaHardware:
         bandwidth=device.main_memory.bandwidth, idle_w=power.idle if power else 0.0, tdp_w=power.tdp if power else 0.0,
         compute_max=eff.compute_max, memory_max=eff.memory_max,
         price_per_hour=pool.system.device_price_per_hour or 0.0)
+
+
+def offload_tier(system: System, dep: Deployment, where: str = "") -> Tier:
+    """The tier KV offloading keeps blocks in: `kv_offloading_tier` by name, else the nearest
+    tier outside the device (`System.offload_tier`, usually the host's memory)."""
+    reachable = [tier for tier in system.memory_tiers if tier.link is not None]
+    if dep.kv_offloading_tier is not None:
+        tier = next((t for t in reachable if t.name == dep.kv_offloading_tier), None)
+        if tier is None:
+            known = ", ".join(t.name for t in reachable) or "none"
+            raise InputError(f"{system.source_file}: {where}kv_offloading_tier: {dep.kv_offloading_tier!r} is not a tier "
+                             f"of {system.name} reached over a link (known: {known}); name one, or declare it "
+                             "(memory[].link, node.tiers)")
+        return tier
+    if not reachable:
+        raise InputError(f"{system.source_file}: {where}kv_offloading_size: {system.accelerator.name} reaches no memory "
+                         "outside the device (no host link pcie or nvlink_c2c, no tier with a link); add one or drop "
+                         "kv_offloading_size")
+    return reachable[0]
+
+
+def _offload_blocks(pool: Pool, where: str) -> int:
+    """Check that the pool can run KV offloading as asked; returns each engine's tier blocks."""
+    dep, system = pool.deployment, pool.system
+    policy = get_scheduler(dep.scheduler)
+    size = dep.kv_offloading_size
+    assert size is not None
+    if pool.role != "mixed" or not policy.kv_offloading:
+        raise InputError(f"{where}kv_offloading_size: KV offloading is modelled for the vllm, sarathi and splitfuse "
+                         f"policies in colocated deployments, not --scheduler {dep.scheduler}; drop it")
+    if system.accelerator.kind == "cpu":
+        raise InputError(f"{where}kv_offloading_size: on a CPU ({system.accelerator.name}) the KV cache already lives "
+                         "in host memory; drop it")
+    if not policy.caches_prefixes(dep):
+        raise InputError(f"{where}kv_offloading_size: offloaded KV blocks are found again by their prefix hashes, "
+                         f"which need enable_prefix_caching=true (--scheduler {dep.scheduler} leaves it off); set it")
+    if dep.preemption_mode == "swap":
+        raise InputError(f"{where}kv_offloading_size with preemption_mode=swap: KV offloading is a vLLM V1 connector "
+                         "and swap preemption vLLM v0's; use preemption_mode=recompute (a preempted request's blocks "
+                         "then come back from the tier)")
+    if dep.kv_offloading_backend == "lmcache" and LMCACHE_CHUNK_TOKENS % dep.block_size:
+        raise InputError(f"{where}kv_offloading_backend=lmcache: LMCache keeps KV in chunks of "
+                         f"{LMCACHE_CHUNK_TOKENS} tokens, which block_size {dep.block_size} does not divide; use a "
+                         "block_size that divides it (16, 32, 64...)")
+    tier = offload_tier(system, dep, where)
+    devices = dep.tp * dep.pp
+    if tier.capacity is not None and size * GiB > tier.capacity * devices:
+        raise InputError(f"{system.source_file}: {where}kv_offloading_size: {size:g} GiB is more than the "
+                         f"{tier.capacity * devices / GiB:.1f} GiB of {tier.name} the spec gives {devices} device(s) "
+                         f"of {system.name}; lower it")
+    blocks = int(size * GiB // (pool.plan.kv_bytes_per_block * devices)) // pool.engines
+    if blocks < 1:
+        raise InputError(f"{where}kv_offloading_size: {size:g} GiB holds no KV block of "
+                         f"{pool.plan.kv_bytes_per_block * devices / 2**20:.2f} MiB (over {devices} device(s)); "
+                         "raise it")
+    return blocks
+
+
+def kv_offload(pool: Pool) -> KVOffload | None:
+    """One engine's KV offloading (engine/kv_offload.py) when `kv_offloading_size` is set: the
+    tier's blocks (split evenly among a replica's virtual engines) and its link's copies."""
+    dep = pool.deployment
+    if dep.kv_offloading_size is None:
+        return None
+    tier = offload_tier(pool.system, dep)
+    assert tier.link is not None
+    link = next((name for name, link in pool.system.accelerator.links.items() if link is tier.link), "link")
+    return KVOffload(dep.kv_offloading_backend, tier.name, link, _offload_blocks(pool, ""),
+                     pool.plan.kv_bytes_per_block, tier.copy_bandwidth(), tier.copy_bandwidth(write=True),
+                     tier.copy_latency, pool.plan.block_size)
 
 
 def swap_space(pool: Pool) -> SwapSpace | None:
