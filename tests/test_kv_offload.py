@@ -290,8 +290,10 @@ def test_offloading_that_finds_nothing_changes_no_latency_on_a_link_that_keeps_u
     ({"kv_offloading_tier": "nvme"}, r"kv_offloading_tier: read only with kv_offloading_size"),
     ({"kv_offloading_backend": "lmcache"}, r"kv_offloading_backend: read only with kv_offloading_size"),
     ({"kv_offloading_size": 4, "scheduler": "trtllm"}, r"kv_offloading_size: a vLLM knob"),
+    ({"kv_offloading_size": 4, "scheduler": "disagg"}, r"prefill pool: kv_offloading_size: .*not a disaggregated pool"),
 ])
 def test_offloading_input_errors_name_the_knob_and_the_fix(knobs, error):
+    """Each refusal is one line naming the knob and what to do instead."""
     knobs = dict(knobs)
     scheduler = knobs.pop("scheduler", None)
     with pytest.raises(InputError, match=error):

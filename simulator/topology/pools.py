@@ -179,8 +179,9 @@ def _offload_blocks(pool: Pool, where: str) -> int:
     size = dep.kv_offloading_size
     assert size is not None
     if pool.role != "mixed" or not policy.kv_offloading:
+        which = "a disaggregated pool" if pool.role != "mixed" else f"--scheduler {dep.scheduler}"
         raise InputError(f"{where}kv_offloading_size: KV offloading is modelled for the vllm, sarathi and splitfuse "
-                         f"policies in colocated deployments, not --scheduler {dep.scheduler}; drop it")
+                         f"policies in colocated deployments, not {which}; drop it")
     if system.accelerator.kind == "cpu":
         raise InputError(f"{where}kv_offloading_size: on a CPU ({system.accelerator.name}) the KV cache already lives "
                          "in host memory; drop it")
