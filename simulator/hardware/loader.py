@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import InvalidFile
 from ..paths import HARDWARE_DIR, shipped
-from .spec import DeviceSpec, Link, SystemSpec
+from .spec import DeviceSpec, Link, Overheads, SystemSpec
 from .wafer import SYSTEM_IO, WaferSpec
 
 
@@ -227,6 +227,11 @@ class System:
         return tiers + list(self.node_tiers)
 
     @property
+    def overheads(self) -> Overheads:
+        """The accelerator's overheads as its host runs them (`host_overheads`)."""
+        return host_overheads(self.accelerator, self.host)
+
+    @property
     def offload_tier(self) -> Tier | None:
         """The nearest tier outside the device's own memory, where KV blocks can be swapped to."""
         return next((tier for tier in self.memory_tiers if tier.link is not None), None)
@@ -243,6 +248,20 @@ class System:
         if self.price_per_hour is not None:
             return self.price_per_hour / self.total_devices
         return self.accelerator.price.per_hour if self.accelerator.price is not None else None
+
+
+def host_overheads(accelerator: DeviceSpec, host: DeviceSpec | None) -> Overheads:
+    """Host-speed scaling: a GPU's `kernel_launch` and `scheduler_per_iteration` are the time
+    of one core of the reference host (spec.Overheads) at the engine's host work, which is
+    single-threaded (the engine's Python loop; the CUDA driver's launch path), so on a host whose
+    cores run it `host_speed` times as fast both take 1 / host_speed as long. `graph_kernel_gap`
+    is spent on the GPU and does not change. A host without `host_speed`, and a CPU or wafer
+    accelerator (the engine's loop runs beside its own operators), keep the spec's figures."""
+    over = accelerator.overheads
+    if accelerator.kind != "gpu" or host is None or host.host_speed is None or host.host_speed == 1.0:
+        return over
+    return over.model_copy(update={"kernel_launch": over.kernel_launch / host.host_speed,
+                                   "scheduler_per_iteration": over.scheduler_per_iteration / host.host_speed})
 
 
 def _pick_link(device: DeviceSpec, name: str | None, preference: tuple[str, ...]) -> tuple[str | None, Link | None]:

@@ -101,6 +101,14 @@ class Overheads(_Strict):
     graph_kernel_gap: idle gap between consecutive kernels replayed from a CUDA graph.
     scheduler_per_iteration: CPU time of the serving engine's scheduling, input preparation
       and sampling bookkeeping per iteration, not hidden behind the GPU.
+
+    On a GPU, kernel_launch and scheduler_per_iteration are host work: the figures are those of
+    the reference host, one core of an x86 server CPU of the Xeon Platinum 8480+ (Sapphire
+    Rapids) class, the host of DGX/HGX H100 systems (an assumption: the shipped 4 us and 200 us
+    carry no record of the host they were taken on). A system whose `host:` CPU states a
+    `host_speed` (its per-core speed at that work relative to the reference core) divides both
+    by it (`loader.host_overheads`: the "host-speed scaling" model); graph_kernel_gap is the
+    GPU's own and stays. A bare GPU spec runs on the reference host.
     """
 
     kernel_launch: Duration = 4e-6
@@ -185,7 +193,16 @@ class DeviceSpec(_Strict):
     power: PowerSpec | None = None
     price: Price | None = None
     calibration: str | None = None
+    # a CPU's speed at a serving engine's host work, relative to the reference host core (`Overheads`)
+    host_speed: float | None = Field(default=None, gt=0)
     sources: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _host_speed_on_a_cpu(self) -> DeviceSpec:
+        if self.kind != "cpu" and self.host_speed is not None:
+            raise ValueError("host_speed: only a cpu hosts a serving engine (the speed of its cores at the engine's "
+                             "host work); remove it")
+        return self
 
     @model_validator(mode="after")
     def _main_memory_has_bandwidth(self) -> DeviceSpec:

@@ -10,6 +10,9 @@ The iteration's operators come from `models.operators`; each costs its roofline 
   otherwise; TensorRT-LLM graphs only decode-only steps, `trtllm_plan.py`): GPU time +
   graph_kernel_gap per kernel, on the padded token count. The logits and the sampler run
   after the graph, eagerly.
+Both kernel_launch and the engine's per-step time are host work, taken as the spec states them
+for the reference x86 host and divided by the `host_speed` of the system's host CPU (a Grace on a
+GH200 node: `loader.host_overheads`).
 The engine's own CPU time per step (`scheduler_per_iteration`: scheduling, input preparation,
 output processing) adds to the step, or, when the engine schedules asynchronously (vLLM v1,
 TensorRT-LLM's overlap scheduler), overlaps it: the step then takes max(GPU time, CPU time).
@@ -118,7 +121,8 @@ class CostModel:
         self.budget_tokens = budget_tokens or dep.max_num_batched_tokens or 2048
         self.graphs = graphs or GraphPlan(dep, self.budget_tokens)
         self.mixed_decode_slowdown = mixed_decode_slowdown
-        self.host_s = system.accelerator.overheads.scheduler_per_iteration
+        self.overheads = system.overheads  # the host's speed applied (loader.host_overheads)
+        self.host_s = self.overheads.scheduler_per_iteration
         self.device = system.accelerator
         self.kernels = kernel_times(system, model, dep, calibration)
         self.shard, self.prec = dep.sharding, dep.precision
@@ -162,7 +166,7 @@ class CostModel:
         """(gap, launch) such that a kernel of GPU time t costs max(t + gap, launch): replayed
         from a CUDA graph it costs t + graph_kernel_gap, launched eagerly max(t, kernel_launch).
         One formula for both lets a span mix graphed and eager steps without branching."""
-        over = self.device.overheads
+        over = self.overheads
         return (over.graph_kernel_gap, 0.0) if graphed else (0.0, over.kernel_launch)
 
     def op_time_s(self, op: Operator, graphed: bool, factor: float = 1.0) -> tuple[float, float, int]:
