@@ -79,3 +79,13 @@ def test_gh200_advantage_over_h100_sxm_appears_only_at_larger_batch():
     assert small < 1.0 < large
     # at large batch the ratio is bounded by the memory bandwidths (4 / 3.35 = 1.19)
     assert large <= 4 / 3.35
+
+
+def test_gb200_node_shares_one_grace_between_two_gpus():
+    # one Grace (480 GB LPDDR5X at 512 GB/s) for two GPUs: 240 GB and 256 GB/s each, over NVLink-C2C
+    system = load_system("gb200-node")
+    host = system.memory_tiers[-1]
+    assert system.devices_per_node == 2 and host.name == "host lpddr5x"
+    assert host.capacity == pytest.approx(240e9) and host.bandwidth == pytest.approx(256e9)
+    assert host.link is not None and host.link.bandwidth == pytest.approx(450e9)
+    assert system.overheads.kernel_launch == pytest.approx(4 * US / 0.7, rel=1e-12)
