@@ -67,9 +67,10 @@ def _scaled(setup: Setup, summary: dict[str, Any], high: bool) -> Setup:
     def cost(pool: Pool) -> CostModel:
         scale = {(SOURCES.index(source), op): (1.0 + error) ** (1 if high else -1)
                  for (source, op), error in _route_errors(pool, summary).items()}
-        return CostModel(pool.system, setup.model, pool.deployment, pool.calibration, kernel_scale=scale,
-                         host_overlapped=pool.cost.host_overlapped, budget_tokens=pool.cost.budget_tokens,
-                         graphs=pool.cost.graphs, mixed_decode_slowdown=pool.cost.mixed_decode_slowdown)
+        # the pool's own cost model class (a CPU's serial dispatch); wafers carry no profile, so never come here
+        return type(pool.cost)(pool.system, setup.model, pool.deployment, pool.calibration, kernel_scale=scale,
+                               host_overlapped=pool.cost.host_overlapped, budget_tokens=pool.cost.budget_tokens,
+                               graphs=pool.cost.graphs, mixed_decode_slowdown=pool.cost.mixed_decode_slowdown)
 
     if setup.disagg is None:
         return replace(setup, cost=cost(setup.pools()[0]))

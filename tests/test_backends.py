@@ -53,5 +53,5 @@ def test_tensorrt_llm_has_no_cpu_backend():
 def test_a_cpu_spec_states_no_cuda_graph_overhead(tmp_path):
     spec = tmp_path / "cpu.yaml"
     spec.write_text("extends: xeon-8480\nname: X\noverheads: {graph_kernel_gap: 2 us}\nsources: [test]\n")
-    with pytest.raises(InputError, match="graph_kernel_gap: a CPU replays no CUDA graphs"):
+    with pytest.raises(InputError, match="graph_kernel_gap: a CPU launches no GPU kernels and replays no CUDA graphs"):
         prepare(str(spec), "qwen3-0.6b", knobs={"max_model_len": 8192}, calibration="none")

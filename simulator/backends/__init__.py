@@ -36,6 +36,7 @@ class Backend:
 
     kind = "gpu"
     own_knobs: tuple[str, ...] = ()  # knobs only this kind of device reads: refused on the others
+    cost_class: type[CostModel] = CostModel  # the cost model of its steps (CPU: serial operator dispatch)
 
     @staticmethod
     def check(dep: Deployment, system: System, where: str) -> None:
@@ -62,9 +63,9 @@ class Backend:
                    policy: type[Scheduler], forward_tokens: int) -> CostModel:
         """The cost model of the pool's steps: the roofline (or the profile) with the policy's
         launch, graph and host-overlap behaviour."""
-        return CostModel(system, model, dep, calibration, host_overlapped=policy.host_overlapped(dep),
-                         budget_tokens=forward_tokens, graphs=cls.graph_plan(policy, dep, forward_tokens),
-                         mixed_decode_slowdown=policy.mixed_decode_slowdown)
+        return cls.cost_class(system, model, dep, calibration, host_overlapped=policy.host_overlapped(dep),
+                              budget_tokens=forward_tokens, graphs=cls.graph_plan(policy, dep, forward_tokens),
+                              mixed_decode_slowdown=policy.mixed_decode_slowdown)
 
 
 BACKENDS: dict[str, type[Backend]] = {}
@@ -76,10 +77,10 @@ def register(cls: type[Backend]) -> type[Backend]:
 
 
 def _registered() -> dict[str, type[Backend]]:
-    """Every backend: each module of this package registers one when it is imported."""
-    if not BACKENDS:
-        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-            importlib.import_module(f"{__package__}.{info.name}")
+    """Every backend: each module of this package registers one when it is imported (all of
+    them, even where one was imported directly before, say `backends.cpu` by a test)."""
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{info.name}")  # a dictionary look-up once imported
     return BACKENDS
 
 

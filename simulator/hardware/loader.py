@@ -274,7 +274,7 @@ def _pick_link(device: DeviceSpec, name: str | None, preference: tuple[str, ...]
 
 
 # a wafer's system I/O (Ethernet) joins it to other wafers and to its host
-_FABRIC_PREFERENCE = ("nvlink", "infinity_fabric", "xgmi", "pcie", SYSTEM_IO)
+_FABRIC_PREFERENCE = ("nvlink", "infinity_fabric", "xgmi", "upi", "pcie", SYSTEM_IO)
 _HOST_PREFERENCE = ("nvlink_c2c", "pcie", SYSTEM_IO)
 
 

@@ -222,9 +222,10 @@ class DeviceSpec(_Strict):
 
     @model_validator(mode="after")
     def _no_cuda_graphs_on_a_cpu(self) -> DeviceSpec:
-        if self.kind == "cpu" and "graph_kernel_gap" in self.overheads.model_fields_set:
-            raise ValueError("overheads.graph_kernel_gap: a CPU replays no CUDA graphs (every operator is one "
-                             "dispatch, kernel_launch); remove it")
+        for name in ("graph_kernel_gap", "kernel_launch") if self.kind == "cpu" else ():
+            if name in self.overheads.model_fields_set:
+                raise ValueError(f"overheads.{name}: a CPU launches no GPU kernels and replays no CUDA graphs (each "
+                                 "operator costs the CPU backend's dispatch, backends/cpu.py); remove it")
         return self
 
     @property
