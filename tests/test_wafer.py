@@ -243,14 +243,27 @@ def test_a_plan_puts_a_wafer_beside_a_gpu_with_cost_and_power(tmp_path):
 
 # --- published figures (validation/README.md, "Wafer-scale meshes") -----------------------
 
-def test_waferllm_llama3_8b_decode_per_request_on_wse2():
-    """WaferLLM (arXiv 2502.04563v2 abstract): 2,700 tokens/s per request decoding Llama3-8B
-    in 16-bit on a WSE-2. The context of that figure is not stated; its decode configurations
-    hold 4,096 tokens of KV (MeshInfra/WaferLLM Decode/WSE-2). The model gives 2,679 at 1,024
-    tokens (-1 %) and 1,943 at 4,096 (-28 %): within 35 % over that range."""
-    setup = prepare("wse-2", "llama-3.1-8b")
-    for context in (1024.0, 4096.0):
-        assert decode_rate(setup, context) == pytest.approx(2700, rel=0.35)
+@pytest.mark.parametrize("model, best, worst", [
+    ("llama-3.1-8b", 2699.9, 2243.3),
+    ("llama-2-13b", 2039.2, 1739.8),
+])
+def test_waferllm_decode_per_request_at_4k_tokens_on_wse2(tmp_path, model, best, worst):
+    """WaferLLM (OSDI'25, Tables 4 and 8): decode tokens/s per request on a WSE-2, 16-bit, 4K
+    tokens of context, from its best core configuration (420 x 420) to its worst (660 x 660).
+    Those configurations do not hold a whole model (420 x 420 x 48 KiB is 8.7 GB), so the model
+    keeps its own placement. The bound comes from the one unpublished fabric number: over
+    message overheads of 0 to 100 ns (docs/wafer.md) the model's rate must overlap WaferLLM's
+    range. It gives 1,943 (-28 %) and 1,309 (-36 %) at the shipped 45 ns; 2,376 and 1,781 at 0."""
+    rates = []
+    for ns in (0, 100):
+        spec = tmp_path / f"wse-2-{ns}ns.yaml"
+        spec.write_text(f"extends: wse-2\nname: WSE-2 {ns} ns\nfabric: {{message_overhead: {ns} ns}}\n"
+                        "sources: [\"test\"]\n")
+        rates.append(decode_rate(prepare(str(spec), model), 4096.0))
+    fastest, slowest = rates
+    assert fastest >= worst and slowest <= best
+    shipped_rate = decode_rate(prepare("wse-2", model), 4096.0)
+    assert slowest < shipped_rate < fastest
 
 
 def test_waferllm_10_to_20x_over_an_a100_cluster():
