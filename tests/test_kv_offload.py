@@ -138,7 +138,7 @@ def test_the_crossover_bandwidth_is_where_the_hand_derivation_puts_it(tmp_path):
     crossover = PREFIX_BLOCKS * BLOCK_BYTES / compute_s
     assert 6.5e9 < crossover < 7.1e9
     trace = revisit_trace(tmp_path / "t.jsonl")
-    off = run("gh200-node", trace, calibration="none")
+    off = run("gh200", trace, calibration="none")  # the tier spec's GPU on the same (reference) host
     t_off = ttfts(off)
     saved = prefix_steps_s(off, GAP_S * K)
     assert saved == pytest.approx(compute_s, rel=0.15)  # the simulator's roofline agrees with the hand one
@@ -171,7 +171,7 @@ def test_a_saturated_store_link_delays_the_step_after_next(tmp_path):
     a 2,048-token chunk's 128 blocks take 2 us + 268 ms, longer than the next chunk's step
     (d2), so the third step of each first-round request waits 2 us + 268 ms - d2."""
     trace = revisit_trace(tmp_path / "t.jsonl")
-    off = run("gh200-node", trace)
+    off = run("gh200", trace)  # the tier spec's GPU on the same (reference) host
     on = run(tier_spec(tmp_path, "450 GB/s", write="1 GB/s"), trace, kv_offloading_size=4)
     t_off, t_on = ttfts(off), ttfts(on)
     it = off.iterations
