@@ -11,7 +11,9 @@
   t + OP_DISPATCH_S ("serial dispatch"; a GPU's eager kernel costs max(t, kernel_launch), its
   launch hidden behind the kernels before it). A CPU spec therefore states no `kernel_launch`.
 - Threads: one per core of the device (`compute.units`), as vLLM's `VLLM_CPU_OMP_THREADS_BIND`
-  (`auto`) binds an engine's OpenMP threads to the cores of one NUMA node.
+  (`auto`) binds an engine's OpenMP threads to the cores of one NUMA node. A core kept for the
+  API server (`VLLM_CPU_NUM_OF_RESERVED_CPU`, 1 in Intel's vLLM guide) is not taken off: one of
+  the 56-128 cores of the shipped sockets.
 - Sockets and NUMA ("one rank per socket"): a CPU spec is one socket, one NUMA node with its own
   DDR channels (`memory[0]`); a tp=1 engine uses that socket's cores and memory bandwidth only, as
   the binding above does. A tp (or pp) group spans sockets, one rank per socket (vLLM's CPU
