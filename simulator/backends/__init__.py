@@ -37,10 +37,21 @@ class Backend:
     kind = "gpu"
     own_knobs: tuple[str, ...] = ()  # knobs only this kind of device reads: refused on the others
     cost_class: type[CostModel] = CostModel  # the cost model of its steps (CPU: serial operator dispatch)
+    noun = "GPU"  # what messages call a device of this kind
+    runs_trtllm = True  # TensorRT-LLM has a backend for this kind
+
+    @classmethod
+    def check(cls, dep: Deployment, system: System, where: str) -> None:
+        """Refuse what the engine cannot do on this kind of device: TensorRT-LLM where it has no
+        backend, then the kind's own limits (`check_device`)."""
+        if dep.scheduler == "trtllm" and not cls.runs_trtllm:
+            raise InputError(f"{where}--scheduler trtllm: TensorRT-LLM has no {cls.noun} backend "
+                             f"({system.accelerator.name} is a {cls.noun}); use vllm, sarathi or splitfuse")
+        cls.check_device(dep, system, where)
 
     @staticmethod
-    def check(dep: Deployment, system: System, where: str) -> None:
-        """Refuse knobs the engine does not support on this kind of device."""
+    def check_device(dep: Deployment, system: System, where: str) -> None:
+        """Refuse knobs the engine does not support on this kind of device (none on a GPU)."""
 
     @staticmethod
     def resolve(dep: Deployment, system: System, model: ModelConfig, role: str,

@@ -63,13 +63,11 @@ class CpuCostModel(CostModel):
 class CpuBackend(Backend):
     kind = "cpu"
     cost_class = CpuCostModel
+    noun, runs_trtllm = "CPU", False
 
     @staticmethod
-    def check(dep: Deployment, system: System, where: str) -> None:
+    def check_device(dep: Deployment, system: System, where: str) -> None:
         device = system.accelerator.name
-        if dep.scheduler == "trtllm":
-            raise InputError(f"{where}--scheduler trtllm: TensorRT-LLM has no CPU backend ({device} is a CPU); "
-                             "use vllm, sarathi or splitfuse")
         if dep.preemption_mode == "swap":
             raise InputError(f"{where}preemption_mode=swap: on a CPU ({device}) the KV cache already lives in host "
                              "memory; use preemption_mode=recompute")

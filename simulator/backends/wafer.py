@@ -35,13 +35,11 @@ DEFAULT_CONTEXT = 8192  # tokens: Cerebras's inference API's context for its Lla
 class WaferBackend(Backend):
     kind = "wafer"
     own_knobs = ("wafer_mesh", "wafer_prefill_mesh")
+    noun, runs_trtllm = "wafer", False
 
     @staticmethod
-    def check(dep: Deployment, system: System, where: str) -> None:
+    def check_device(dep: Deployment, system: System, where: str) -> None:
         device = system.accelerator.name
-        if dep.scheduler == "trtllm":
-            raise InputError(f"{where}--scheduler trtllm: TensorRT-LLM has no wafer backend ({device} is a wafer); "
-                             "use vllm, sarathi or splitfuse")
         if dep.tp > 1:
             raise InputError(f"{where}--tp {dep.tp}: a layer runs on one wafer's mesh ({device}); split the layers "
                              "over wafers with --pp instead")
