@@ -109,6 +109,12 @@ class Deployment(BaseModel):
     # offload): room for KV on the device, paid in step time (perf/memory_plan.py)
     cpu_offload_gb: float = knob(0.0, "GiB of each device's weights kept in host memory, read over the host link "
                                       "every forward pass", "vLLM --cpu-offload-gb", ge=0)
+    # routed experts of an MoE model kept in the host's memory and computed by the host CPU, as
+    # KTransformers (its optimize rules put the experts on the CPU) and Fiddler run them; the rest
+    # of the model stays on the device (perf/host_experts.py)
+    experts_on_host: bool = knob(False, "MoE: the routed experts live in host memory and run on the host CPU, as "
+                                        "KTransformers (its optimize rules) and Fiddler place them; attention, dense "
+                                        "layers, shared experts and the router stay on the device")
     cpu_kvcache_space: float = knob(4.0, "on a CPU: the KV cache, GiB", "vLLM VLLM_CPU_KVCACHE_SPACE (environment)",
                                     gt=0)
     # KV offloading (engine/kv_offload.py): KV blocks copied to a memory tier outside the device
@@ -190,7 +196,7 @@ class Deployment(BaseModel):
     @property
     def sharding(self) -> Sharding:
         return Sharding(tp=self.tp, pp=self.pp, dp=self.data_parallel_size, ep=self.enable_expert_parallel,
-                        all2all=self.all2all_backend)
+                        all2all=self.all2all_backend, experts_on_host=self.experts_on_host)
 
     @property
     def precision(self) -> Precision:
@@ -226,6 +232,7 @@ VLLM_ENGINE_KNOBS = {
     "async_scheduling": "disable_overlap_scheduler (inverted)", "scheduler_reserve_full_isl": None,
     "preemption_mode": None, "swap_space": None, "num_gpu_blocks_override": None,
     "data_parallel_size": None, "enable_expert_parallel": None, "all2all_backend": None, "cpu_offload_gb": None,
+    "experts_on_host": None,
     "kv_offloading_size": None, "kv_offloading_backend": None, "kv_offloading_tier": None,
 }
 TRTLLM_KNOBS = {

@@ -77,13 +77,15 @@ ALLGATHER_REDUCESCATTER = "allgather_reducescatter"
 class Sharding:
     """How one replica is split: tensor and pipeline parallelism, and the data-parallel ranks
     (vLLM's data_parallel_size) whose MoE layers span all dp x tp devices, with experts whole
-    on each device under expert parallelism (`ep`) and tokens moved by `all2all`."""
+    on each device under expert parallelism (`ep`) and tokens moved by `all2all`; with
+    `experts_on_host` the routed experts run on the host CPU, not on the device."""
 
     tp: int = 1
     pp: int = 1
     dp: int = 1
     ep: bool = False
     all2all: str = ALLGATHER_REDUCESCATTER
+    experts_on_host: bool = False
 
 
 def gemm_op(name: str, m: int | np.ndarray, n: int, k: int, prec: Precision, count: int = 1) -> Operator:
@@ -176,16 +178,19 @@ def _moe_ops(model: ModelConfig, T: int, shard: Sharding, prec: Precision, L: in
     count), brought by the all-to-all backend's dispatch and returned by its combine; under
     expert parallelism a device holds E / (dp x tp) whole experts and computes the rows
     routed to them (the step waits for the busiest device: `busiest_rows`), else a
-    1 / (dp x tp) slice of every expert on every row."""
+    1 / (dp x tp) slice of every expert on every row. With the experts on the host
+    (`experts_on_host`) the device runs the router and the shared experts only; the host's
+    part is costed by perf/host_experts.py."""
     E, k, dp, devices = model.num_experts, model.experts_per_token, shard.dp, shard.dp * shard.tp
     router, up, down, *shared = moe_linears(model, shard.tp, dp=dp, ep=shard.ep)
     tokens = T * dp
     reached = up.copies * (1.0 - (1.0 - k / E) ** tokens)
     rows = busiest_rows(tokens * k, devices) if shard.ep else tokens * k
-    ops = [_linear(router, T, prec, L),
-           _grouped(up, rows, reached, prec, L),
-           _elementwise("act_fn", rows * down.k, 3 if model.gated_mlp else 2, prec, L, flops_per=5),
-           _grouped(down, rows, reached, prec, L)]
+    ops = [_linear(router, T, prec, L)]
+    if not shard.experts_on_host:
+        ops += [_grouped(up, rows, reached, prec, L),
+                _elementwise("act_fn", rows * down.k, 3 if model.gated_mlp else 2, prec, L, flops_per=5),
+                _grouped(down, rows, reached, prec, L)]
     if shared:
         ops += _mlp_ops(shared, T, model.gated_mlp, prec, L)
         ops += [_linear(gate, T, prec, L) for gate in shared[2:]]

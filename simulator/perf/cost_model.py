@@ -49,6 +49,7 @@ from ..models.operators import (
 )
 from .collectives import TIME_MODELS, p2p_time_s
 from .cuda_graphs import GraphPlan
+from .host_experts import HostExperts
 from .kernel_times import GEMM_TABLE_ROWS, HOST, ROOFLINE, SOURCES, grown_size, kernel_times
 from .memory_plan import offloaded_weights_bytes
 from .profile_use import AppliedProfile
@@ -127,6 +128,7 @@ class CostModel:
         self.kernels = kernel_times(system, model, dep, calibration)
         self.shard, self.prec = dep.sharding, dep.precision
         self.offload_s = self._weights_offload_s()
+        self.host_experts = HostExperts(system, model, dep) if dep.experts_on_host else None
         self.tp_link = self._link_for(dep.tp)
         self.pp_link = self._link_for(dep.tp * dep.pp)
         self._dense = lru_cache(maxsize=65536)(self._dense_part)
@@ -293,11 +295,21 @@ class CostModel:
         pp, graphs = self.dep.pp, self.graphs
         dense = self._dense(graphs.padded(tokens, decode_only), graphs.graphed(tokens, decode_only))
         head = self._head(sampled)
-        send = self.pipeline_send_s(tokens) + pp * self.offload_s
+        send = self.pipeline_send_s(tokens) + pp * (self.offload_s + self._host_experts_s(tokens, decode_only))
         sources = [pp * d + h for d, h in zip(dense.sources_s, head.sources_s)]
         sources[ROOFLINE] += send
         return _Part(pp * dense.time_s + head.time_s + send, dense.flops + head.flops / pp,
                      dense.bytes + head.bytes / pp, sources)
+
+    def _host_experts_s(self, tokens: int, decode_only: bool) -> float:
+        """What the routed experts on the host CPU (`experts_on_host`) add to one stage's step,
+        overlapped with the GPU's shared experts (perf/host_experts.py)."""
+        if self.host_experts is None:
+            return 0.0
+        graphed = self.graphs.graphed(tokens, decode_only)
+        shared = [op for op in dense_ops(self.model, self.graphs.padded(tokens, decode_only), self.shard, self.prec)
+                  if op.name.startswith("shared_expert")]
+        return self.host_experts.step_s(tokens, sum(self.op_time_s(op, graphed)[1] for op in shared))
 
     @overload
     def with_host(self, gpu_s: float) -> float: ...

@@ -37,7 +37,7 @@ from ..deployment import Deployment
 from ..errors import InputError
 from ..hardware.spec import DeviceSpec
 from ..models.config import DTYPE_BYTES, ModelConfig
-from ..models.layers import layer_small_params, linear_params, stage_layer_kinds
+from ..models.layers import layer_small_params, linear_params, moe_linears, stage_layer_kinds
 
 ENGINE = "vLLM 0.19"
 GiB = 2**30
@@ -68,6 +68,7 @@ class MemoryPlan:
     block_size: int
     engine: str = ENGINE
     offloaded_weights_bytes: float = 0.0  # weights in host memory (cpu_offload_gb), not in weights_bytes
+    host_experts_bytes: float = 0.0  # routed experts in host memory (experts_on_host), not in weights_bytes
 
     @property
     def kv_bytes(self) -> float:
@@ -91,6 +92,8 @@ class MemoryPlan:
                "block_size": self.block_size}
         if self.offloaded_weights_bytes:
             out["offloaded_weights_bytes"] = self.offloaded_weights_bytes
+        if self.host_experts_bytes:
+            out["host_experts_bytes"] = self.host_experts_bytes
         return out
 
 
@@ -165,11 +168,27 @@ def _gib(x: float) -> str:
     return f"{x / GiB:.2f} GiB"
 
 
+def expert_params(model: ModelConfig) -> float:
+    """Parameters of one routed expert, whole: its up (gate and up) and down projections."""
+    _, up, down, *_ = moe_linears(model, 1)
+    return up.n * up.k + down.n * down.k
+
+
+def host_experts_bytes(model: ModelConfig, dep: Deployment) -> float:
+    """The routed experts of a device's stage, kept in host memory with `experts_on_host`
+    (KTransformers/Fiddler): every expert of every MoE layer, whole, at the weight dtype."""
+    if not dep.experts_on_host:
+        return 0.0
+    moe = stage_layer_kinds(model, dep.pp)[1]
+    return moe * model.num_experts * expert_params(model) * linear_bytes_per_param(dep.weight_dtype)
+
+
 def offloaded_weights_bytes(model: ModelConfig, dep: Deployment) -> float:
     """Weights one device keeps in host memory (vLLM's `--cpu-offload-gb`: parameters moved
-    to pinned host memory until that many GiB are, at most all of them), which every forward
-    pass reads over the host link."""
-    return min(dep.cpu_offload_gb * GiB, weights_bytes(model, dep)) if dep.cpu_offload_gb else 0.0
+    to pinned host memory until that many GiB are, at most all of those on the device), which
+    every forward pass reads over the host link."""
+    on_device = weights_bytes(model, dep) - host_experts_bytes(model, dep)
+    return min(dep.cpu_offload_gb * GiB, on_device) if dep.cpu_offload_gb else 0.0
 
 
 def plan_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment, batched_tokens: int) -> MemoryPlan:
@@ -178,8 +197,8 @@ def plan_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment, batched
     vLLM checks."""
     capacity = device.main_memory.capacity
     requested = math.ceil(capacity * dep.gpu_memory_utilization)
-    offloaded = offloaded_weights_bytes(model, dep)
-    weights = weights_bytes(model, dep) - offloaded
+    offloaded, on_host = offloaded_weights_bytes(model, dep), host_experts_bytes(model, dep)
+    weights = weights_bytes(model, dep) - offloaded - on_host
     activations = activation_peak_bytes(model, dep, batched_tokens, device.compute.units)
     per_block = kv_bytes_per_block(model, dep)
     available = requested - weights - activations - NON_TORCH_BYTES
@@ -209,4 +228,4 @@ def plan_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment, batched
                 f"the {_gib(free)} the device has left ({ENGINE} would run out of memory); set it <= "
                 f"{int(free // per_block)}")
     return MemoryPlan(capacity, requested, weights, activations, NON_TORCH_BYTES, per_block, blocks, dep.block_size,
-                      offloaded_weights_bytes=offloaded)
+                      offloaded_weights_bytes=offloaded, host_experts_bytes=on_host)

@@ -20,7 +20,7 @@ from ..hardware.loader import System, Tier
 from ..metrics.recorder import ReplicaHardware
 from ..models.config import ModelConfig
 from ..perf.cost_model import CostModel
-from ..perf.memory_plan import GiB, MemoryPlan
+from ..perf.memory_plan import GiB, MemoryPlan, host_experts_bytes
 from ..perf.profile_use import AppliedProfile, resolve_calibration
 from ..schedulers.base import get_scheduler
 
@@ -53,6 +53,29 @@ class Pool:
         return dep.pp if dep.pp > 1 and dep.pipeline_overlap else 1
 
 
+def _check_experts_on_host(where: str, system: System, dep: Deployment, model: ModelConfig) -> None:
+    """experts_on_host (perf/host_experts.py): an MoE model on one GPU whose system describes
+    its host CPU, with room in the host's memory for the routed experts."""
+    if not model.is_moe:
+        raise InputError(f"{where}experts_on_host: {model.name} has no routed experts; set it false")
+    if system.accelerator.kind != "gpu":
+        raise InputError(f"{where}experts_on_host: the routed experts move from a GPU to its host CPU, and "
+                         f"{system.accelerator.name} is a {system.accelerator.kind}; set it false")
+    if dep.devices_per_replica > 1:
+        raise InputError(f"{where}experts_on_host: modelled as KTransformers and Fiddler run it, one GPU with its "
+                         f"host; tp={dep.tp} pp={dep.pp} data_parallel_size={dep.data_parallel_size} spans "
+                         f"{dep.devices_per_replica}: set them 1")
+    if system.host is None or system.host_link is None:
+        raise InputError(f"{system.source_file}: {where}experts_on_host: {system.name} describes no host CPU (and "
+                         "link to it) to run the experts on; use a system spec with node.host (e.g. rtx4090-x1) or set it false")
+    needed, memory = host_experts_bytes(model, dep), system.host.main_memory
+    capacity = memory.capacity * system.hosts_per_node / system.devices_per_node
+    if needed > capacity:
+        raise InputError(f"{where}experts_on_host: {model.name}'s routed experts take {needed / 2**30:.1f} GiB at "
+                         f"weight_dtype {dep.weight_dtype}, more than the {capacity / 2**30:.1f} GiB of host "
+                         f"{memory.name} each device has; use a smaller weight_dtype or a host with more memory")
+
+
 def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, calibration: str | None) -> Pool:
     """Validate one pool's parallelism against its hardware, plan its memory and cost model
     with its policy (`dep.scheduler`)."""
@@ -65,6 +88,8 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
         raise InputError(f"{where}--tp {dep.tp}: must divide {model_cfg.name}'s {kv_heads} KV heads or be a "
                          "multiple of them")
     _check_data_parallel(role, where, dep, model_cfg)
+    if dep.experts_on_host:
+        _check_experts_on_host(where, system, dep, model_cfg)
     needed = dep.devices_per_replica * dep.replicas
     system = system.sized_for(needed)
     if needed > system.total_devices:
