@@ -183,6 +183,14 @@ def host_experts_bytes(model: ModelConfig, dep: Deployment) -> float:
     return moe * model.num_experts * expert_params(model) * linear_bytes_per_param(dep.weight_dtype)
 
 
+def parallelism(dep: Deployment) -> str:
+    """How a plan's messages name the split of one device's share: tp and pp, and the
+    data-parallel ranks whose devices share the experts where there are several."""
+    ranks = f" x data_parallel_size={dep.data_parallel_size}" if dep.data_parallel_size > 1 else ""
+    experts = " (experts whole per device)" if dep.enable_expert_parallel else ""
+    return f"tp={dep.tp} pp={dep.pp}{ranks}{experts}"
+
+
 def offloaded_weights_bytes(model: ModelConfig, dep: Deployment) -> float:
     """Weights one device keeps in host memory (vLLM's `--cpu-offload-gb`: parameters moved
     to pinned host memory until that many GiB are, at most all of those on the device), which
@@ -202,10 +210,10 @@ def plan_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment, batched
     activations = activation_peak_bytes(model, dep, batched_tokens, device.compute.units)
     per_block = kv_bytes_per_block(model, dep)
     available = requested - weights - activations - NON_TORCH_BYTES
-    where = f"{model.name} on {device.name} with tp={dep.tp} pp={dep.pp}"
+    where = f"{model.name} on {device.name} with {parallelism(dep)}"
     if available <= 0:
         raise InputError(
-            f"{model.name} does not fit on {device.name} with tp={dep.tp} pp={dep.pp}: no memory left for the KV "
+            f"{model.name} does not fit on {device.name} with {parallelism(dep)}: no memory left for the KV "
             f"cache ({ENGINE}): {_gib(requested)} requested "
             f"({_gib(capacity)} x gpu_memory_utilization {dep.gpu_memory_utilization}) - weights {_gib(weights)} "
             f"- activations {_gib(activations)} - non-torch {_gib(NON_TORCH_BYTES)} = {_gib(available)}; "

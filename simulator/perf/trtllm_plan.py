@@ -48,6 +48,7 @@ from .memory_plan import (
     MemoryPlan,
     forward_peak_bytes,
     kv_bytes_per_block,
+    parallelism,
     weights_bytes,
 )
 
@@ -85,7 +86,7 @@ def plan_trtllm_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment) 
     blocks = int(available // per_block)
     if blocks < 1:
         raise InputError(
-            f"{model.name} does not fit on {device.name} with tp={dep.tp} pp={dep.pp}: no KV block left "
+            f"{model.name} does not fit on {device.name} with {parallelism(dep)}: no KV block left "
             f"({TRTLLM_ENGINE}): ({capacity / GiB:.2f} GiB - weights {weights / GiB:.2f} - activations of "
             f"max_num_tokens {dep.max_num_tokens} {activations / GiB:.2f} - non-torch {NON_TORCH_BYTES / GiB:.2f}) "
             f"x free_gpu_memory_fraction {dep.free_gpu_memory_fraction} = {available / GiB:.3f} GiB; raise --tp/--pp, "
