@@ -16,13 +16,11 @@ batch, so one rank's unchanged decodes do not make the group's steps predictable
 """
 from __future__ import annotations
 
-import math
-
 import simpy
 
 from ..metrics.recorder import Recorder
 from ..perf.cost_model import CostModel
-from .replica import Replica
+from .replica import Replica, idle_until_work
 
 
 class DataParallelGroup:
@@ -48,16 +46,8 @@ class DataParallelGroup:
                 batches.append(rank.scheduler.next_batch(env.now))
             busy = [(rank, batch) for rank, batch in zip(self.ranks, batches) if batch is not None]
             if not busy:
-                for rank in self.ranks:
-                    if rank.scheduler.has_work() and not rank.scheduler.waiting_on_transfers():
-                        raise RuntimeError(f"replica {rank.index}: work waiting but nothing schedulable at t={env.now}")
-                    rank.busy_until = math.inf
                 self._wake = env.event()
-                lands = [t for t in (rank.scheduler.next_wake_s() for rank in self.ranks) if t is not None]
-                if lands:  # KV blocks loading from the offload tier: wake when the first lands
-                    yield self._wake | env.timeout(max(min(lands) - env.now, 0.0))
-                else:
-                    yield self._wake
+                yield idle_until_work(env, self._wake, self.ranks)
                 self._wake = None
                 continue
             start = env.now

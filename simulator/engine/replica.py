@@ -26,6 +26,22 @@ MAX_SPAN_STEPS = 4096
 AnyCost = TypeVar("AnyCost", IterationCost, SpanCost)  # a step's cost or a span's
 
 
+def idle_until_work(env: simpy.Environment, wake: simpy.Event, engines: list[Replica]) -> simpy.Event:
+    """What idle `engines` (a replica, or the ranks of a data-parallel group) wait on: `wake`
+    (new work), or the first of their KV loads from the offload tier landing. Work that none
+    of them can schedule and that no copy in flight will unblock is an engine bug."""
+    lands = []
+    for engine in engines:
+        sched = engine.scheduler
+        if sched.has_work() and not sched.waiting_on_transfers():
+            raise RuntimeError(f"replica {engine.index}: work waiting but nothing schedulable at t={env.now}")
+        engine.busy_until = math.inf
+        lands_s = sched.next_wake_s()
+        if lands_s is not None:
+            lands.append(lands_s)
+    return wake | env.timeout(max(min(lands) - env.now, 0.0)) if lands else wake
+
+
 class Replica:
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, cost: CostModel,
                  recorder: Recorder, horizon_s, on_progress=None, fast_forward: bool = True,
@@ -74,15 +90,8 @@ class Replica:
             sched.step_index = self.steps_started
             batch = sched.next_batch(env.now)
             if batch is None:
-                if sched.has_work() and not sched.waiting_on_transfers():
-                    raise RuntimeError(f"replica {self.index}: work waiting but nothing schedulable at t={env.now}")
-                self.busy_until = math.inf
                 self._wake = env.event()
-                lands_s = sched.next_wake_s() if sched.loading else None  # KV blocks loading from the offload tier
-                if lands_s is None:
-                    yield self._wake
-                else:  # wake when the first load ends, or sooner for new work
-                    yield self._wake | env.timeout(max(lands_s - env.now, 0.0))
+                yield idle_until_work(env, self._wake, [self])
                 self._wake = None
                 continue
             start = env.now
