@@ -85,6 +85,14 @@ def moe_linears(model: ModelConfig, tp: int, *, dp: int = 1, ep: bool = False) -
     return out
 
 
+def experts_reached(model: ModelConfig, tokens: float, held: float | None = None) -> float:
+    """The expected number of distinct experts, of the `held` ones (default: all), that
+    `tokens` tokens reach when each picks `experts_per_token` of the model's experts at
+    random (balanced routing): held (1 - (1 - k/E)^T)."""
+    E, k = model.num_experts, model.experts_per_token
+    return (E if held is None else held) * (1.0 - (1.0 - k / E) ** tokens)
+
+
 def linear_layers(model: ModelConfig, tp: int, kind: str, *, dp: int = 1, ep: bool = False) -> list[Linear]:
     """Every weight matrix of one layer of `kind` (DENSE or MOE) on one of `tp` devices (of
     one of `dp` data-parallel ranks, which share the routed experts: `moe_linears`)."""

@@ -16,6 +16,7 @@ from .config import DTYPE_BYTES, ModelConfig
 from .layers import (
     Linear,
     attention_linears,
+    experts_reached,
     latent_attention_linears,
     layers_per_stage,
     mlp_linears,
@@ -181,10 +182,10 @@ def _moe_ops(model: ModelConfig, T: int, shard: Sharding, prec: Precision, L: in
     1 / (dp x tp) slice of every expert on every row. With the experts on the host
     (`experts_on_host`) the device runs the router and the shared experts only; the host's
     part is costed by perf/host_experts.py."""
-    E, k, dp, devices = model.num_experts, model.experts_per_token, shard.dp, shard.dp * shard.tp
+    k, dp, devices = model.experts_per_token, shard.dp, shard.dp * shard.tp
     router, up, down, *shared = moe_linears(model, shard.tp, dp=dp, ep=shard.ep)
     tokens = T * dp
-    reached = up.copies * (1.0 - (1.0 - k / E) ** tokens)
+    reached = experts_reached(model, tokens, up.copies)
     rows = busiest_rows(tokens * k, devices) if shard.ep else tokens * k
     ops = [_linear(router, T, prec, L)]
     if not shard.experts_on_host:
@@ -273,7 +274,7 @@ def latent_context_op(model: ModelConfig, cached_tokens: float, shard: Sharding,
     other attention or no cached context."""
     if not model.is_mla or cached_tokens < 1:
         return None
-    kv_b = latent_attention_linears(model, shard.tp)[-2]
+    kv_b = next(lin for lin in latent_attention_linears(model, shard.tp) if lin.name == "kv_b_proj")
     return _linear(kv_b._replace(name="kv_b_proj_context"), int(cached_tokens), prec, layers_per_stage(model, shard.pp))
 
 

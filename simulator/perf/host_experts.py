@@ -37,7 +37,7 @@ from __future__ import annotations
 from ..deployment import Deployment
 from ..hardware.loader import System
 from ..models.config import DTYPE_BYTES, ModelConfig
-from ..models.layers import stage_layer_kinds
+from ..models.layers import experts_reached, stage_layer_kinds
 from .memory_plan import expert_params, linear_bytes_per_param
 
 # Fraction of the DRAM peak the host's expert kernels stream weights at: an estimate. STREAM
@@ -62,16 +62,15 @@ class HostExperts:
         self.moe_layers = stage_layer_kinds(model, dep.pp)[1]
         self.bandwidth = host.main_memory.bandwidth * share * HOST_MEMORY_EFFICIENCY
         self.flops_rate = host.peak_flops(dep.weight_dtype) * share * HOST_COMPUTE_EFFICIENCY
-        self.expert_bytes = expert_params(model) * linear_bytes_per_param(dep.weight_dtype)
+        self.expert_params = expert_params(model)
+        self.expert_bytes = self.expert_params * linear_bytes_per_param(dep.weight_dtype)
         self.hidden_bytes = model.hidden_size * DTYPE_BYTES[dep.activation_dtype]
 
     def layer_s(self, tokens: int) -> float:
         """One MoE layer's routed experts for `tokens` tokens: the copies over the host link
         and the CPU's time (the larger of reading the reached experts and computing)."""
-        E, k = self.model.num_experts, self.model.experts_per_token
-        reached = E * (1.0 - (1.0 - k / E) ** tokens)
-        read_s = reached * self.expert_bytes / self.bandwidth
-        compute_s = 2.0 * tokens * k * expert_params(self.model) / self.flops_rate
+        read_s = experts_reached(self.model, tokens) * self.expert_bytes / self.bandwidth
+        compute_s = 2.0 * tokens * self.model.experts_per_token * self.expert_params / self.flops_rate
         copy_s = 2.0 * (self.link.latency + tokens * self.hidden_bytes / self.link.bandwidth)
         return copy_s + max(read_s, compute_s)
 

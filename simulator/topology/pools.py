@@ -71,8 +71,8 @@ def _check_experts_on_host(where: str, system: System, dep: Deployment, model: M
     needed, memory = host_experts_bytes(model, dep), system.host.main_memory
     capacity = memory.capacity * system.hosts_per_node / system.devices_per_node
     if needed > capacity:
-        raise InputError(f"{where}experts_on_host: {model.name}'s routed experts take {needed / 2**30:.1f} GiB at "
-                         f"weight_dtype {dep.weight_dtype}, more than the {capacity / 2**30:.1f} GiB of host "
+        raise InputError(f"{where}experts_on_host: {model.name}'s routed experts take {needed / GiB:.1f} GiB at "
+                         f"weight_dtype {dep.weight_dtype}, more than the {capacity / GiB:.1f} GiB of host "
                          f"{memory.name} each device has; use a smaller weight_dtype or a host with more memory")
 
 
@@ -108,8 +108,8 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
         if tier is None:
             raise InputError(f"{system.source_file}: {where}cpu_offload_gb needs a host link (pcie or nvlink_c2c) on "
                              f"{system.accelerator.name}; add one or set cpu_offload_gb 0")
-        if tier.capacity is not None and dep.cpu_offload_gb * 2**30 > tier.capacity:
-            raise InputError(f"{where}cpu_offload_gb {dep.cpu_offload_gb:g}: more than the {tier.capacity / 2**30:.1f} "
+        if tier.capacity is not None and dep.cpu_offload_gb * GiB > tier.capacity:
+            raise InputError(f"{where}cpu_offload_gb {dep.cpu_offload_gb:g}: more than the {tier.capacity / GiB:.1f} "
                              f"GiB of {tier.name} each device has; lower it")
     policy = get_scheduler(dep.scheduler)
     backend = backend_for(system.accelerator)
@@ -259,7 +259,7 @@ def swap_space(pool: Pool) -> SwapSpace | None:
         return None
     tier = system.offload_tier
     assert tier is not None and tier.link is not None  # build_pool refuses swap without one
-    per_device = dep.swap_space * 2**30
+    per_device = dep.swap_space * GiB
     if tier.capacity is not None:
         per_device = min(per_device, tier.capacity)
     blocks = int(per_device // pool.plan.kv_bytes_per_block) // pool.engines
