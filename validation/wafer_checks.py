@@ -6,9 +6,9 @@ figure to the one fabric number that is an assumption (the per-message overhead)
 comes from the shipped specs and models; no measurement is read.
 
 WaferLLM's figures with their settings are from the OSDI'25 paper (He et al., "WaferLLM: Large
-Language Model Inference at Wafer Scale", OSDI 2025, section 7): Table 3 (prefill of 4,096
-tokens), Table 4 (decode), Table 6 (GEMV), Tables 7 and 8 (the same against SGLang on A100s,
-4K context).
+Language Model Inference at Wafer Scale", OSDI 2025, section 7): Table 2 (end to end, per
+request), Table 3 (prefill of 4,096 tokens), Table 4 (decode), Table 6 (GEMV), Tables 7 and 8
+(the same against SGLang on A100s, 4K context).
 """
 from __future__ import annotations
 
@@ -38,6 +38,20 @@ def prefill_rate(hardware: str, model: str, tokens: int, **kwargs) -> float:
     shape = BatchShape(prefill_tokens=tokens, prefill_context=float(tokens),
                        prefill_pairs=tokens * (tokens + 1) / 2, sampled=1)
     return tokens / setup.cost.iteration(shape).time_s
+
+
+def end_to_end_rate(hardware: str, model: str, prompt: int, output: int, prefill_mesh: int,
+                    decode_mesh: int) -> float:
+    """Output tokens/s of one request over its whole life (WaferLLM's end-to-end TPR): the prompt
+    prefilled in one step on `prefill_mesh`-sided sub-meshes (it samples the first token), then
+    output - 1 decode steps on `decode_mesh`-sided ones, the KV growing by a token a step.
+    Moving the weights from one layout to the other is not costed (docs/wafer.md, "Not modelled")."""
+    prefill_s = prompt / prefill_rate(hardware, model, prompt,
+                                      knobs={"wafer_mesh": prefill_mesh, "max_num_batched_tokens": prompt})
+    decode = prepare(hardware, model, knobs={"wafer_mesh": decode_mesh}).cost
+    decode_s = sum(decode.iteration(BatchShape(num_decodes=1, decode_context=float(prompt + step), sampled=1)).time_s
+                   for step in range(1, output))
+    return output / (prefill_s + decode_s)
 
 
 def best_gemv_s(device: WaferDevice, size: int) -> float:
@@ -84,6 +98,11 @@ def rows() -> list[tuple[str, str, float, float]]:
     out.append(("Llama3-8B decode speed-up over 8 x A100 (TP 8), 1024 tokens",
                 "WaferLLM OSDI'25 abstract: 10-20x (midpoint)", 15.0,
                 decode_rate("wse-2", "llama-3.1-8b", 1024.0) / decode_rate("dgx-a100", "llama-3.1-8b", 1024.0, tp=8)))
+    # end to end per request (Table 2): prefill on 660 x 660 cores, decode on 360 x 360
+    for prompt, output, published in ((2048, 128, 764.0), (4096, 4096, 2459.0)):
+        out.append((f"Llama3-8B end to end, WSE-2, {prompt} in / {output} out, output tokens/s per request",
+                    f"{osdi} Table 2 (660 x 660 cores prefill, 360 x 360 decode)", published,
+                    end_to_end_rate("wse-2", "llama-3.1-8b", prompt, output, 660, 360)))
     # prefill of a 4,096-token prompt (Tables 3 and 7)
     out.append(("Llama3-8B prefill of 4096 tokens, WSE-2, 720 x 720 cores, tokens/s", f"{osdi} Tables 3, 7", 27686.5,
                 prefill_rate("wse-2", "llama-3.1-8b", 4096, knobs={"wafer_mesh": 720, "max_num_batched_tokens": 4096})))
