@@ -109,6 +109,19 @@ class Deployment(BaseModel):
     # offload): room for KV on the device, paid in step time (perf/memory_plan.py)
     cpu_offload_gb: float = knob(0.0, "GiB of each device's weights kept in host memory, read over the host link "
                                       "every forward pass", "vLLM --cpu-offload-gb", ge=0)
+    # weights kept on a flash tier (NVMe) and read on demand every step, as "LLM in a flash"
+    # (Alizadeh et al., ACL 2024) runs a model larger than the device's memory: the FFN only,
+    # attention and embeddings stay resident (perf/flash_weights.py)
+    flash_offload_gb: float = knob(0.0, "GiB of each device's FFN weights kept on a flash tier (node.tiers, e.g. "
+                                        "nvme) and read from it every step, as LLM in a flash places them", ge=0)
+    flash_offload_tier: str | None = knob(None, "with flash_offload_gb: the hardware spec's tier that holds them "
+                                                "(unset: the node's first tier, node.tiers)")
+    flash_active_fraction: float = knob(
+        1.0, "with flash_offload_gb: share of the FFN neurons a token activates, as a sparsity predictor picks them "
+             "(1: a dense FFN, e.g. SwiGLU, whose every row is read; OPT-6.7B's ReLU: about 0.1)", gt=0, le=1)
+    flash_window_tokens: int = knob(0, "with flash_offload_gb: the neurons of the last this many tokens stay in "
+                                       "device memory, so a token reads only the ones they did not use (windowing)",
+                                    ge=0)
     # routed experts of an MoE model kept in the host's memory and computed by the host CPU, as
     # KTransformers (its optimize rules put the experts on the CPU) and Fiddler run them; the rest
     # of the model stays on the device (perf/host_experts.py)
@@ -232,7 +245,8 @@ VLLM_ENGINE_KNOBS = {
     "async_scheduling": "disable_overlap_scheduler (inverted)", "scheduler_reserve_full_isl": None,
     "preemption_mode": None, "swap_space": None, "num_gpu_blocks_override": None,
     "data_parallel_size": None, "enable_expert_parallel": None, "all2all_backend": None, "cpu_offload_gb": None,
-    "experts_on_host": None,
+    "experts_on_host": None, "flash_offload_gb": None, "flash_offload_tier": None, "flash_active_fraction": None,
+    "flash_window_tokens": None,
     "kv_offloading_size": None, "kv_offloading_backend": None, "kv_offloading_tier": None,
 }
 TRTLLM_KNOBS = {

@@ -49,6 +49,7 @@ from ..models.operators import (
 )
 from .collectives import TIME_MODELS, p2p_time_s
 from .cuda_graphs import GraphPlan
+from .flash_weights import FlashWeights, flash_tier
 from .host_experts import HostExperts
 from .kernel_times import GEMM_TABLE_ROWS, HOST, ROOFLINE, SOURCES, grown_size, kernel_times
 from .memory_plan import offloaded_weights_bytes
@@ -129,6 +130,7 @@ class CostModel:
         self.shard, self.prec = dep.sharding, dep.precision
         self.offload_s = self._weights_offload_s()
         self.host_experts = HostExperts(system, model, dep) if dep.experts_on_host else None
+        self.flash = self._flash_weights()
         self.tp_link = self._link_for(dep.tp)
         self.pp_link = self._link_for(dep.tp * dep.pp)
         self._dense = lru_cache(maxsize=65536)(self._dense_part)
@@ -150,6 +152,14 @@ class CostModel:
         tier = self.system.offload_tier
         link = self._require_link(tier.link if tier is not None else None, f"cpu_offload_gb {self.dep.cpu_offload_gb}")
         return link.latency + offloaded / link.bandwidth
+
+    def _flash_weights(self) -> FlashWeights | None:
+        """The FFN weights read from a flash tier every step (`flash_offload_gb`)."""
+        if not self.dep.flash_offload_gb:
+            return None
+        tier = flash_tier(self.system, self.dep)
+        assert tier is not None, "topology.pools refuses flash_offload_gb without a flash tier"
+        return FlashWeights(tier, self.model, self.dep)
 
     def _link_for(self, devices: int) -> Link | None:
         """The slowest link a group of `devices` consecutive devices must cross."""
@@ -295,7 +305,8 @@ class CostModel:
         pp, graphs = self.dep.pp, self.graphs
         dense = self._dense(graphs.padded(tokens, decode_only), graphs.graphed(tokens, decode_only))
         head = self._head(sampled)
-        send = self.pipeline_send_s(tokens) + pp * (self.offload_s + self._host_experts_s(tokens, decode_only))
+        flash = self.flash.step_s(tokens) if self.flash is not None else 0.0
+        send = self.pipeline_send_s(tokens) + pp * (self.offload_s + flash + self._host_experts_s(tokens, decode_only))
         sources = [pp * d + h for d, h in zip(dense.sources_s, head.sources_s)]
         sources[ROOFLINE] += send
         return _Part(pp * dense.time_s + head.time_s + send, dense.flops + head.flops / pp,

@@ -37,7 +37,7 @@ from ..deployment import Deployment
 from ..errors import InputError
 from ..hardware.spec import DeviceSpec
 from ..models.config import DTYPE_BYTES, ModelConfig
-from ..models.layers import layer_small_params, linear_params, moe_linears, stage_layer_kinds
+from ..models.layers import layer_small_params, linear_params, mlp_linears, moe_linears, stage_layer_kinds
 
 ENGINE = "vLLM 0.19"
 GiB = 2**30
@@ -69,6 +69,8 @@ class MemoryPlan:
     engine: str = ENGINE
     offloaded_weights_bytes: float = 0.0  # weights in host memory (cpu_offload_gb), not in weights_bytes
     host_experts_bytes: float = 0.0  # routed experts in host memory (experts_on_host), not in weights_bytes
+    flash_weights_bytes: float = 0.0  # FFN weights on a flash tier (flash_offload_gb), not in weights_bytes
+    flash_window_bytes: float = 0.0  # of them, the window's neurons cached on the device, in weights_bytes
 
     @property
     def kv_bytes(self) -> float:
@@ -94,6 +96,9 @@ class MemoryPlan:
             out["offloaded_weights_bytes"] = self.offloaded_weights_bytes
         if self.host_experts_bytes:
             out["host_experts_bytes"] = self.host_experts_bytes
+        if self.flash_weights_bytes:
+            out["flash_weights_bytes"] = self.flash_weights_bytes
+            out["flash_window_bytes"] = self.flash_window_bytes
         return out
 
 
@@ -199,6 +204,30 @@ def offloaded_weights_bytes(model: ModelConfig, dep: Deployment) -> float:
     return min(dep.cpu_offload_gb * GiB, on_device) if dep.cpu_offload_gb else 0.0
 
 
+def ffn_layer_bytes(model: ModelConfig, dep: Deployment) -> float:
+    """One dense layer's FFN (up, gate where gated, and down projections) on one device."""
+    return sum(lin.n * lin.k for lin in mlp_linears(model, dep.tp)) * linear_bytes_per_param(dep.weight_dtype)
+
+
+def flash_weights_bytes(model: ModelConfig, dep: Deployment) -> float:
+    """FFN weights one device keeps on a flash tier (`flash_offload_gb`): that many GiB, at
+    most the FFNs of its stage's layers. LLM in a flash keeps only the FFN there (attention
+    and embeddings, about a third of the model, stay in memory): its rows are what a
+    sparsity predictor can skip."""
+    if not dep.flash_offload_gb:
+        return 0.0
+    return min(dep.flash_offload_gb * GiB, stage_layer_kinds(model, dep.pp)[0] * ffn_layer_bytes(model, dep))
+
+
+def flash_window_bytes(model: ModelConfig, dep: Deployment) -> float:
+    """The window's neurons (`flash_window_tokens` = k) the device keeps of its flash weights:
+    those any of the last k tokens activated, 1 - (1 - a)^k of them when each token activates
+    a share a (`flash_active_fraction`) independently of the others."""
+    if not dep.flash_window_tokens:
+        return 0.0
+    return flash_weights_bytes(model, dep) * (1.0 - (1.0 - dep.flash_active_fraction) ** dep.flash_window_tokens)
+
+
 def plan_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment, batched_tokens: int) -> MemoryPlan:
     """The KV-cache plan of one device (see the module docstring). One request of
     `max_model_len` tokens (default: the model's context; -1: whatever fits) must fit, as
@@ -206,7 +235,8 @@ def plan_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment, batched
     capacity = device.main_memory.capacity
     requested = math.ceil(capacity * dep.gpu_memory_utilization)
     offloaded, on_host = offloaded_weights_bytes(model, dep), host_experts_bytes(model, dep)
-    weights = weights_bytes(model, dep) - offloaded - on_host
+    on_flash, window = flash_weights_bytes(model, dep), flash_window_bytes(model, dep)
+    weights = weights_bytes(model, dep) - offloaded - on_host - on_flash + window
     activations = activation_peak_bytes(model, dep, batched_tokens, device.compute.units)
     per_block = kv_bytes_per_block(model, dep)
     available = requested - weights - activations - NON_TORCH_BYTES
@@ -236,4 +266,5 @@ def plan_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment, batched
                 f"the {_gib(free)} the device has left ({ENGINE} would run out of memory); set it <= "
                 f"{int(free // per_block)}")
     return MemoryPlan(capacity, requested, weights, activations, NON_TORCH_BYTES, per_block, blocks, dep.block_size,
-                      offloaded_weights_bytes=offloaded, host_experts_bytes=on_host)
+                      offloaded_weights_bytes=offloaded, host_experts_bytes=on_host,
+                      flash_weights_bytes=on_flash, flash_window_bytes=window)

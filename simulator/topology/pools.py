@@ -20,7 +20,8 @@ from ..hardware.loader import System, Tier
 from ..metrics.recorder import ReplicaHardware
 from ..models.config import ModelConfig
 from ..perf.cost_model import CostModel
-from ..perf.memory_plan import GiB, MemoryPlan, host_experts_bytes
+from ..perf.flash_weights import flash_tier
+from ..perf.memory_plan import GiB, MemoryPlan, flash_weights_bytes, host_experts_bytes
 from ..perf.profile_use import AppliedProfile, resolve_calibration
 from ..schedulers.base import get_scheduler
 
@@ -76,6 +77,39 @@ def _check_experts_on_host(where: str, system: System, dep: Deployment, model: M
                          f"{memory.name} each device has; use a smaller weight_dtype or a host with more memory")
 
 
+FLASH_KNOBS = ("flash_offload_tier", "flash_active_fraction", "flash_window_tokens")
+
+
+def _check_flash_weights(where: str, system: System, dep: Deployment, model: ModelConfig) -> None:
+    """flash_offload_gb (perf/flash_weights.py): a GPU running a dense-FFN model whose system
+    spec has a tier (node.tiers, e.g. NVMe) with room for the FFN weights placed there."""
+    if not dep.flash_offload_gb:
+        extra = next((k for k in FLASH_KNOBS if k in dep.model_fields_set), None)
+        if extra is not None:
+            raise InputError(f"{where}{extra}: read only with flash_offload_gb; set the GiB on flash too, or drop it")
+        return
+    if system.accelerator.kind != "gpu":
+        raise InputError(f"{where}flash_offload_gb: modelled for a GPU's memory (vLLM's plan), and "
+                         f"{system.accelerator.name} is a {system.accelerator.kind}; set it 0")
+    if model.is_moe:
+        raise InputError(f"{where}flash_offload_gb: LLM in a flash reads a dense FFN's neurons, and {model.name} "
+                         "has routed experts; use experts_on_host or cpu_offload_gb instead")
+    if dep.cpu_offload_gb:
+        raise InputError(f"{where}flash_offload_gb with cpu_offload_gb: keep the offloaded weights in one place; "
+                         "set one of them 0")
+    tier = flash_tier(system, dep)
+    if tier is None:
+        known = ", ".join(t.name for t in system.memory_tiers if t.link is not None) or "none"
+        named = f"{dep.flash_offload_tier!r} is not a tier of {system.name} reached over a link (known: {known})" \
+            if dep.flash_offload_tier else f"{system.name} has no flash tier of its own (node.tiers)"
+        raise InputError(f"{system.source_file}: {where}flash_offload_gb: {named}; use a system spec with an nvme "
+                         "tier (e.g. dgx-h100), declare one under node.tiers, or set flash_offload_gb 0")
+    needed = flash_weights_bytes(model, dep)
+    if tier.capacity is not None and needed > tier.capacity:
+        raise InputError(f"{where}flash_offload_gb {dep.flash_offload_gb:g}: more than the "
+                         f"{tier.capacity / GiB:.1f} GiB of {tier.name} each device has; lower it")
+
+
 def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, calibration: str | None) -> Pool:
     """Validate one pool's parallelism against its hardware, plan its memory and cost model
     with its policy (`dep.scheduler`)."""
@@ -103,6 +137,7 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
     if dep.preemption_mode == "swap" and system.offload_tier is None:
         raise InputError(f"{system.source_file}: {where}preemption_mode=swap needs a host link (pcie or nvlink_c2c) "
                          f"on {system.accelerator.name}; add one or use preemption_mode=recompute")
+    _check_flash_weights(where, system, dep, model_cfg)
     if dep.cpu_offload_gb:
         tier = system.offload_tier
         if tier is None:
