@@ -54,7 +54,7 @@ def test_a_dense_ffn_reads_every_flash_byte_every_step():
     base = setup({}, "llama-3.1-8b").cost
     off = setup({"flash_offload_gb": 4}, "llama-3.1-8b").cost
     layer = 3 * 4096 * 14336 * 2  # gate, up and down of one Llama-3.1-8B layer, bf16
-    layers = -(-4 * GiB // layer)  # 12 layers hold the 4 GiB
+    layers = -(-4 * GiB // layer)  # the 4 GiB spread over 13 layers (12.2 layers' worth)
     expected = 4 * GiB / NVME_BYTES_PER_S + layers * (NVME_LATENCY_S + PCIE_LATENCY_S)
     assert decode_step_s(off) - decode_step_s(base) == pytest.approx(expected, rel=1e-6)
     # a span of decode steps pays it every step too
@@ -75,6 +75,9 @@ def test_windowing_reads_only_the_incremental_neurons():
     eight = flash * (1 - 0.9**8) * 0.9**5
     assert decode_step_s(off, 8) - decode_step_s(base, 8) == pytest.approx(eight / NVME_BYTES_PER_S + latency,
                                                                           rel=1e-6)
+    # a dense FFN whose window holds every neuron reads nothing, and waits for no access
+    held = setup({"flash_offload_gb": 100, "flash_window_tokens": 1}).cost
+    assert held.flash.step_s(1) == 0 and held.flash.step_s(64) == 0
     # no window: the active neurons themselves, a = 10 %
     sparse = setup({"flash_offload_gb": 100, "flash_active_fraction": 0.1}).cost
     assert decode_step_s(sparse) - decode_step_s(base) == pytest.approx(flash * 0.1 / NVME_BYTES_PER_S + latency,

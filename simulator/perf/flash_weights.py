@@ -61,5 +61,9 @@ class FlashWeights:
         return self.bytes * (1.0 - idle ** tokens) * idle ** self.window
 
     def step_s(self, tokens: int) -> float:
-        """What the reads add to one stage's step: a latency per layer, the bytes at bandwidth."""
-        return self.layers * self.tier.copy_latency + self.read_bytes(tokens) / self.tier.copy_bandwidth()
+        """What the reads add to one stage's step: a latency per layer, the bytes at bandwidth
+        (nothing where the window holds every neuron the step needs)."""
+        needed = self.read_bytes(tokens)
+        if not needed:
+            return 0.0
+        return self.layers * self.tier.copy_latency + needed / self.tier.copy_bandwidth()
