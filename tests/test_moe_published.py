@@ -1,0 +1,52 @@
+"""MLPerf Inference v4.1's Mixtral-8x7B results (NVIDIA, TensorRT-LLM, FP8, 8 x H100 SXM, one
+engine a GPU) replayed as `validation/moe_published.py` runs them, scaled down to a few
+thousand requests on the one GPU simulated (the Offline figure is a saturated rate, the same
+from 2,000 requests on: 83.5k and 83.8k tokens/s at 2,000 and 6,000).
+
+Where the band on the Offline throughput comes from (not from the published number):
+- the routed experts' two grouped GEMMs take about 60 % of a saturated step (about 3,300
+  tokens, 80 ms: the experts 46 ms, the other token-parallel layers 19 ms, attention the
+  rest) and are costed by the roofline at `compute_max` 0.82 of the FP8 peak;
+- the project's FP8 GEMM measurements on the H100 (validation/README.md, "Uncalibrated
+  roofline defaults", rows of at least 20 us) put the roofline's time 32.7 % under the
+  measured: the experts' real time is up to 1 / (1 - 0.327) = 1.49 times the roofline's;
+- grouped GEMMs in the compute-bound corner run a further 30 % under the GEMM efficiency
+  (vLLM's fused-MoE kernel, tests/test_moe_mla.py): up to 1 / 0.7 = 1.43 times more.
+Together the step could be 0.4 + 0.6 x 1.49 x 1.43 = 1.68 times the simulated one, so the
+simulated throughput may be up to 1.7 times the published; every known source errs that way,
+so it may not fall more than the dense part's own error (10 %) below it.
+"""
+from __future__ import annotations
+
+import pytest
+
+from validation.moe_published import ROWS, load_lengths, replay
+
+
+def _row(hardware, scenario):
+    return next(r for r in ROWS if r.hardware == hardware and r.scenario == scenario)
+
+
+def test_shipped_lengths_are_the_benchmark_dataset():
+    """15,000 samples; the mean reference output is MLPerf's tokens_per_sample target 144.84."""
+    lengths = load_lengths()
+    assert lengths.shape == (15000, 2)
+    assert lengths[:, 1].mean() == pytest.approx(144.84, abs=0.005)
+    assert lengths[:, 0].max() <= 2048 and lengths[:, 1].max() <= 1024  # the benchmark's limits
+
+
+def test_offline_h100_within_the_band_of_the_known_errors(tmp_path):
+    result = replay(_row("h100-sxm", "Offline"), tmp_path, requests=3000, seconds=0)
+    assert 0.9 < result["simulated"] / result["published"] < 1.7
+
+
+def test_server_h100_sustains_the_published_rate_within_mlperf_latency_limits(tmp_path):
+    """The run met MLPerf's Server limits (TTFT p99 <= 2 s, TPOT p99 <= 200 ms) at 348.37
+    samples/s; the simulated engine, faster a step, must meet them too and complete what
+    arrives: 348.37 x 144.84 = 50.5k tokens/s (the published 50.8k: NVIDIA's engine wrote
+    145.9 tokens a sample). 30 s of Poisson arrivals a GPU (about 1,300 requests) carry a
+    sampling error of sqrt(E[O^2] / E[O]^2 / E[N]) = 3.5 % on the output tokens (O the
+    dataset's output lengths, standard deviation 112.7 on a mean of 144.84); 3 sigma bounds it."""
+    result = replay(_row("h100-sxm", "Server"), tmp_path, requests=0, seconds=30)
+    assert result["ttft_p99_s"] <= 2.0 and result["tpot_p99_s"] <= 0.2
+    assert result["simulated"] == pytest.approx(348.37 * 144.84, rel=0.105)
