@@ -1,9 +1,11 @@
 """The measuring harness `python -m validation.measure` (docs/contracts.md, section 6), CPU path.
 
-One `--quick` CPU run (numpy only, a few seconds) is shared by the output checks: it must pass
-the simulator's own reader, hold positive times, grow with GEMM FLOPs, and leave a metadata
-sidecar naming the CPU. Bad arguments (an unknown op, `--device cuda` without torch) exit 2
-with one line. The CUDA path needs torch and a GPU and is not run here.
+One `--quick` CPU run through numpy (a few seconds) is shared by the output checks: it must
+pass the simulator's own reader, hold positive times, grow with GEMM FLOPs, and leave a metadata
+sidecar naming the CPU. Where torch is installed, a `--quick` run through torch's CPU kernels
+must do the same in bf16, with prepacked oneDNN GEMMs and attention rows. Bad arguments (an
+unknown op, `--device cuda` or `--cpu-kernels torch` without torch) exit 2 with one line. The
+CUDA path needs a GPU and is not run here.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from simulator.models.operators import Precision, Sharding, dense_ops, head_ops
 from simulator.perf.measurements import read_measurements
 from validation import shapes as S
 from validation.measure import CUDA_NEEDS_TORCH
+from validation.measuring.cli import CPU_TORCH_NEEDED
 from validation.measuring.host import cpu_model_name
 from validation.measuring.output import meta_path
 
@@ -34,7 +37,7 @@ def _measure(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def quick_cpu(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("measure") / "cpu.csv"
-    return out, _measure("--device", "cpu", "--quick", "--out", str(out))
+    return out, _measure("--device", "cpu", "--cpu-kernels", "numpy", "--quick", "--out", str(out))
 
 
 def test_quick_cpu_run_passes_the_reader(quick_cpu):
@@ -76,19 +79,52 @@ def test_metadata_sidecar(quick_cpu):
     assert meta["dtypes"] == ["fp32"] and meta["interrupted"] is False
 
 
+def _without_torch(args: list[str]) -> subprocess.CompletedProcess:
+    # hide torch even where it is installed: find_spec answers None for a None entry in sys.modules
+    code = f"import sys; sys.modules['torch'] = None; from validation.measure import main; sys.exit(main({args!r}))"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
 def test_cuda_without_torch_exits_2_with_one_line(tmp_path):
     out = tmp_path / "gpu.csv"
-    # hide torch even where it is installed: find_spec answers None for a None entry in sys.modules
-    code = ("import sys; sys.modules['torch'] = None; from validation.measure import main; "
-            f"sys.exit(main(['--device', 'cuda', '--out', {str(out)!r}]))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = _without_torch(["--device", "cuda", "--out", str(out)])
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {CUDA_NEEDS_TORCH}"]
     assert proc.stderr.strip() == "error: --device cuda needs torch with a CUDA GPU (pip install -e '.[gpu]')"
     assert not out.exists() and not meta_path(out).exists()
 
 
+def test_cpu_kernels_torch_without_torch_exits_2_and_the_default_falls_back_to_numpy(tmp_path):
+    out = tmp_path / "cpu.csv"
+    proc = _without_torch(["--device", "cpu", "--cpu-kernels", "torch", "--out", str(out)])
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {CPU_TORCH_NEEDED}"]
+    assert not out.exists()
+    fallback = _without_torch(["--device", "cpu", "--quick", "--ops", "memcpy", "--out", str(out)])
+    assert fallback.returncode == 0, fallback.stderr
+    assert yaml.safe_load(meta_path(out).read_text())["dtypes"] == ["fp32"]  # numpy's dtype, not torch's bf16
+
+
+def test_quick_cpu_run_through_torch_measures_bf16(tmp_path):
+    """torch's CPU kernels, as vLLM's CPU backend runs them: bf16 GEMMs on prepacked oneDNN weights
+    and attention, cold-cache times that grow with the work; the sidecar names torch."""
+    pytest.importorskip("torch")
+    out = tmp_path / "cpu.csv"
+    proc = _measure("--device", "cpu", "--cpu-kernels", "torch", "--quick", "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    frame = read_measurements(out)
+    assert {"gemm", "attn_prefill", "attn_decode", "memcpy"} <= set(frame["op"])
+    assert set(frame["dtype"]) == {"bf16"} and (frame["time_us"] > 0).all()
+    gemm = frame[frame["op"] == "gemm"]
+    assert set(gemm["backend"]) == {"onednn-prepacked"}
+    big, small = gemm.loc[(gemm["m"] * gemm["n"] * gemm["k"]).idxmax()], gemm.loc[(gemm["m"] * gemm["n"] * gemm["k"]).idxmin()]
+    assert big["time_us"] > 10 * small["time_us"]
+    meta = yaml.safe_load(meta_path(out).read_text())
+    assert "torch" in meta["versions"] and meta["cpu"]["torch_threads"] >= 1
+    assert frame["device"].iloc[0] == cpu_model_name()
+
+
 @pytest.mark.parametrize(("args", "expected"), [
+    (["--device", "cuda", "--cpu-kernels", "numpy"], "error: --cpu-kernels numpy: only with --device cpu"),
     (["--device", "cpu", "--ops", "gemm,conv2d"], "error: --ops: unknown op 'conv2d'"),
     (["--device", "cpu", "--dtype", "int3"], "error: --dtype: unknown dtype 'int3'"),
     (["--device", "tpu"], "error: argument --device: invalid choice"),

@@ -1,7 +1,7 @@
 """Time kernels on a real GPU or CPU and write them as a measurement CSV (docs/contracts.md, section 6).
 
     python -m validation.measure --device cuda --out h100.csv
-    python -m validation.measure --device cpu --quick --out cpu.csv
+    python -m validation.measure --device cpu --quick --out cpu.csv     # torch if installed, else numpy
     python -m validation.measure --device cuda --ops gemm --dtype bf16,fp8 --out gemm.csv
 
 Each row is `op, dtype, <the op's parameters>, time_us, device, source` (the median over
@@ -19,14 +19,17 @@ replay / N), median with p10/p90, the SM clock read while the trials run (pynvml
 are torch.distributed NCCL over 2..N GPUs in spawned processes; copies are pinned and
 pageable host<->device and device-to-device.
 
-CPU path (numpy only): numpy matmul in fp32 (numpy has no fast bf16/fp16/fp8 matmul, so
-those are measured as fp32 and recorded as fp32), and a numpy copy of a buffer as the `d2d`
-memcpy (host memory bandwidth). perf_counter_ns after a time-based warm-up, median over
-repeats, operands rotated through buffers twice the last-level cache so no call finds its
-operands in cache.
+CPU paths (`--cpu-kernels`): torch where it is installed, the kernels vLLM's CPU backend runs
+through (oneDNN/MKL): GEMMs `torch.mm` in bf16 (the default) or fp16/fp32, attention
+`scaled_dot_product_attention` (its CPU flash kernel), and a `d2d` copy (host memory
+bandwidth); each call timed with perf_counter_ns after the last-level cache was flushed. Or
+numpy: matmul in fp32 only (numpy has no fast bf16/fp16/fp8 matmul, so those are measured and
+recorded as fp32) and a numpy copy as `d2d`, operands rotated through buffers twice the
+last-level cache. Both: a time-based warm-up, median over trials.
 
 The pieces live in `validation/measuring/`: `cli` (the flags and their checks), `cpu_backend`
-(numpy), `torch_timing` and `torch_backend` (torch: how a kernel is timed, and which kernels),
+(numpy), `torch_timing` and `torch_backend` (torch on a GPU or a CPU: how a kernel is timed, and which
+kernels),
 `collectives` (NCCL over spawned processes), `gpu_monitor` (clocks through NVML), `host` (CPU
 facts), `summary` (median, p10, p90), `failures` (skipped shapes, one-line errors) and `output`
 (the CSV and its metadata); `validation/shapes.py` says what is timed. This module is the run:
@@ -48,7 +51,7 @@ from collections.abc import Sequence
 import yaml
 
 from simulator import __version__
-from validation.measuring.cli import COLLECTIVES, Options, UsageError, parse_args
+from validation.measuring.cli import COLLECTIVES, CPU_TORCH_NEEDED, Options, UsageError, parse_args
 from validation.measuring.collectives import run_collectives
 from validation.measuring.cpu_backend import CpuBackend
 from validation.measuring.failures import Skip, first_line
@@ -60,14 +63,17 @@ CUDA_NEEDS_TORCH = "--device cuda needs torch with a CUDA GPU (pip install -e '.
 
 
 def _backend(opts: Options, notes: Counter):
-    if opts.device == "cpu":
+    if opts.device == "cpu" and opts.cpu_kernels == "numpy":
         return CpuBackend(opts, notes)
+    needs = CPU_TORCH_NEEDED if opts.device == "cpu" else CUDA_NEEDS_TORCH
     if importlib.util.find_spec("torch") is None:
-        raise UsageError(CUDA_NEEDS_TORCH)
+        raise UsageError(needs)
     try:
         import torch
     except Exception as exc:  # noqa: BLE001 - a broken torch install is bad input too
-        raise UsageError(f"{CUDA_NEEDS_TORCH}; import torch failed: {first_line(exc)}") from None
+        raise UsageError(f"{needs}; import torch failed: {first_line(exc)}") from None
+    if opts.device == "cpu":
+        return TorchBackend(opts, notes, "cpu")
     if not torch.cuda.is_available():
         raise UsageError(f"{CUDA_NEEDS_TORCH}; torch {torch.__version__} sees no CUDA GPU")
     return TorchBackend(opts, notes, "cuda")

@@ -8,6 +8,7 @@ is turned into that too). The op and dtype lists here are the ones the backends 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,11 @@ OPS = ("gemm", "attn_prefill", "attn_decode", "allreduce", "allgather", "reduces
 DEFAULT_OPS = ("gemm", "attn_prefill", "attn_decode", "allreduce", "memcpy")
 COLLECTIVES = COLLECTIVE_KINDS
 DTYPES = ("bf16", "fp16", "fp8", "fp32")
-DEFAULT_DTYPES = {"cuda": ("bf16", "fp8"), "cpu": ("fp32",)}
+# the CPU's default is the dtype its kernels run in: bf16 through torch (oneDNN, as vLLM's CPU
+# backend runs), fp32 through numpy (which has no fast bf16 matmul)
+DEFAULT_DTYPES = {"cuda": ("bf16", "fp8"), "torch": ("bf16",), "numpy": ("fp32",)}
+CPU_KERNELS = ("torch", "numpy")
+CPU_TORCH_NEEDED = "--cpu-kernels torch needs torch (pip install -e '.[gpu]'; a CPU build is enough)"
 
 
 class UsageError(Exception):
@@ -32,14 +37,18 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m validation.measure",
-                description="Time kernels on a GPU (torch) or CPU (numpy) into a measurement CSV "
+                description="Time kernels on a GPU (torch) or CPU (torch or numpy) into a measurement CSV "
                             "(its columns: docs/contracts.md, Measurement CSV).")
     p.add_argument("--device", required=True, choices=("cuda", "cpu"), help="what to measure")
     p.add_argument("--out", required=True, type=Path, help="the CSV to write (FILE.meta.yaml goes beside it)")
     p.add_argument("--ops", default=",".join(DEFAULT_OPS),
                    help=f"comma list of {', '.join(OPS)} (default: {','.join(DEFAULT_OPS)})")
     p.add_argument("--dtype", default=None,
-                   help="comma list of bf16, fp16, fp8, fp32 (default: bf16,fp8 on cuda, fp32 on cpu)")
+                   help="comma list of bf16, fp16, fp8, fp32 (default: bf16,fp8 on cuda; on cpu bf16 with torch, "
+                        "fp32 with numpy)")
+    p.add_argument("--cpu-kernels", default=None, choices=CPU_KERNELS,
+                   help="CPU path: torch (oneDNN: bf16 GEMMs and attention) or numpy (fp32 GEMMs only); "
+                        "default torch where it is installed, else numpy")
     p.add_argument("--quick", action="store_true", help="a small subset of shapes (a smoke test, seconds on a CPU)")
     p.add_argument("--models", default=None, help="comma list of catalogue models to take shapes from (default: all)")
     p.add_argument("--cuda-graph", type=int, default=0, metavar="N",
@@ -72,6 +81,19 @@ class Options:
     cuda_graph: int
     world_sizes: list[int] | None
     cpu_max_gflop: float
+    cpu_kernels: str | None = None  # torch | numpy on --device cpu; None on cuda
+
+
+def _cpu_kernels(device: str, asked: str | None) -> str | None:
+    """Which library times CPU kernels: the one asked for, else torch where it is installed."""
+    if device != "cpu":
+        if asked is not None:
+            raise UsageError(f"--cpu-kernels {asked}: only with --device cpu")
+        return None
+    has_torch = importlib.util.find_spec("torch") is not None
+    if asked == "torch" and not has_torch:
+        raise UsageError(CPU_TORCH_NEEDED)
+    return asked or ("torch" if has_torch else "numpy")
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -79,7 +101,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
 
     a = _parser().parse_args(argv)
     ops = _split(a.ops, "--ops", OPS)
-    dtypes = _split(a.dtype, "--dtype", DTYPES) if a.dtype is not None else list(DEFAULT_DTYPES[a.device])
+    kernels = _cpu_kernels(a.device, a.cpu_kernels)
+    dtypes = (_split(a.dtype, "--dtype", DTYPES) if a.dtype is not None
+              else list(DEFAULT_DTYPES[kernels or a.device]))
     catalogue = list(model_catalogue())
     models = _split(a.models, "--models", catalogue) if a.models is not None else catalogue
     if not models:
@@ -101,4 +125,4 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         raise UsageError(f"--out {out}: is a folder; give a file name such as {out / 'measured.csv'}")
     if not out.parent.exists():
         raise UsageError(f"--out {out}: folder {out.parent} does not exist")
-    return Options(a.device, out, ops, dtypes, a.quick, models, a.cuda_graph, world, a.cpu_max_gflop)
+    return Options(a.device, out, ops, dtypes, a.quick, models, a.cuda_graph, world, a.cpu_max_gflop, kernels)

@@ -1,5 +1,10 @@
 """The torch path of the measuring harness: which kernels it times, on what operands, and what it records.
 
+It runs on a CUDA GPU or on the host CPU (oneDNN/MKL kernels, as vLLM's CPU backend runs them:
+bf16 GEMMs and attention, the dtype CPU runs use). On the CPU, fp8 GEMMs and collectives are
+skipped with a note (no CPU engine runs fp8 GEMMs; one socket has no collective), and GEMMs and
+attention above `--cpu-max-gflop` are skipped as on the numpy path.
+
 GEMMs are `torch.mm(x, W.t())` (nn.Linear's layout), fp8 through `torch._scaled_mm` (probed
 once; skipped with a note where this torch or GPU lacks it); attention is
 `scaled_dot_product_attention` with the fastest fused backend that takes the shape (native GQA
@@ -12,6 +17,7 @@ backend is made, so the rest of the harness runs without it.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -22,13 +28,17 @@ from validation import shapes as S
 from validation.measuring.cli import COLLECTIVES, Options
 from validation.measuring.failures import Skip, first_line
 from validation.measuring.gpu_monitor import nvidia_smi
+from validation.measuring.host import cpu_mhz
 from validation.measuring.torch_timing import TorchTimer
+
+# the token count oneDNN's weight reorder is told to expect: vLLM's CPU backend prepacks every
+# linear layer's weight once with this hint (its oneDNN matmul handler), whatever the batch
+CPU_PACK_M = 32
 
 
 class TorchBackend(TorchTimer):
-    """Kernels through torch, timed by TorchTimer on the GPU (or on torch's CPU for self-tests)."""
+    """Kernels through torch, timed by TorchTimer on the GPU or the host CPU."""
 
-    kind = "cuda"
     TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
     def __init__(self, opts: Options, notes: Counter, device: str = "cuda"):
@@ -67,6 +77,10 @@ class TorchBackend(TorchTimer):
         for op in opts.ops:
             if op == "gemm":
                 for dtype in opts.dtypes:
+                    if dtype == "fp8" and not self.is_cuda:
+                        self.notes["cpu: fp8 gemm skipped (no CPU engine runs fp8 GEMMs; vLLM's CPU backend "
+                                   "computes in bf16)"] += 1
+                        continue
                     if dtype == "fp8":
                         why = self._fp8_support()
                         if why is not True:
@@ -84,7 +98,9 @@ class TorchBackend(TorchTimer):
                 directions = ("h2d", "d2h", "d2d") if self.is_cuda else ("d2d",)
                 tasks += [("memcpy", copy_dtype, s) for s in S.memcpy_shapes(directions, opts.quick)]
         wanted = [op for op in opts.ops if op in COLLECTIVES]
-        if wanted:
+        if wanted and not self.is_cuda:
+            self.notes[f"cpu: {', '.join(wanted)} skipped (collectives are measured between GPUs)"] += 1
+        elif wanted:
             worlds = self.world_sizes()
             if not worlds:
                 self.notes[f"{', '.join(wanted)} skipped: 1 GPU visible (collectives need at least 2)"] += 1
@@ -110,10 +126,16 @@ class TorchBackend(TorchTimer):
                 self._fp8 = f"torch._scaled_mm failed ({first_line(exc)})"
         return self._fp8
 
+    def _cpu_cap(self, flops: float) -> None:
+        if not self.is_cuda and flops > self.opts.cpu_max_gflop * 1e9:
+            raise Skip(f"cpu: kernels above --cpu-max-gflop {self.opts.cpu_max_gflop:g} GFLOP skipped")
+
     def measure(self, op: str, dtype: str, shape) -> dict[str, Any]:
         try:
             if op == "gemm":
-                return self._time(self._gemm_fns(shape, dtype), graph=True)
+                self._cpu_cap(shape.flops)
+                row = self._time(self._gemm_fns(shape, dtype), graph=True)
+                return {**row, "backend": self.gemm_kernel(dtype)} if self.gemm_kernel(dtype) else row
             if op in ("attn_prefill", "attn_decode"):
                 return self._attention(op, dtype, shape)
             if op == "memcpy":
@@ -148,9 +170,25 @@ class TorchBackend(TorchTimer):
                 td = self._tdtype(dtype)
                 a = torch.randn(s.m, s.k, device=self.dev, dtype=td)
                 w = torch.randn(s.n, s.k, device=self.dev, dtype=td)
+                if self._cpu_prepacked(dtype):
+                    packed = torch.ops.mkldnn._reorder_linear_weight(w, CPU_PACK_M)
+                    fns.append(partial(torch.ops.mkldnn._linear_pointwise, a, packed, None, "none", [], ""))
+                    continue
                 c = torch.empty(s.m, s.n, device=self.dev, dtype=td)
                 fns.append(partial(torch.mm, a, w.t(), out=c))
         return fns
+
+    def _cpu_prepacked(self, dtype: str) -> bool:
+        """bf16 linear layers on the CPU run as vLLM's CPU backend runs them: a oneDNN matmul on a
+        weight reordered once into oneDNN's blocked layout, not torch.mm on the plain one (which
+        repacks the weight on every call and is several times slower at a few tokens)."""
+        mkldnn = getattr(self.torch.ops, "mkldnn", None)
+        return (not self.is_cuda and dtype == "bf16" and self.torch.backends.mkldnn.is_available()
+                and hasattr(mkldnn, "_reorder_linear_weight") and hasattr(mkldnn, "_linear_pointwise"))
+
+    def gemm_kernel(self, dtype: str) -> str:
+        """What the `backend` column of a GEMM row says ran it."""
+        return "onednn-prepacked" if self._cpu_prepacked(dtype) else ""
 
     # attention
     def _sdpa_backends(self) -> list[tuple[str, Callable[[], Any]]]:
@@ -181,6 +219,9 @@ class TorchBackend(TorchTimer):
                 raise Skip("chunked attn_prefill (kv_len > seq_len) needs torch.nn.attention.bias."
                            "causal_lower_right (torch 2.3+)") from None
             mask, causal = causal_lower_right(q_len, kv_len), False
+        # scores and values: 4 FLOP per query-key pair and head dimension, half the pairs under a fresh causal mask
+        pairs = b * hq * q_len * (kv_len - (q_len - 1) / 2 if causal else kv_len)
+        self._cpu_cap(4.0 * pairs * d)
         td, eb = self._tdtype(dtype), 2
         group = hq // hkv
         set_bytes = (2 * b * q_len * hq * d + 2 * b * kv_len * hkv * d) * eb
@@ -282,28 +323,29 @@ class TorchBackend(TorchTimer):
     def meta(self) -> dict[str, Any]:
         torch = self.torch
         info: dict[str, Any] = {"torch": torch.__version__}
-        if self.is_cuda:
-            p = self.props
-            info["cuda"] = torch.version.cuda
-            try:
-                info["cudnn"] = torch.backends.cudnn.version()
-            except Exception:  # noqa: BLE001
-                pass
-            try:
-                info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
-            except Exception:  # noqa: BLE001
-                pass
-            gpu = {"name": p.name, "capability": f"{p.major}.{p.minor}", "memory_bytes": int(p.total_memory),
-                   "sm_count": int(p.multi_processor_count), "l2_bytes": self.l2, "count": torch.cuda.device_count()}
-            nv = self.monitor.info() if self.monitor else {}
-            gpu.update({k: v for k, v in nv.items() if v is not None and k != "driver"})
-            info["driver"] = nv.get("driver") or nvidia_smi("driver_version")
-            clocks = self.monitor.summary() if self.monitor else {}
-            if not clocks:
-                smi = nvidia_smi("clocks.sm,clocks.max.sm")
-                clocks = {"nvidia_smi_sm_clock_now_max": smi} if smi else {}
-            info["gpu"] = gpu
-            info["clocks"] = clocks
+        if not self.is_cuda:
+            return {**info, **self._cpu_meta()}
+        p = self.props
+        info["cuda"] = torch.version.cuda
+        try:
+            info["cudnn"] = torch.backends.cudnn.version()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        except Exception:  # noqa: BLE001
+            pass
+        gpu = {"name": p.name, "capability": f"{p.major}.{p.minor}", "memory_bytes": int(p.total_memory),
+               "sm_count": int(p.multi_processor_count), "l2_bytes": self.l2, "count": torch.cuda.device_count()}
+        nv = self.monitor.info() if self.monitor else {}
+        gpu.update({k: v for k, v in nv.items() if v is not None and k != "driver"})
+        info["driver"] = nv.get("driver") or nvidia_smi("driver_version")
+        clocks = self.monitor.summary() if self.monitor else {}
+        if not clocks:
+            smi = nvidia_smi("clocks.sm,clocks.max.sm")
+            clocks = {"nvidia_smi_sm_clock_now_max": smi} if smi else {}
+        info["gpu"] = gpu
+        info["clocks"] = clocks
         info["timing"] = {
             "method": "CUDA events on the current stream around each call (or each graph replay / graph_calls); "
                       "median, p10, p90 over trials",
@@ -311,6 +353,21 @@ class TorchBackend(TorchTimer):
             "flush": "the flush buffer is zeroed before every trial (larger than L2)", "cuda_graph_calls": self.graph_calls,
             "tf32": False}
         return info
+
+    def _cpu_meta(self) -> dict[str, Any]:
+        torch = self.torch
+        capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: None)()
+        return {
+            "cpu": {"model": self.name, "count": os.cpu_count(), "llc_bytes": self.l2, "llc_source": self.llc_source,
+                    "torch_threads": torch.get_num_threads(), "torch_cpu_capability": capability,
+                    "mkldnn": bool(torch.backends.mkldnn.is_available())},
+            "clocks": {"cpu_mhz_start": self.mhz_start, "cpu_mhz_end": cpu_mhz()},
+            "load_average": {"start": self.load_start, "end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+            "timing": {"method": "time.perf_counter_ns around each call, after the last-level cache was flushed "
+                                 "(a buffer of twice its size zeroed); median, p10, p90 over trials",
+                       "warmup_s": self.timing[0], "trial_budget_s": self.timing[1],
+                       "flush_bytes": int(self.flush_buf.numel() * 4)},
+        }
 
     def close(self) -> None:
         self._host.clear()

@@ -8,11 +8,14 @@ rotating operands (per-call time = replay / N); median with p10/p90, and the SM 
 the trials run (`validation.measuring.gpu_monitor`). What is timed, the kernels and their
 operands, is TorchBackend's (`validation.measuring.torch_backend`), built on this class.
 
-On torch's CPU, WallEvent stands in for CUDA events, so that this code runs without a GPU.
+On torch's CPU (`--device cpu --cpu-kernels torch`), WallEvent stands in for CUDA events: each
+call is timed by the wall clock after the flush of twice the last-level cache, with the CPU
+path's warm-up and trial budget (validation.measuring.cpu_backend.CPU_TIMING).
 """
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,9 +23,10 @@ from typing import Any
 
 from validation import shapes as S
 from validation.measuring.cli import Options
+from validation.measuring.cpu_backend import CPU_TIMING
 from validation.measuring.failures import first_line
 from validation.measuring.gpu_monitor import GpuMonitor
-from validation.measuring.host import cpu_model_name, llc_bytes
+from validation.measuring.host import cpu_mhz, cpu_model_name, llc_bytes
 from validation.measuring.summary import summarize
 
 # (warm-up seconds, trial budget seconds per shape, min trials, max trials)
@@ -30,7 +34,7 @@ CUDA_TIMING = {False: (0.025, 0.1, 10, 200), True: (0.01, 0.02, 5, 30)}
 
 
 class WallEvent:
-    """A CUDA-event stand-in for torch on the CPU (self-tests only): a wall-clock stamp."""
+    """A CUDA-event stand-in for torch on the CPU: a wall-clock stamp."""
 
     def __init__(self):
         self.t = 0
@@ -43,8 +47,8 @@ class WallEvent:
 
 
 class TorchTimer:
-    """The device and the timing of calls on it. `device="cuda"` is the real path; `device="cpu"` runs
-    the same code on torch's CPU with wall-clock stand-ins for CUDA events (for self-tests without a GPU)."""
+    """The device and the timing of calls on it: GPU 0 (`device="cuda"`), or the host CPU
+    (`device="cpu"`), the same code with wall-clock stand-ins for CUDA events."""
 
     def __init__(self, opts: Options, notes: Counter, device: str = "cuda"):
         import torch
@@ -52,7 +56,8 @@ class TorchTimer:
         self.torch = torch
         self.opts, self.notes = opts, notes
         self.is_cuda = device == "cuda"
-        self.timing = CUDA_TIMING[opts.quick]
+        self.kind = "cuda" if self.is_cuda else "cpu"
+        self.timing = (CUDA_TIMING if self.is_cuda else CPU_TIMING)[opts.quick]
         self.graph_calls = opts.cuda_graph if self.is_cuda else 0
         if self.is_cuda:
             torch.cuda.set_device(0)
@@ -67,9 +72,11 @@ class TorchTimer:
         else:
             self.dev = torch.device("cpu")
             self.props = None
-            self.name = f"{cpu_model_name()} (torch cpu)"
-            self.l2 = llc_bytes()[0]
+            self.name = cpu_model_name()
+            self.l2, self.llc_source = llc_bytes()  # the last-level cache, flushed before every trial
             self.monitor = None
+            self.load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            self.mhz_start = cpu_mhz()
         # the L2 flush: zeroing a buffer well beyond L2 (256 MiB, as Triton's do_bench) evicts every operand,
         # and takes long enough (~0.1 ms) that the CPU launches the next kernel before the GPU gets to it
         flush = max(2 * self.l2, 256 * S.MIB) if self.is_cuda else 2 * self.l2
