@@ -3,6 +3,9 @@
     python -m validation.moe_published                  # Offline and Server, H100 and H200 (about 20 s)
     python -m validation.moe_published --requests 3000  # a shorter Offline replay per GPU
 
+After the MLPerf rows it prints the vLLM rows of `validation/vllm_moe_published.py`
+(GPUStack's vLLM 0.11 measurements of Qwen3-235B-A22B on H100 and DeepSeek-R1 on H200).
+
 The published figures are NVIDIA's closed-division datacenter submissions to MLPerf Inference
 v4.1 (mlcommons/inference_results_v4.1, `closed/NVIDIA/results/{DGX-H100_H100-SXM-80GBx8_TRT,
 H200-SXM-141GBx8_TRT}/mixtral-8x7b/{Offline,Server}/performance/run_1/mlperf_log_summary.txt`:
@@ -48,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from simulator import simulate
+from validation import vllm_moe_published
 
 LENGTHS = Path(__file__).parent / "data" / "mlperf-mixtral-8x7b-lengths.csv"
 GPUS = 8  # one engine per GPU in both systems
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['tpot_p99_s'] * 1e3:.0f} ms (published {row.tpot_p99_s * 1e3:.0f}), mean {r['tpot_mean_s'] * 1e3:.0f} ms ({row.tpot_mean_s * 1e3:.0f})")
             print(f"{r['row']:18} {r['kv_blocks']:>7} {r['measured_share']:>8.0%} {r['simulated']:>10,.0f} "
                   f"{r['published']:>10,.0f} {r['error']:>+7.1%}  {extra}", flush=True)
+    print()
+    vllm_moe_published.print_rows()
     return 0
 
 
