@@ -18,7 +18,7 @@ import pytest
 from simulator.hardware.loader import load_system
 from simulator.models.config import load_model, model_from_dict
 from simulator.models.layers import MOE, linear_layers, moe_linears
-from simulator.models.op_kinds import GroupedGemmShape
+from simulator.models.op_kinds import GroupedGemmShape, MoeShape
 from simulator.models.operators import (
     Precision,
     Sharding,
@@ -107,7 +107,9 @@ def test_routed_experts_are_one_grouped_gemm_reading_the_experts_reached():
     assert up.kind == "grouped_gemm" and up.count == 48  # one kernel per layer, not one per expert
     # 4 tokens x top-8 of 128 experts reach 128 (1 - (1 - 8/128)^4) = 29.1 distinct experts
     reached = 128 * (1 - (1 - 8 / 128) ** 4)
-    assert up.shape == GroupedGemmShape(2, 2 * 768, 2048, 29)
+    # the layer it is part of: what a measured fused-MoE table is looked up by (test_moe_calibration.py)
+    assert up.shape == GroupedGemmShape(2, 2 * 768, 2048, 29, MoeShape(4, pytest.approx(reached), 2048, 768, 128, 8))
+    assert ops["experts_act_fn"].shape == up.shape.layer == ops["experts_down"].shape.layer
     assert up.bytes == pytest.approx(reached * 2 * 768 * 2048 * 2 + 32 * (2048 + 2 * 768) * 2)
     assert up.flops == 2 * 32 * 2 * 768 * 2048
 

@@ -36,7 +36,9 @@ GROUPS = [
     ("llmcompass-gemm-a100.csv", None, "a100-80gb-sxm"),
     *[("a100-dgx-allreduce-vidur.csv", f"devices_per_node={n}", "dgx-a100") for n in (1, 2, 4, 8)],
 ]
-RTX4090 = ("rtx4090-llama-3.1-8b", "rtx4090")
+# layer-table folders (converted to contract rows by validation.layer_tables) and their system:
+# the RTX 4090's Llama-3.1-8B layers, and the RTX PRO 6000's fused-MoE layer of Qwen3-30B-A3B
+LAYER_TABLES = [("rtx4090-llama-3.1-8b", "rtx4090"), ("rtxpro6000-qwen3-30b-a3b", "rtx-pro-6000")]
 
 # The fixed subsets of `--quick` and of the tests: dense slices of the measured grids (every
 # measured m, or batch and length, on a few lines of the other axes) rather than random rows,
@@ -91,15 +93,17 @@ def _groups(quick: bool):
         for (op, dtype), rows in frame.groupby(["op", "dtype"], sort=True):
             rows = subset(rows) if quick else rows.reset_index(drop=True)
             yield name, device or str(rows["device"].iloc[0]), op, dtype, rows, load_system(system)
-    try:  # the RTX 4090 layer tables, converted to contract rows by validation.layer_tables
-        from .layer_tables import convert
-        frame = convert(DATA / RTX4090[0])
-    except Exception as exc:  # noqa: BLE001 - optional: report and go on
-        print(f"note: {RTX4090[0]} skipped ({exc})", file=sys.stderr)
-        return
-    for (op, dtype), rows in frame.groupby(["op", "dtype"], sort=True):
-        rows = subset(rows) if quick else rows.reset_index(drop=True)
-        yield RTX4090[0] + "/", str(rows["device"].iloc[0]), op, dtype, rows, load_system(RTX4090[1])
+    from .layer_tables import convert
+
+    for folder, system in LAYER_TABLES:
+        try:
+            frame = convert(DATA / folder)
+        except Exception as exc:  # noqa: BLE001 - optional: report and go on
+            print(f"note: {folder} skipped ({exc})", file=sys.stderr)
+            continue
+        for (op, dtype), rows in frame[frame["op"] != "attn_mixed"].groupby(["op", "dtype"], sort=True):
+            rows = subset(rows) if quick else rows.reset_index(drop=True)
+            yield folder + "/", str(rows["device"].iloc[0]), op, dtype, rows, load_system(system)
 
 
 def main(argv: list[str] | None = None) -> int:

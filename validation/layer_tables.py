@@ -12,6 +12,11 @@ so that `simulate calibrate` fits them like any other measurement:
 
     python -m validation.layer_tables validation/data/rtx4090-llama-3.1-8b OUT.csv
 
+A folder may also hold `moe.csv` (tokens, activated_experts, time_us): one MoE layer's routed
+experts as vLLM's fused-MoE layer runs them at TP 1, the profiler forcing how many distinct
+experts the tokens reach; each row becomes a `moe` contract row with the model's hidden size,
+expert intermediate size, experts and top-k.
+
 Elementwise layers (activation, norms, rotary embedding, sampler) are not contract ops; the
 roofline costs them, and `tests/test_calibrated_runs.py` checks the sum against the tables.
 """
@@ -36,9 +41,15 @@ def catalogue_name(source: str) -> str | None:
     return None
 
 
+# later releases of a catalogue model with the same layers (only their context length and
+# training differ): the Instruct-2507 release of Qwen3-30B-A3B keeps hidden 2048, 48 layers,
+# 128 experts of 768 and 8 per token
+SAME_LAYERS = {"Qwen/Qwen3-30B-A3B-Instruct-2507": "Qwen/Qwen3-30B-A3B"}
+
+
 def catalogue_model(source: str) -> ModelConfig:
-    """The catalogue model whose `source` (Hugging Face id) is `source`."""
-    name = catalogue_name(source)
+    """The catalogue model whose `source` (Hugging Face id) is `source`, or has its layers."""
+    name = catalogue_name(SAME_LAYERS.get(source, source))
     if name is None:
         raise ValueError(f"no model in workloads/models/ has source {source!r}")
     return load_model(name)
@@ -57,13 +68,27 @@ def table_sets(folder: Path) -> list[tuple[int, Path]]:
     return nested or [(1, folder)]
 
 
+def moe_rows(folder: Path, meta: dict, model: ModelConfig) -> list[dict]:
+    """The folder's `moe.csv` as `moe` contract rows (none without one); the table is TP 1."""
+    if not (folder / "moe.csv").exists():
+        return []
+    source = f"{meta['model']} fused-MoE layer at TP 1, vLLM {meta['vllm_version']}, LLMServingSim profiler (MIT)"
+    shape = {"hidden": model.hidden_size, "intermediate": model.expert_intermediate_size,
+             "experts": model.num_experts, "top_k": model.experts_per_token}
+    return [{"op": "moe", "dtype": "bf16", "tokens": int(r.tokens), "experts_reached": int(r.activated_experts),
+             **shape, "time_us": float(r.time_us), "device": meta["gpu"], "source": source}
+            for r in pd.read_csv(folder / "moe.csv").itertuples(index=False)]
+
+
 def convert(folder: str | Path) -> pd.DataFrame:
     folder = Path(folder)
     meta = yaml.safe_load((folder / "meta.yaml").read_text())
     model = catalogue_model(meta["model"])
     device = meta["gpu"]
-    rows = []
+    rows = moe_rows(folder, meta, model)
     for tp, tables in table_sets(folder):
+        if not (tables / "dense.csv").exists():  # a folder of the MoE table alone
+            continue
         source = f"{meta['model']} layer tables at TP {tp}, vLLM {meta['vllm_version']}, LLMServingSim profiler (MIT)"
         shapes = gemm_shapes(model, tp)
         dense = pd.read_csv(tables / "dense.csv")

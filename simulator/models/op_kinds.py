@@ -1,7 +1,7 @@
 """The kinds of operator the simulator costs, measures and calibrates: one entry each.
 
 An `OpKind` gives a kind the type of its shape (`GemmShape`, `GroupedGemmShape`, `PrefillShape`,
-`DecodeShape`: what a calibration table looks its operators up by; `CollectiveShape`: a
+`DecodeShape`, `MoeShape`: what a calibration table looks its operators up by; `CollectiveShape`: a
 collective's group, whose message is its bytes; none for elementwise kernels);
 its family (a tiled GEMM, an attention kernel, a bandwidth-bound elementwise kernel, a
 collective over a link, a copy between memories), which fixes its roofline (`perf/roofline.py`: the wave-quantised GEMM efficiency, the attention kernels'
@@ -31,14 +31,32 @@ class GemmShape(NamedTuple):
     k: int
 
 
+class MoeShape(NamedTuple):
+    """The routed experts of one MoE layer on one device, as vLLM's fused-MoE layer runs them
+    (up GEMM, activation, down GEMM): `tokens` tokens entering the layer, each routed to
+    `top_k` of the `experts` the device holds, reaching `experts_reached` distinct ones
+    (expected, so fractional in a run); every expert a [hidden -> 2 x intermediate] gated up
+    projection and an [intermediate -> hidden] down projection on this device. What a
+    measured fused-MoE table (`moe` rows) is looked up by."""
+
+    tokens: float
+    experts_reached: float
+    hidden: int
+    intermediate: int
+    experts: int
+    top_k: int
+
+
 class GroupedGemmShape(NamedTuple):
     """The routed experts of an MoE layer as one grouped GEMM (vLLM's fused-MoE kernel):
-    `groups` experts, each a [k -> n] weight matrix, with m rows (tokens) each on average."""
+    `groups` experts, each a [k -> n] weight matrix, with m rows (tokens) each on average;
+    `layer`, the MoE layer it is part of (None for a grouped GEMM by itself)."""
 
     m: int
     n: int
     k: int
     groups: int
+    layer: MoeShape | None = None
 
 
 class PrefillShape(NamedTuple):
@@ -67,7 +85,7 @@ class CollectiveShape(NamedTuple):
     span: int
 
 
-Shape = GemmShape | GroupedGemmShape | PrefillShape | DecodeShape | CollectiveShape
+Shape = GemmShape | GroupedGemmShape | MoeShape | PrefillShape | DecodeShape | CollectiveShape
 
 GEMM, ATTENTION, ELEMENTWISE, COLLECTIVE, COPY = "gemm", "attention", "elementwise", "collective", "copy"
 
@@ -94,8 +112,16 @@ class OpKind:
 
 OP_KINDS: dict[str, OpKind] = {k.name: k for k in (
     OpKind("gemm", GEMM, GemmShape, ("m", "n", "k"), (("m", 0.0, "mono"), ("n", 0.0, "mono"), ("k", 0.0, "mono"))),
-    # the routed experts of a layer in one kernel; roofline until a harness measures it
+    # the routed experts of a layer in one kernel, and the activation between the two of a layer
+    # (its shape: the layer's); each costed by the roofline, or sharing a measured `moe` time
     OpKind("grouped_gemm", GEMM, GroupedGemmShape),
+    OpKind("experts_act", ELEMENTWISE, MoeShape),
+    # a whole fused-MoE layer's routed experts, measured (no run builds an operator of it: a
+    # run's are the three above, `perf/kernel_times.py` spreads the measured time over them);
+    # the model's sizes are categorical, so a table answers only for the shapes it measured
+    OpKind("moe", GEMM, MoeShape, ("tokens", "experts_reached", "hidden", "intermediate", "experts", "top_k"),
+           (("tokens", 0.0, "mono"), ("experts_reached", 0.0, "mono"), ("hidden", 0.0, "cat"),
+            ("intermediate", 0.0, "cat"), ("experts", 0.0, "cat"), ("top_k", 0.0, "cat"))),
     OpKind("attn_prefill", ATTENTION, PrefillShape, ("batch", "seq_len", "kv_len", "heads", "kv_heads", "head_dim"),
            (("batch", 0.0, "mono"), ("seq_len", 0.0, "mono"), ("context", 1.0, "mono"), *_HEADS)),
     OpKind("attn_decode", ATTENTION, DecodeShape, ("batch", "kv_len", "heads", "kv_heads", "head_dim"),
@@ -126,3 +152,5 @@ COLLECTIVE_KINDS = kinds_of(COLLECTIVE)
 # what a measurement CSV may hold, and the tables calibration fits
 MEASURED = {name: kind.params for name, kind in OP_KINDS.items() if kind.params}
 TABLE_AXES = {name: kind.axes for name, kind in OP_KINDS.items() if kind.axes}
+# the operators of a run over which a measured `moe` layer's time is spread
+ROUTED_EXPERT_KINDS = ("grouped_gemm", "experts_act")

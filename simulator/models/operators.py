@@ -23,7 +23,7 @@ from .layers import (
     moe_linears,
     stage_layer_kinds,
 )
-from .op_kinds import CollectiveShape, DecodeShape, GemmShape, GroupedGemmShape, PrefillShape, Shape
+from .op_kinds import CollectiveShape, DecodeShape, GemmShape, GroupedGemmShape, MoeShape, PrefillShape, Shape
 
 if TYPE_CHECKING:
     import numpy as np
@@ -185,13 +185,11 @@ def _moe_ops(model: ModelConfig, T: int, shard: Sharding, prec: Precision, L: in
     k, dp, devices = model.experts_per_token, shard.dp, shard.dp * shard.tp
     router, up, down, *shared = moe_linears(model, shard.tp, dp=dp, ep=shard.ep)
     tokens = T * dp
-    reached = experts_reached(model, tokens, up.copies)
+    layer = MoeShape(tokens, experts_reached(model, tokens, up.copies), down.n, down.k, up.copies, k)
     rows = busiest_rows(tokens * k, devices) if shard.ep else tokens * k
     ops = [_linear(router, T, prec, L)]
     if not shard.experts_on_host:
-        ops += [_grouped(up, rows, reached, prec, L),
-                _elementwise("act_fn", rows * down.k, 3 if model.gated_mlp else 2, prec, L, flops_per=5),
-                _grouped(down, rows, reached, prec, L)]
+        ops += routed_expert_ops(layer, rows, model.gated_mlp, prec, L)
     if shared:
         ops += _mlp_ops(shared, T, model.gated_mlp, prec, L)
         ops += [_linear(gate, T, prec, L) for gate in shared[2:]]
@@ -231,13 +229,27 @@ def _dispatch_ops(model: ModelConfig, T: int, shard: Sharding, prec: Precision, 
             Operator("moe_combine", "alltoall", 0.0, sent, prec.activations, L, group)]
 
 
-def _grouped(lin: Linear, rows: float, experts: float, prec: Precision, count: int) -> Operator:
+def routed_expert_ops(layer: MoeShape, rows: float, gated: bool, prec: Precision, count: int) -> list[Operator]:
+    """The routed experts of an MoE layer as vLLM's fused-MoE layer runs them, `count` times:
+    a grouped GEMM of the up (gate and up) projections of the experts reached, the
+    activation of the `rows` routed rows, a grouped GEMM of the down projections. Every one
+    carries the layer's shape, which a measured fused-MoE table is looked up by. The one
+    formula for a run's routed experts and a measured `moe` row's (perf/kernels.py)."""
+    up = Linear("experts_up", (2 if gated else 1) * layer.intermediate, layer.hidden, layer.experts, routed=True)
+    down = Linear("experts_down", layer.hidden, layer.intermediate, layer.experts, routed=True)
+    act = _elementwise("experts_act_fn", rows * layer.intermediate, 3 if gated else 2, prec, count, flops_per=5)
+    return [_grouped(up, rows, layer.experts_reached, prec, count, layer), act._replace(kind="experts_act", shape=layer),
+            _grouped(down, rows, layer.experts_reached, prec, count, layer)]
+
+
+def _grouped(lin: Linear, rows: float, experts: float, prec: Precision, count: int,
+             layer: MoeShape | None = None) -> Operator:
     """The grouped GEMM of `rows` routed rows through `experts` (expected, so fractional)
-    copies of expert matrix `lin`, each read once."""
+    copies of expert matrix `lin`, each read once; part of MoE layer `layer`."""
     groups = max(1, round(experts))
     return Operator(lin.name, "grouped_gemm", flops=2.0 * rows * lin.n * lin.k,
                     bytes=gemm_bytes(rows, experts, lin.n, lin.k, prec), dtype=prec.gemm_compute, count=count,
-                    shape=GroupedGemmShape(math.ceil(rows / groups), lin.n, lin.k, groups))
+                    shape=GroupedGemmShape(math.ceil(rows / groups), lin.n, lin.k, groups, layer))
 
 
 def attention_prefill_op(

@@ -188,8 +188,11 @@ def _fit_mixed(calib: Calibration, rows: pd.DataFrame) -> MixedAttention:
 def predict_rows(frame: pd.DataFrame, system: System, calib) -> tuple[np.ndarray, np.ndarray]:
     """Predicted time (us) and its source for every measured row: the applied profile
     (`profile_use.AppliedProfile`) where it covers the row's (op, dtype), else the
-    uncalibrated roofline; `attn_mixed` rows as `_predict_mixed` says."""
+    uncalibrated roofline; `attn_mixed` rows as `_predict_mixed` says. A table used only as
+    measured (`profile_use.AS_MEASURED_ONLY`: a fused-MoE layer) covers only rows of its
+    measured model sizes, as in a run."""
     from .kernels import roofline_us
+    from .profile_use import AS_MEASURED_ONLY
 
     predicted = np.empty(len(frame))
     source = np.empty(len(frame), dtype=object)
@@ -200,7 +203,13 @@ def predict_rows(frame: pd.DataFrame, system: System, calib) -> tuple[np.ndarray
         if op == "attn_mixed":
             predicted[where], source[where] = _predict_mixed(rows, str(dtype), system, calib)
         elif calib is not None and calib.covers(op, dtype):
-            predicted[where], source[where] = calib.predict_us(op, dtype, rows)
+            covered = np.ones(len(rows), dtype=bool)
+            if op in AS_MEASURED_ONLY:
+                covered = calib.profile.ops[(op, calib.route(op, dtype).measured_dtype)].model.measured_categories(rows)
+            if covered.any():
+                predicted[where[covered]], source[where[covered]] = calib.predict_us(op, dtype, rows[covered])
+            if not covered.all():
+                predicted[where[~covered]], source[where[~covered]] = roofline_us(rows[~covered], system), "roofline"
         else:
             predicted[where], source[where] = roofline_us(rows, system), "roofline"
     return predicted, source

@@ -16,7 +16,10 @@ term, the fixed cost of the waves of thread blocks (`block_us`): prefill has e_c
 attention_compute_max * occupancy(batch x heads x query tiles) * padding * kv / (kv +
 kv_half) * a head_dim saturation d / (d + head_dim_half) scaled to 1 at d = 128; decode
 is memory bound with the bandwidth scaled by occupancy(batch x kv_heads x KV
-splits)^occupancy_power.
+splits)^occupancy_power. A fused-MoE layer (`moe`: its two grouped GEMMs and the activation)
+pads every reached expert's rows to whole tiles of `tile_m` rows (the kernel's BLOCK_SIZE_M),
+so its compute term is its FLOPs times padded rows / rows at `compute_max`; its memory term
+reads the reached experts' weights.
 
 The handful of parameters (`_COMPUTE_SPECS`, bounded to physical ranges) are fitted by
 `fit_least_squares.robust_fit` on log(time); the discrete ones (tiles) by trying each. The
@@ -93,6 +96,15 @@ def _decode_time(f, flops, nbytes, q, dev, dtype):
     return _smax(t_c, t_m, t_b, p=q["sharpness"]) * 1e6 + q["overhead_us"]
 
 
+def _moe_time(f, flops, nbytes, q, dev, dtype):
+    """vLLM's fused-MoE layer: the rows routed to each reached expert padded to whole tiles."""
+    rows, reached = f["tokens"] * f["top_k"], f["experts_reached"]
+    padded = reached * np.ceil(rows / (reached * q["tile_m"])) * q["tile_m"]
+    t_c = flops * padded / rows / (dev["peak_flops"] * q["compute_max"])
+    t_m = (nbytes + q["small_bytes_half"]) / (dev["bandwidth"] * q["memory_max"])
+    return _smax(t_c, t_m, p=q["sharpness"]) * 1e6 + q["overhead_us"]
+
+
 _COMPUTE_SPECS: dict[str, list[Param]] = {
     "gemm": [Param("compute_max", 0.8, 0.05, 1.0), Param("memory_max", 0.85, 0.05, 1.0),
              Param("overhead_us", 3.0, 0.05, 200.0), Param("k_half", 128.0, 1.0, 1e5),
@@ -107,12 +119,16 @@ _COMPUTE_SPECS: dict[str, list[Param]] = {
                     Param("occupancy_power", 0.5, 0.01, 1.0), Param("block_us", 1.0, 1e-3, 1e3),
                     Param("block_dim_power", 0.5, 0.0, 2.0, log=False),
                     Param("small_bytes_half", 1e6, 1e3, 1e9), Param("sharpness", 4.0, 1.0, 30.0)],
+    "moe": [Param("compute_max", 0.6, 0.05, 1.0), Param("memory_max", 0.85, 0.05, 1.0),
+            Param("overhead_us", 10.0, 0.05, 500.0), Param("small_bytes_half", 1e6, 1e3, 1e9),
+            Param("sharpness", 4.0, 1.0, 30.0)],
 }
-_COMPUTE_TIME = {"gemm": _gemm_time, "attn_prefill": _prefill_time, "attn_decode": _decode_time}
+_COMPUTE_TIME = {"gemm": _gemm_time, "attn_prefill": _prefill_time, "attn_decode": _decode_time, "moe": _moe_time}
 _DISCRETE: dict[str, list[dict[str, float]]] = {
     "gemm": [{"tile_m": a, "tile_n": b} for a in (64.0, 128.0) for b in (64.0, 128.0)],
     "attn_prefill": [{"tile_q": 64.0}, {"tile_q": 128.0}],
-    "attn_decode": [{}]}
+    "attn_decode": [{}],
+    "moe": [{"tile_m": m} for m in (16.0, 32.0, 64.0, 128.0)]}
 
 
 # a second start from a soft, inefficient corner: the fits have a few local minima

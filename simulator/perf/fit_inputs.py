@@ -12,13 +12,15 @@ all read a row, and a device, the same way.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 
 from ..hardware.loader import System
 from ..models.op_kinds import ATTENTION, GEMM, TABLE_AXES, kinds_of
 from ..models.operators import gemm_bytes
-from .kernels import measured_precision
+from .kernels import measured_precision, moe_operators
 
 DIRECTIONS = ("h2d", "d2h", "d2d")
 DTYPE_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -48,6 +50,11 @@ def work(op: str, dtype: str, f: dict[str, np.ndarray]) -> tuple[np.ndarray, np.
     if op == "gemm":
         m, n, k = f["m"], f["n"], f["k"]
         return 2.0 * m * n * k, np.asarray(gemm_bytes(m, 1, n, k, measured_precision(dtype)))
+    if op == "moe":  # the routed experts' three operators summed, row by row (tables of tens of rows)
+        layers = [moe_operators(SimpleNamespace(dtype=dtype, **{name: v[i] for name, v in f.items()}))
+                  for i in range(len(f["tokens"]))]
+        return (np.array([sum(o.flops for o in ops) for ops in layers], dtype=float),
+                np.array([sum(o.bytes for o in ops) for ops in layers], dtype=float))
     ab = DTYPE_BYTES[dtype] if dtype in ("bf16", "fp16") else 2.0  # attention runs in 16-bit
     h, kvh, d, batch = f["heads"], f["kv_heads"], f["head_dim"], f["batch"]
     if op == "attn_prefill":
@@ -67,8 +74,8 @@ def device_numbers(system: System, op: str, dtype: str) -> dict[str, float]:
     if dev.compute.clock is not None:
         out["clock_hz"] = float(dev.compute.clock)
     if op in COMPUTE_OPS:
-        out["peak_flops"] = float(dev.peak_flops(dtype if op == "gemm" else (dtype if dtype in ("bf16", "fp16")
-                                                                           else "bf16")))
+        out["peak_flops"] = float(dev.peak_flops(dtype if op in ("gemm", "moe") else (dtype if dtype in ("bf16", "fp16")
+                                                                                    else "bf16")))
     if system.fabric is not None:
         out["fabric_bandwidth"] = float(system.fabric.bandwidth)
         out["fabric_latency_us"] = system.fabric.latency * 1e6

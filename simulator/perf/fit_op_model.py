@@ -54,6 +54,16 @@ class OpModel:
             return np.zeros(len(frame), dtype=bool)
         return self.table.lookup(self._rows(frame))[2]
 
+    def measured_categories(self, frame: pd.DataFrame) -> np.ndarray:
+        """Whether each row's categorical features (a model's sizes, a world size, a direction)
+        are among the measured ones: where they are not, the table describes another thing."""
+        f, ok = self._rows(frame), np.ones(len(frame), dtype=bool)
+        if self.table is not None:
+            for name, kind, axis in zip(self.table.names, self.table.kinds, self.table.axes):
+                if kind == "cat":
+                    ok &= np.isin(f[name], axis)
+        return ok
+
     def source_of(self, frame: pd.DataFrame) -> np.ndarray:
         return np.where(self.inside(frame), INTERPOLATION, FIT).astype(object)
 

@@ -2,7 +2,7 @@
 measured grid, and the prior the interpolation table (`fit_table.py`) is filled from.
 
 Each kind of op has its own family of model, with a fit and a predictor:
-- compute kernels (gemm, attn_prefill, attn_decode): soft maximum of compute, memory and
+- compute kernels (gemm, attn_prefill, attn_decode, moe): soft maximum of compute, memory and
   thread-block terms with fitted efficiencies, tiles and saturation constants
   (`fit_compute.py`);
 - collectives: latency + bytes / bandwidth per measured world size, and the ring model's

@@ -17,8 +17,8 @@ pieces they are made of live beside it, one idea each:
 
 **Guarantees.** Within the box of measured ranges the prediction is the table, and it is
 non-decreasing in every size axis (gemm m, n, k; attention batch, seq_len, context, kv_len,
-heads; collective and memcpy bytes): the grid is non-decreasing along every axis and
-multilinear interpolation (done as successive clamped linear steps) keeps that, exactly at
+heads; collective and memcpy bytes; a fused-MoE layer's tokens and experts reached): the grid
+is non-decreasing along every axis and multilinear interpolation (done as successive clamped linear steps) keeps that, exactly at
 nodes and on flat stretches. It passes through the measured nodes except where the data
 themselves decrease with size (GEMM kernel selection does that: an fp8 GEMM with m = 257
 can be slower than with m = 512), where the isotonic fit takes a weighted mean. The fit
@@ -57,6 +57,8 @@ _METHOD = {
                               "kv/(kv + kv_half)), bytes / (bandwidth memory_max), block waves) + overhead",
     "attn_decode": _INSIDE + "outside, the roofline fit smax(flops / (peak attention_compute_max), bytes / "
                              "(bandwidth memory_max occupancy^p), blocks) + overhead",
+    "moe": _INSIDE + "outside, the roofline fit smax(flops padded_rows/rows / (peak compute_max), bytes / "
+                     "(bandwidth memory_max)) + overhead, each reached expert's rows padded to tile_m",
     "memcpy": "monotone log-log interpolation per direction; outside, latency + bytes / (link bandwidth efficiency)",
 }
 _COLLECTIVE_METHOD = ("monotone log-log interpolation per world size; outside, latency + bytes / bandwidth per "

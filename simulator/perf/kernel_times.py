@@ -15,6 +15,13 @@ to another dtype, or transferred from another device, each resolved once per (op
   space: cheap enough for every step, and exact at the grid points. A decode step's batch
   size is an integer, so the decode table is also kept interpolated along its batch axis at
   every batch size (`_DecodeRows`): a step then interpolates along context only.
+- The routed experts of an MoE layer (two grouped GEMMs and the activation between them)
+  take a measured fused-MoE layer's time (`moe`) where the profile measured this layer's
+  shape (hidden size, expert intermediate size and experts per device, top-k: the table's
+  categorical axes) on this device in its dtype, with the weights stored in that dtype and no
+  expert parallelism; the layer's time, looked up at its tokens and expected experts reached,
+  is spread over the three operators in proportion to their roofline times. Any other MoE
+  layer keeps the roofline (profile_use.py says why it is not scaled or transferred).
 Ops or dtypes the profile does not cover stay on the roofline. The source of a calibrated
 prediction is "calibrated-interpolation" inside the measured shape ranges and
 "calibrated-fit" outside them (the profile's extrapolating model); "scaled" and
@@ -33,6 +40,7 @@ import pandas as pd
 from ..deployment import Deployment
 from ..hardware.loader import System
 from ..models.config import DTYPE_BYTES, ModelConfig
+from ..models.op_kinds import ROUTED_EXPERT_KINDS, GroupedGemmShape, MoeShape
 from ..models.operators import (
     DecodeShape,
     GemmShape,
@@ -42,6 +50,7 @@ from ..models.operators import (
     Sharding,
     attention_decode_op,
     attention_prefill_op,
+    routed_expert_ops,
 )
 from .kernels import attention_model
 from .mixed_attention import default_factor
@@ -174,6 +183,12 @@ class CalibratedKernelTimes(KernelTimes):
         self._decode_rows = _DecodeRows(self._decode, 0) if self._decode is not None else None  # see _rows
         self._max_batch = dep.max_num_seqs
         self._prefill = self._prefill_table() if calibration.covers("attn_prefill", self.dtype) else None
+        # the routed experts' measured layers by shape: (time s, source, roofline s of its operators) or None
+        self._moe_layers: dict[MoeShape, tuple[float, int, float] | None] = {}
+        self._moe_usable = (model.num_experts > 1 and not dep.sharding.ep
+                            and dep.precision.weights == dep.precision.gemm_compute
+                            and any(op == "moe" for op, _ in calibration.profile.ops))
+        self._moe_dtype, self._prec, self._gated = dep.precision.gemm_compute, dep.precision, model.gated_mlp
         # measured mixed-step factors hold for the device they were measured on, with its decode times
         route, mixed = calibration.route("attn_decode", self.dtype), calibration.profile.mixed
         self._mixed = (mixed.table(self.heads["heads"], self.heads["kv_heads"], self.heads["head_dim"])
@@ -226,6 +241,13 @@ class CalibratedKernelTimes(KernelTimes):
 
     # -- runtime -----------------------------------------------------------------------
     def gpu_time_s(self, op: Operator):
+        if op.kind in ROUTED_EXPERT_KINDS and self._moe_usable:
+            shape = cast(GroupedGemmShape | MoeShape, op.shape)
+            layer = shape.layer if isinstance(shape, GroupedGemmShape) else shape
+            measured = self._moe_layer(layer) if layer is not None else None
+            if measured is not None:
+                layer_s, source, roofline_s = measured
+                return layer_s * operator_time_s(self.device, op) / roofline_s, source
         if op.kind == "attn_decode" and self._decode is not None:
             return self._attention_decode_s(op)
         if op.kind == "attn_prefill" and self._prefill is not None:
@@ -269,6 +291,25 @@ class CalibratedKernelTimes(KernelTimes):
             frame = pd.DataFrame({"op": "gemm", "dtype": dtype, "m": m, "n": n, "k": k})
             self._gemm_tables[key] = self._predict("gemm", dtype, frame)
         return self._gemm_tables[key]
+
+    def _moe_layer(self, layer: MoeShape) -> tuple[float, int, float] | None:
+        """A routed-expert layer's measured time, its source and the roofline time of its
+        operators; None where the profile has not measured this layer's shape in the run's
+        dtype (the route is resolved only for a layer it describes, so that the run's
+        errors name it only then)."""
+        if layer not in self._moe_layers:
+            frame = pd.DataFrame({"op": ["moe"], "dtype": [self._moe_dtype], **{k: [v] for k, v in layer._asdict().items()}})
+            candidate = self.calibration.candidate_route("moe", self._moe_dtype)
+            described = candidate is not None and bool(
+                self.calibration.profile.ops[("moe", candidate.measured_dtype)].model.measured_categories(frame)[0])
+            if not described or not self.calibration.covers("moe", self._moe_dtype):
+                self._moe_layers[layer] = None
+            else:
+                times, sources = self._predict("moe", self._moe_dtype, frame)
+                parts = routed_expert_ops(layer, layer.tokens * layer.top_k, self._gated, self._prec, 1)
+                roofline = sum(operator_time_s(self.device, part) for part in parts)
+                self._moe_layers[layer] = (float(times[0]), int(sources[0]), roofline)
+        return self._moe_layers[layer]
 
     def collective_time_s(self, kind: str, nbytes: float, world: int) -> tuple[float, int] | None:
         dtype = self.calibration.collective_dtype(kind)

@@ -1,9 +1,9 @@
 """Standalone kernels as the measurement contract names them, mapped onto the cost model.
 
 A measured row (`gemm` m,n,k; `attn_prefill`; `attn_decode`; collectives; `memcpy`) becomes
-the same `Operator` the simulator costs inside an iteration, so validation compares exactly
-what a run uses; `roofline_us` gives the uncalibrated prediction of each row with the spec's
-named default efficiencies.
+the same `Operator` the simulator costs inside an iteration, and a `moe` row the same routed
+experts (`moe_operators`), so validation compares exactly what a run uses; `roofline_us`
+gives the uncalibrated prediction of each row with the spec's named default efficiencies.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..hardware.loader import System
 from ..models.config import DTYPE_BYTES, ModelConfig
-from ..models.op_kinds import COLLECTIVE, COPY, OP_KINDS
+from ..models.op_kinds import COLLECTIVE, COPY, OP_KINDS, MoeShape
 from ..models.operators import (
     Operator,
     Precision,
@@ -22,6 +22,7 @@ from ..models.operators import (
     attention_decode_op,
     attention_prefill_op,
     gemm_op,
+    routed_expert_ops,
 )
 from .collectives import TIME_MODELS
 from .roofline import operator_time_s
@@ -56,6 +57,15 @@ def operator_for(row) -> Operator:
     raise ValueError(f"{op} is not a compute kernel")
 
 
+def moe_operators(row) -> list[Operator]:
+    """The routed-expert operators a measured `moe` row stands for: its tokens each routed to
+    top_k experts (no expert parallelism), through gated experts (the layer vLLM's fused-MoE
+    kernel runs; the measurement contract's `moe` rows are of gated experts)."""
+    layer = MoeShape(float(row.tokens), float(row.experts_reached), int(row.hidden), int(row.intermediate),
+                     int(row.experts), int(row.top_k))
+    return routed_expert_ops(layer, layer.tokens * layer.top_k, True, measured_precision(str(row.dtype)), 1)
+
+
 def _collective_link(system: System, world: int):
     link = system.fabric if world <= system.devices_per_node or system.network is None else system.network
     if link is None:
@@ -84,6 +94,8 @@ def roofline_us(frame: pd.DataFrame, system: System) -> np.ndarray:
                 if link is None:
                     raise ValueError(f"{system.name} has no host link for {row.direction} copies")
                 out[i] = (link.latency + nbytes / (link.bandwidth * eff)) * 1e6
+        elif row.op == "moe":
+            out[i] = sum(operator_time_s(device, op) for op in moe_operators(row)) * 1e6
         else:
             out[i] = operator_time_s(device, operator_for(row)) * 1e6
     return out

@@ -18,6 +18,12 @@ A profile's absolute tables hold for the device it was measured on and nowhere e
   bandwidth and compute units. Source "transferred". Collectives and copies do not transfer
   (the fabric is another one): they stay on the alpha-beta model.
 
+A measured fused-MoE layer (`moe`) is used only as measured: on the device, in the dtype and
+(`kernel_times.py`) for the layer shape it was measured at. Its efficiency comes from the
+kernel's tile configurations, which vLLM tunes per (experts, intermediate size, device), and
+from one model's shapes; no error of scaling or transferring it has been measured, so any
+other model, dtype or device keeps the roofline for its routed experts.
+
 Each route carries its measured p90 error, which `--uncertainty` uses: the profile's held-out
 p90 for calibrated ops; for scaled ops that plus the measured error of dtype scaling; for
 transferred ops the measured transfer error. Those two come from
@@ -45,7 +51,7 @@ import yaml
 
 from ..errors import InputError
 from ..hardware.loader import System
-from ..models.op_kinds import COLLECTIVE_KINDS
+from ..models.op_kinds import COLLECTIVE_KINDS, ROUTED_EXPERT_KINDS
 from ..paths import HARDWARE_DIR
 from .calibration import Calibration, read_header
 from .device_identity import fingerprint, same_device, spec_distance
@@ -57,6 +63,7 @@ PROFILES_DIR = HARDWARE_DIR / "profiles"
 ERRORS_FILE = PROFILES_DIR / "transfer-errors.yaml"
 ERRORS_SCHEMA = "simulator.transfer-errors/1"
 CALIBRATED, SCALED, TRANSFERRED = "calibrated", "scaled", "transferred"
+AS_MEASURED_ONLY = ("moe",)  # neither scaled nor transferred (see the module docstring)
 # route kind -> the kernel-time sources (kernel_times.SOURCES) its predictions carry
 ROUTE_SOURCES = {CALIBRATED: (INTERPOLATION, FIT), SCALED: ("scaled",), TRANSFERRED: ("transferred",)}
 
@@ -150,6 +157,8 @@ class AppliedProfile:
             chosen = dtype if dtype in measured else measured[0]
             return Route(op, dtype, chosen, CALIBRATED, self._heldout(op, chosen))
         chosen, equal = self._measured_dtype(measured, dtype)
+        if op in AS_MEASURED_ONLY:
+            return Route(op, dtype, chosen, CALIBRATED, self._heldout(op, chosen)) if self.here and equal else None
         if not self.here:  # only between devices of one kind: a CPU's efficiencies say nothing of a GPU
             same_kind = self.profile.fitted_on.get("kind") == self.system.accelerator.kind
             return Route(op, dtype, chosen, TRANSFERRED, math.nan) if same_kind else None
@@ -179,12 +188,14 @@ class AppliedProfile:
         return route.measured_dtype if route is not None else None
 
     def errors(self) -> dict[tuple[str, str], float]:
-        """Largest measured p90 error of the routes resolved so far, by (kernel-time source, op)."""
+        """Largest measured p90 error of the routes resolved so far, by (kernel-time source, op
+        kind of the operators whose time it gives)."""
         out: dict[tuple[str, str], float] = {}
         for route in self._routes.values():
-            if route is not None:
+            if route is not None:  # a measured MoE layer's time lands on its operators' kinds
                 for source in ROUTE_SOURCES[route.kind]:
-                    out[(source, route.op)] = max(out.get((source, route.op), 0.0), route.error_p90)
+                    for op in ROUTED_EXPERT_KINDS if route.op == "moe" else (route.op,):
+                        out[(source, op)] = max(out.get((source, op), 0.0), route.error_p90)
         return out
 
     def routes(self) -> list[Route]:
