@@ -246,7 +246,8 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
         events=recorder.iteration_count + trace.count,
         calibration=profile_file,
         calibration_use=setup.calibration.use if setup.calibration is not None else None,
-        extra={"memory": pools[0].plan.summary(), **_policy_blocks(setup, schedulers, transfer)},
+        extra={"batch_limits": schedulers[0].batch_limits(), "memory": pools[0].plan.summary(),
+               **_policy_blocks(setup, schedulers, transfer)},
     )
     requests, iterations = (recorder.requests.frame(), recorder.iterations.frame()) if keep_frames else (None, None)
     return Result(summary, requests, iterations, out_dir)
@@ -274,7 +275,9 @@ def _policy_blocks(setup: Setup, schedulers: list, transfer: KvTransfer | None) 
         blocks["kv_transfer"] = transfer.summary()
         blocks["pools"] = {pool.role: {"hardware": pool.system.name, "scheduler": pool.deployment.scheduler,
                                        "tp": pool.deployment.tp,
-                                       "replicas": pool.deployment.replicas, "memory": pool.plan.summary()}
+                                       "replicas": pool.deployment.replicas,
+                                       "batch_limits": next(s for s in schedulers if s.role == pool.role).batch_limits(),
+                                       "memory": pool.plan.summary()}
                            for pool in setup.pools()}
     return blocks
 

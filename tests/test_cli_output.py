@@ -191,7 +191,8 @@ def test_knobs_table_and_csv(capsys):
     assert main(["knobs"]) == 0
     text = capsys.readouterr().out
     _assert_whole(text)
-    assert re.search(r"│ max_num_seqs +│ 256 +│ most sequences in one step +│ vLLM --max-num-seqs +│", text), text
+    assert re.search(r"│ max_num_seqs +│ 256 +│ most sequences in one step \(unset, vllm on a GPU: 1024 .*│ vLLM "
+                     r"--max-num-seqs +│", text), text
     assert main(["knobs", "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert list(rows[0]) == ["knob", "default", "meaning", "mirrors"]

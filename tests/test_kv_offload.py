@@ -34,6 +34,8 @@ BLOCK_BYTES = 16 * 2 * 8 * 128 * 32 * 2  # 16 tokens x (K, V) x 8 KV heads x 128
 PREFIX_BLOCKS = 4096 // 16
 PROMPT, SUFFIX, OUTPUT, GAP_S, K = 4608, 512, 8, 10.0, 4
 SMALL_CACHE = {"num_gpu_blocks_override": 600}
+# the hand derivations chunk prompts by 2,048 tokens (a GH200's own `vllm serve` budget is 8192)
+BUDGET = {"max_num_batched_tokens": 2048, "max_num_seqs": 256}
 
 
 def revisit_trace(path: Path) -> Path:
@@ -57,7 +59,8 @@ def tier_spec(tmp_path: Path, read: str, write: str = "450 GB/s") -> Path:
 
 
 def run(hardware, trace, calibration=None, **knobs):
-    return simulate(str(hardware), trace, model=MODEL, tp=1, knobs={**SMALL_CACHE, **knobs}, calibration=calibration)
+    return simulate(str(hardware), trace, model=MODEL, tp=1, knobs={**SMALL_CACHE, **BUDGET, **knobs},
+                    calibration=calibration)
 
 
 def ttfts(result) -> dict[str, float]:

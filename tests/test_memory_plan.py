@@ -110,7 +110,9 @@ def test_memory_terms_by_hand_llama_8b_on_h100():
     assert sampler > forward
     per_block = 16 * 2 * 8 * 128 * 32 * 2  # 2 MiB
     blocks = (requested - weights - sampler - NON_TORCH_BYTES) // per_block
-    setup = prepare("h100-sxm", "llama-3.1-8b", calibration="none")
+    # (set: the H100's own `vllm serve` defaults are 8192 tokens and 1024 sequences)
+    setup = prepare("h100-sxm", "llama-3.1-8b", calibration="none",
+                    knobs={"max_num_batched_tokens": 2048, "max_num_seqs": 256})
     plan = setup.plan
     assert plan.usable_bytes == requested
     assert plan.weights_bytes == weights

@@ -274,15 +274,15 @@ cases = st.one_of(st.tuples(policy_knobs, traces), st.tuples(policy_knobs, press
                   st.tuples(policy_knobs, pressure_traces))
 
 
-@pytest.mark.parametrize("policy, forward", [("vllm", 2048), ("sarathi", SARATHI_CHUNK_TOKENS),
-                                             ("splitfuse", FASTGEN_FORWARD_TOKENS)])
-def test_the_memory_plan_reserves_activations_for_the_policys_own_forward_pass(policy, forward):
-    # Llama-3.1-8B, bf16, H100 (132 SMs): the profile run's peak is its sampler on
-    # min(256 sequences, forward) rows: bf16 logits and three fp32 copies over the 128,256-token
+@pytest.mark.parametrize("policy, forward, seqs", [("vllm", 8192, 1024), ("sarathi", SARATHI_CHUNK_TOKENS, 256),
+                                                   ("splitfuse", FASTGEN_FORWARD_TOKENS, 256)])
+def test_the_memory_plan_reserves_activations_for_the_policys_own_forward_pass(policy, forward, seqs):
+    # Llama-3.1-8B, bf16, H100 (132 SMs; vllm takes `vllm serve`'s defaults there, 8192 tokens and
+    # 1024 sequences): the profile run's peak is its sampler on min(seqs, forward) rows: bf16 logits and three fp32 copies over the 128,256-token
     # vocabulary, the Triton top-k/top-p buffer (132 rows), and the forward's hidden states;
     # the forward pass's own MLP peak, forward x (3 x 4096 + 3 x 14336) x 2 B, is smaller.
     plan = prepare("h100-sxm", "llama-3.1-8b", scheduler=policy, calibration="none").plan
-    rows = min(forward, 256)
+    rows = min(forward, seqs)
     expected = max(rows * 128256 * 14 + 132 * 128256 * 4 + forward * 4096 * 2,
                    forward * (3 * 4096 + 3 * 14336) * 2)
     assert plan.activation_bytes == pytest.approx(expected, rel=1e-12)

@@ -115,8 +115,9 @@ def test_disagg_ttft_includes_exactly_the_modelled_kv_transfer(tmp_path):
     assert its[its["role"] == "prefill"]["decode_tokens"].sum() == 0  # the prefill pool never decodes
     assert its[its["role"] == "decode"]["prefill_tokens"].sum() == 0
     assert {role: {k: v for k, v in pool.items() if k != "memory"} for role, pool in summary["pools"].items()} == {
-        "prefill": {"hardware": "DGX-H100", "scheduler": "vllm", "tp": 1, "replicas": 1},
-        "decode": {"hardware": "DGX-H100", "scheduler": "vllm", "tp": 1, "replicas": 1}}
+        role: {"hardware": "DGX-H100", "scheduler": "vllm", "tp": 1, "replicas": 1,
+               "batch_limits": {"sequences": 1024, "tokens": 8192}}  # vllm serve's H100 defaults
+        for role in ("prefill", "decode")}
     assert summary["pools"]["prefill"]["memory"] == summary["memory"]  # each pool's own plan
 
 
@@ -262,8 +263,10 @@ def test_swap_wins_on_a_fast_host_link_and_recompute_on_a_slow_one(tmp_path, hos
     for mode in ("swap", "recompute"):
         # as vLLM v0, which swapped: no prefix caching (a recompute redoes the victim's whole
         # prompt) and no full-prompt admission check (admissions overcommit the blocks)
+        # and vLLM v0's 2048-token budget and 256 sequences (an H100's v1 defaults are 8192 and 1024)
         setup = prepare(hardware, MODEL, calibration="none", knobs={
-            "preemption_mode": mode, "enable_prefix_caching": False, "scheduler_reserve_full_isl": False})
+            "preemption_mode": mode, "enable_prefix_caching": False, "scheduler_reserve_full_isl": False,
+            "max_num_batched_tokens": 2048, "max_num_seqs": 256})
         setup = dataclasses.replace(setup, plan=dataclasses.replace(setup.plan, num_blocks=48 * 3000 // 16 // 3))
         with captured_schedulers() as schedulers:
             results[mode] = run_setup(setup, TraceIndex.build(trace), keep_frames=False).summary

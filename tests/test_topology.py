@@ -30,10 +30,11 @@ def _run(trace, **knobs):
 
 def test_each_pool_runs_its_own_policy(trace):
     mixed = _run(trace, prefill_scheduler="sarathi", decode_scheduler="vllm")
-    plain = _run(trace)
+    plain = _run(trace, max_num_batched_tokens=2048)  # unset, 8192 on an H100: prompts would not fill it
     for result, policy, budget in ((mixed, "sarathi", 512), (plain, "vllm", 2048)):
         pools = result.summary["pools"]
         assert (pools["prefill"]["scheduler"], pools["decode"]["scheduler"]) == (policy, "vllm")
+        assert pools["prefill"]["batch_limits"]["tokens"] == budget
         assert result.summary["requests"]["completed"] == 40
         steps = result.iterations
         prefill = steps[steps["role"] == "prefill"]

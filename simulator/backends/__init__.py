@@ -57,8 +57,8 @@ class Backend:
     def resolve(dep: Deployment, system: System, model: ModelConfig, role: str,
                 policy: type[Scheduler]) -> Deployment:
         """The deployment as this kind's engine runs it, for a pool of `role`: the knobs it
-        defaults or chooses itself (none on a GPU)."""
-        return dep
+        defaults or chooses itself (on a GPU, those the policy's engine picks by device)."""
+        return policy.device_defaults(dep, system.accelerator)
 
     @staticmethod
     def plan_memory(policy: type[Scheduler], device: DeviceSpec, model: ModelConfig, dep: Deployment,

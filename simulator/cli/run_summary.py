@@ -62,6 +62,9 @@ def print_run_summary(summary: dict, out_dir: Path | None) -> None:
                           band["tpot_s"]["mean"]["low"], band["tpot_s"]["mean"]["high"],
                           band["throughput"]["output_tokens_per_s"]["low"],
                           band["throughput"]["output_tokens_per_s"]["high"]))
+    if "batch_limits" in summary:  # a run written before the block existed has none
+        limits = summary["batch_limits"]
+        print_line(f"per step: at most {limits['sequences']} sequences, {limits['tokens']} tokens")
     print_line(_memory_line(summary["memory"]))
     for line in _extra_lines(summary):
         print_line(line)

@@ -78,6 +78,9 @@ class Scheduler(SpanSteps, OffloadSteps):
     # The other engine's knobs (deployment.py), refused by `check_knobs`: vLLM's policies
     # refuse TensorRT-LLM's and the reverse.
     foreign_engine, foreign_knobs = "TensorRT-LLM", TRTLLM_KNOBS
+    # the most sequences and tokens one step holds, as the policy resolved its knobs
+    max_seqs: int
+    budget: int
 
     @classmethod
     def host_overlapped(cls, dep: Deployment) -> bool:
@@ -90,6 +93,12 @@ class Scheduler(SpanSteps, OffloadSteps):
         cls.check_knobs(dep)
         if dep.enable_prefix_caching is None:
             dep = dep.model_copy(update={"enable_prefix_caching": cls.prefix_caching_default})
+        return dep
+
+    @classmethod
+    def device_defaults(cls, dep: Deployment, device: DeviceSpec) -> Deployment:
+        """The deployment with the defaults the engine picks by device filled in where the user
+        left them, on a GPU (backends/__init__.py): none unless the policy says otherwise."""
         return dep
 
     @classmethod
@@ -152,6 +161,11 @@ class Scheduler(SpanSteps, OffloadSteps):
         self.step_index = 0  # steps the replica has started (set by it before asking for a batch)
         # whether an arrival first runs in the step after the next (asynchronous scheduling)
         self.lags_arrivals = False
+
+    def batch_limits(self) -> dict[str, int]:
+        """summary.json `batch_limits`: the most sequences and tokens one step of this engine
+        holds, as resolved (unset knobs given the policy's, or the device's, defaults)."""
+        return {"sequences": self.max_seqs, "tokens": self.budget}
 
     # -- admission -------------------------------------------------------------------
     def rejection_reason(self, req: Request) -> str | None:

@@ -53,6 +53,7 @@ class SarathiScheduler(VLLMScheduler):
     chunked_budget_tokens = SARATHI_CHUNK_TOKENS
     v1_engine = False  # Sarathi-Serve: synchronous, no prefix caching unless asked
     prefix_caching_default = False
+    serve_defaults = False  # its own budget and max_num_seqs, whatever the device
 
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         super().__init__(dep, plan, model)

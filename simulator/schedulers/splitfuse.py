@@ -50,6 +50,7 @@ class SplitFuseScheduler(VLLMScheduler):
     chunked_budget_tokens = FASTGEN_FORWARD_TOKENS
     v1_engine = False  # DeepSpeed-FastGen: synchronous, no prefix caching unless asked
     prefix_caching_default = False
+    serve_defaults = False  # its own budget and max_num_seqs, whatever the device
 
     def _try_start(self, budget: int, now_s: float, whole: bool = False, watermark: int = 0,
                    reserve_tokens: int = 0, full_prompt: bool = False) -> int:

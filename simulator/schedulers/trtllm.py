@@ -135,7 +135,7 @@ class TrtllmScheduler(Scheduler):
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         super().__init__(dep, plan, model)
         self.policy = dep.capacity_scheduler_policy
-        self.max_batch, self.budget = dep.max_batch_size, dep.max_num_tokens
+        self.max_seqs, self.budget = dep.max_batch_size, dep.max_num_tokens
         self.chunked = dep.enable_chunked_context
         self.overlap = self.lags_arrivals = not dep.disable_overlap_scheduler
         # finished in the last step, blocks not yet freed: (request, blocks, computed tokens)
@@ -225,7 +225,7 @@ class TrtllmScheduler(Scheduler):
         budget allow; with the overlap scheduler and a step in flight, only requests that
         arrived before that step was scheduled."""
         t, waiting, bs = self.running, self.waiting, self.block_size
-        seats = self.max_batch - t.n - len(self.retiring)
+        seats = self.max_seqs - t.n - len(self.retiring)
         free = self.blocks.free - (0 if self.policy == MAX_UTILIZATION else self._reserved_blocks())
         while waiting and seats > 0:
             req = waiting[0]
@@ -288,7 +288,7 @@ class TrtllmScheduler(Scheduler):
             return False
         if self.retiring or t.n == 0:
             return True
-        if self.policy == STATIC_BATCH or t.n >= self.max_batch:
+        if self.policy == STATIC_BATCH or t.n >= self.max_seqs:
             return False
         head = self.waiting[0]
         if self.policy == MAX_UTILIZATION:  # the free blocks only shrink as the decodes grow

@@ -34,6 +34,7 @@ import numpy as np
 from ..deployment import Deployment
 from ..engine.batch import ScheduledBatch
 from ..engine.request import Request
+from ..hardware.spec import DeviceSpec
 from ..models.config import ModelConfig
 from ..perf.memory_plan import MemoryPlan
 from .base import Scheduler, register
@@ -41,6 +42,15 @@ from .offloading import LOADING
 
 # vLLM v0's BlockSpaceManager keeps 1 % of blocks free when admitting prompts.
 V0_WATERMARK = 0.01
+# `vllm serve`'s defaults by device (EngineArgs.get_batch_defaults, vllm/engine/arg_utils.py,
+# vLLM 0.9 to 0.19): a device that reports at least 70 GiB (the platform's total memory) and
+# whose name has no "a100" gets a token budget of 8192 and 1024 sequences; any other 2048 and
+# 256. The A100 is kept at the small budget because a large one lowered its throughput (vLLM
+# PR #17885). The offline LLM class's larger budgets (16384 / 8192) are not modelled: a run
+# replays a server.
+LARGE_DEVICE_BYTES = 70 * 2**30
+LARGE_DEVICE_BUDGET_TOKENS, LARGE_DEVICE_SEQS = 8192, 1024
+SERVE_SEQS = 256
 
 
 @register("vllm")
@@ -50,6 +60,28 @@ class VLLMScheduler(Scheduler):
     v1_engine = True
     prefix_caching_default = True  # vLLM v1: automatic prefix caching on by default
     kv_offloading = True  # its batching starts requests through Scheduler._try_start
+    # whether unset max_num_seqs and max_num_batched_tokens take `vllm serve`'s defaults by
+    # device; Sarathi and SplitFuse, built on this batching, keep their own
+    serve_defaults = True
+
+    @classmethod
+    def device_defaults(cls, dep: Deployment, device: DeviceSpec) -> Deployment:
+        """`vllm serve`'s max_num_batched_tokens and max_num_seqs on `device` where unset:
+        8192 and 1024 on a device of at least 70 GiB that is not an A100, else 2048 (the
+        chunked budget, `forward_tokens`) and 256. As vLLM does, an unset max_num_seqs is
+        at most the token budget when that is set (a budget without chunked prefill stays
+        room for the longest prompt, `forward_tokens`)."""
+        if not cls.serve_defaults:
+            return dep
+        large = device.memory[0].capacity >= LARGE_DEVICE_BYTES and "a100" not in device.name.lower()
+        update: dict[str, int] = {}
+        tokens = dep.max_num_batched_tokens
+        if tokens is None and large and dep.enable_chunked_prefill:
+            tokens = update["max_num_batched_tokens"] = LARGE_DEVICE_BUDGET_TOKENS
+        if "max_num_seqs" not in dep.model_fields_set:
+            seqs = LARGE_DEVICE_SEQS if large else SERVE_SEQS
+            update["max_num_seqs"] = seqs if tokens is None else min(seqs, tokens)
+        return dep.model_copy(update=update)
 
     @classmethod
     def host_overlapped(cls, dep: Deployment) -> bool:
