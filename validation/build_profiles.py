@@ -11,9 +11,11 @@ here, so every profile describes one device:
   8 GPUs per node (NVLink through NVSwitch, the fabric a single-node deployment uses).
 - rtx4090: the Llama-3.1-8B layer tables converted by `validation.layer_tables`.
 - rtx-pro-6000: the Llama-3.1-8B and Qwen3-32B layer tables at TP 1 and TP 2 (one device's
-  shard), converted the same way.
+  shard), converted the same way, and Qwen3-30B-A3B's fused-MoE layer table (`moe` rows).
 - xeon-emr-2vcpu: this project's 2-vCPU host, measured by `python -m validation.measure
   --device cpu --quick` (numpy GEMMs and copies; a loaded 2-core VM makes them noisy).
+- epyc-genoa-2vcpu: another of the project's 2-vCPU hosts, measured through torch's CPU
+  kernels in bf16, the dtype CPU runs use (prepacked oneDNN GEMMs, prefill attention, copies).
 
 Building them all also rewrites `transfer-errors.yaml` beside them (`validation.transfer_errors`:
 the measured errors of transferring each profile to the other GPUs and of scaling between dtypes).
@@ -62,7 +64,7 @@ def _rtx4090(tmp: Path) -> list[Path]:
 
 def _rtx_pro_6000(tmp: Path) -> list[Path]:
     paths = []
-    for model in ("llama-3.1-8b", "qwen3-32b"):
+    for model in ("llama-3.1-8b", "qwen3-32b", "qwen3-30b-a3b"):
         path = tmp / f"rtxpro6000-{model}-kernels.csv"
         convert(DATA / f"rtxpro6000-{model}").to_csv(path, index=False)
         paths.append(path)
@@ -73,8 +75,12 @@ def _host_cpu(tmp: Path) -> list[Path]:
     return [DATA / "xeon-emr-2vcpu-quick.csv"]
 
 
+def _genoa_vm(tmp: Path) -> list[Path]:
+    return [DATA / "epyc-genoa-2vcpu.csv", DATA / "epyc-genoa-2vcpu-memcpy.csv"]
+
+
 PROFILES = {"h100-sxm": _h100, "a100-80gb-sxm": _a100, "rtx4090": _rtx4090, "rtx-pro-6000": _rtx_pro_6000,
-            "xeon-emr-2vcpu": _host_cpu}
+            "xeon-emr-2vcpu": _host_cpu, "epyc-genoa-2vcpu": _genoa_vm}
 
 
 def build(name: str) -> Path:

@@ -2,8 +2,10 @@
 
 It runs on a CUDA GPU or on the host CPU (oneDNN/MKL kernels, as vLLM's CPU backend runs them:
 bf16 GEMMs and attention, the dtype CPU runs use). On the CPU, fp8 GEMMs and collectives are
-skipped with a note (no CPU engine runs fp8 GEMMs; one socket has no collective), and GEMMs and
-attention above `--cpu-max-gflop` are skipped as on the numpy path.
+skipped with a note (no CPU engine runs fp8 GEMMs; one socket has no collective), as is decode
+attention (torch's CPU attention is not the kernel vLLM's CPU backend decodes with, and runs one
+query token several times slower), and GEMMs and attention above `--cpu-max-gflop` are skipped
+as on the numpy path.
 
 GEMMs are `torch.mm(x, W.t())` (nn.Linear's layout), fp8 through `torch._scaled_mm` (probed
 once; skipped with a note where this torch or GPU lacks it); attention is
@@ -87,6 +89,10 @@ class TorchBackend(TorchTimer):
                             self.notes[f"fp8 gemm skipped: {why}"] += 1
                             continue
                     tasks += [("gemm", dtype, s) for s in S.gemm_shapes(models, opts.quick)]
+            elif op == "attn_decode" and not self.is_cuda:
+                self.notes["cpu: attn_decode skipped (torch's CPU attention runs one query token at under 1 GB/s of "
+                           "KV, far below vLLM's paged CPU decode kernel: its table would make CPU runs several "
+                           "times too slow)"] += 1
             elif op in ("attn_prefill", "attn_decode"):
                 for dtype in opts.dtypes:
                     if dtype not in ("bf16", "fp16"):
