@@ -62,14 +62,16 @@ class Deployment(BaseModel):
     activation_dtype: Literal["bf16", "fp16"] = knob("bf16", "compute type of the activations", "vLLM --dtype")
     # vLLM engine arguments (same names and defaults as vLLM's OpenAI server). `vllm serve`
     # picks max_num_seqs and max_num_batched_tokens by device: left unset (max_num_seqs: not
-    # given, whatever its declared default), the vllm policy on a GPU takes them from the device
+    # given, whatever its declared default), the vllm policy takes them from the device
     # (schedulers/vllm.py: VLLMScheduler.device_defaults); the other policies keep 256
     max_num_seqs: int = knob(256, "most sequences in one step (unset, vllm on a GPU: 1024 on one of >= 70 GiB that "
-                                  "is not an A100, else 256, at most the token budget when set; others: 256)",
+                                  "is not an A100, else 256; on a CPU 128 per tp x pp rank; at most the token "
+                                  "budget when set; others: 256)",
                              "vLLM --max-num-seqs", ge=1)
     max_num_batched_tokens: int | None = knob(
-        None, "most tokens in one step (unset: vllm on a GPU of >= 70 GiB that is not an A100 8192, else 2048 "
-              "chunked; the policy's own budget; or the longest prompt without chunked prefill)",
+        None, "most tokens in one step (unset: vllm on a GPU of >= 70 GiB that is not an A100 8192, on a CPU "
+              "2048 per tp x pp rank, else 2048 chunked; the policy's own budget; or the longest prompt without "
+              "chunked prefill)",
         "vLLM --max-num-batched-tokens", ge=1)
     block_size: int = knob(16, "tokens per KV-cache block", "vLLM --block-size", ge=1)
     gpu_memory_utilization: float = knob(0.9, "share of the device memory the engine may use",

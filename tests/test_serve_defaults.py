@@ -49,8 +49,15 @@ def test_other_policies_and_devices_keep_their_own_defaults():
     assert limits("h100-sxm", "orca") == (256, None)
     trt = prepare("h100-sxm", MODEL, "trtllm", knobs={"max_seq_len": 8192}).deployment
     assert (trt.max_batch_size, trt.max_num_tokens) == (2048, 8192)
-    # vLLM's CPU platform has defaults of its own, not modelled: a socket's 256 GiB and more get none
-    assert limits("xeon-6980p") == (256, None)
+
+
+def test_a_cpu_takes_vllm_serves_cpu_defaults_per_rank():
+    """vLLM's CPU platform: 2048 tokens and 128 sequences per rank of the tp x pp group,
+    whatever the memory (a socket's 256 GiB and more get no GPU-sized budget)."""
+    assert limits("xeon-6980p") == (128, 2048)
+    assert limits("xeon-6980p-2s", tp=2) == (256, 4096)
+    assert limits("xeon-6980p", max_num_batched_tokens=64) == (64, 64)
+    assert limits("xeon-6980p", max_num_seqs=8) == (8, 2048)
 
 
 def test_disaggregated_vllm_pools_each_take_the_devices_defaults():

@@ -57,7 +57,7 @@ class Backend:
     def resolve(dep: Deployment, system: System, model: ModelConfig, role: str,
                 policy: type[Scheduler]) -> Deployment:
         """The deployment as this kind's engine runs it, for a pool of `role`: the knobs it
-        defaults or chooses itself (on a GPU, those the policy's engine picks by device)."""
+        defaults or chooses itself (those the policy's engine picks by device)."""
         return policy.device_defaults(dep, system.accelerator)
 
     @staticmethod

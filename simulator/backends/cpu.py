@@ -85,14 +85,6 @@ class CpuBackend(Backend):
                              "machine as a system spec (count:, nodes:, network:)")
 
     @staticmethod
-    def resolve(dep: Deployment, system: System, model: ModelConfig, role: str,
-                policy: type[Scheduler]) -> Deployment:
-        """The knobs as given: vLLM's GPU defaults by device do not apply. Its CPU platform has
-        its own (EngineArgs.get_batch_defaults: `vllm serve` 2048 tokens and 128 sequences
-        per tp x pp rank), not modelled: unset, the policy's 2048 and 256 stand."""
-        return dep
-
-    @staticmethod
     def plan_memory(policy: type[Scheduler], device: DeviceSpec, model: ModelConfig, dep: Deployment,
                     forward_tokens: int) -> MemoryPlan:
         capacity = device.main_memory.capacity

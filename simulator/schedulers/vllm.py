@@ -51,6 +51,9 @@ V0_WATERMARK = 0.01
 LARGE_DEVICE_BYTES = 70 * 2**30
 LARGE_DEVICE_BUDGET_TOKENS, LARGE_DEVICE_SEQS = 8192, 1024
 SERVE_SEQS = 256
+# On a CPU (the same function's CPU branch) `vllm serve` takes 2048 tokens and 128 sequences
+# per rank of the tp x pp group, whatever the memory.
+CPU_BUDGET_TOKENS_PER_RANK, CPU_SEQS_PER_RANK = 2048, 128
 
 
 @register("vllm")
@@ -67,19 +70,23 @@ class VLLMScheduler(Scheduler):
     @classmethod
     def device_defaults(cls, dep: Deployment, device: DeviceSpec) -> Deployment:
         """`vllm serve`'s max_num_batched_tokens and max_num_seqs on `device` where unset:
-        8192 and 1024 on a device of at least 70 GiB that is not an A100, else 2048 (the
-        chunked budget, `forward_tokens`) and 256. As vLLM does, an unset max_num_seqs is
-        at most the token budget when that is set (a budget without chunked prefill stays
-        room for the longest prompt, `forward_tokens`)."""
+        on a GPU 8192 and 1024 on one of at least 70 GiB that is not an A100, else 2048 (the
+        chunked budget, `forward_tokens`) and 256; on a CPU 2048 and 128 per tp x pp rank. As
+        vLLM does, an unset max_num_seqs is at most the token budget when that is set (a
+        budget without chunked prefill stays room for the longest prompt, `forward_tokens`)."""
         if not cls.serve_defaults:
             return dep
-        large = device.memory[0].capacity >= LARGE_DEVICE_BYTES and "a100" not in device.name.lower()
+        if device.kind == "cpu":
+            ranks = dep.tp * dep.pp
+            budget, seqs, raise_budget = CPU_BUDGET_TOKENS_PER_RANK * ranks, CPU_SEQS_PER_RANK * ranks, True
+        else:
+            raise_budget = device.memory[0].capacity >= LARGE_DEVICE_BYTES and "a100" not in device.name.lower()
+            budget, seqs = LARGE_DEVICE_BUDGET_TOKENS, (LARGE_DEVICE_SEQS if raise_budget else SERVE_SEQS)
         update: dict[str, int] = {}
         tokens = dep.max_num_batched_tokens
-        if tokens is None and large and dep.enable_chunked_prefill:
-            tokens = update["max_num_batched_tokens"] = LARGE_DEVICE_BUDGET_TOKENS
+        if tokens is None and raise_budget and dep.enable_chunked_prefill:
+            tokens = update["max_num_batched_tokens"] = budget
         if "max_num_seqs" not in dep.model_fields_set:
-            seqs = LARGE_DEVICE_SEQS if large else SERVE_SEQS
             update["max_num_seqs"] = seqs if tokens is None else min(seqs, tokens)
         return dep.model_copy(update=update)
 
