@@ -55,6 +55,7 @@ from validation import vllm_moe_published
 
 LENGTHS = Path(__file__).parent / "data" / "mlperf-mixtral-8x7b-lengths.csv"
 GPUS = 8  # one engine per GPU in both systems
+MAX_OUTPUT = 1024  # tokens a sample may generate (the engines' max_output_len)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,14 @@ class MlperfRow:
     ttft_p99_s: float = 0.0  # Server: published 99th percentiles and mean TPOT
     tpot_p99_s: float = 0.0
     tpot_mean_s: float = 0.0
+    model: str = "mixtral-8x7b"
+    gpus: int = GPUS  # in the published system
+    tp: int = 1  # GPUs an engine spans; the system runs gpus / tp engines
+    max_seq_len: int = 2048 + 1024  # the engine's build limit
+    lengths: Path = LENGTHS
+    # the published tokens a sample (tokens/s over samples/s) where the engine's outputs are
+    # not the dataset's reference lengths; 0 replays the reference lengths as they are
+    tokens_per_sample: float = 0.0
 
     @property
     def label(self) -> str:
@@ -91,6 +100,17 @@ def load_lengths(path: Path = LENGTHS) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
+def row_lengths(row: MlperfRow) -> np.ndarray:
+    """The samples `row` replays: the reference lengths, or, with `tokens_per_sample`, their
+    outputs scaled to that mean (each sample keeps its share; at least 1 token, at most
+    MAX_OUTPUT, the benchmark's limit)."""
+    lengths = load_lengths(row.lengths)
+    if row.tokens_per_sample:
+        scaled = lengths[:, 1] * row.tokens_per_sample / lengths[:, 1].mean()
+        lengths[:, 1] = np.clip(np.rint(scaled), 1, MAX_OUTPUT)
+    return lengths
+
+
 def write_trace(path: Path, lengths: np.ndarray, requests: int, rate_per_s: float, seed: int) -> None:
     """`requests` samples drawn uniformly with replacement; all at time 0 (rate 0) or Poisson."""
     rng = np.random.default_rng(seed)
@@ -104,7 +124,7 @@ def write_trace(path: Path, lengths: np.ndarray, requests: int, rate_per_s: floa
 
 def knobs(row: MlperfRow) -> dict:
     return {"weight_dtype": "fp8", "kv_cache_dtype": "fp8", "max_batch_size": row.max_batch_size,
-            "max_num_tokens": row.max_num_tokens, "max_seq_len": 2048 + 1024, "free_gpu_memory_fraction": 0.90,
+            "max_num_tokens": row.max_num_tokens, "max_seq_len": row.max_seq_len, "free_gpu_memory_fraction": 0.90,
             "capacity_scheduler_policy": "max_utilization", "enable_chunked_context": False,
             "enable_block_reuse": False, "disable_overlap_scheduler": True, "cuda_graph_max_batch_size": 0,
             "api_server": False}
@@ -123,11 +143,13 @@ def window_tokens_per_s(requests, iterations, start: float, end: float) -> float
 
 
 def replay(row: MlperfRow, folder: Path, requests: int, seconds: float, seed: int = 0) -> dict:
-    """Simulate one GPU of `row`; the system's figures are eight times its throughput."""
+    """Simulate one engine of `row` (`tp` GPUs); the system's figures are its throughput times
+    the system's engines."""
     trace = folder / f"{row.label.replace(' ', '-')}.jsonl"
-    rate = row.scheduled_qps / GPUS
-    write_trace(trace, load_lengths(), requests if row.scenario == "Offline" else round(rate * seconds), rate, seed)
-    result = simulate(row.hardware, trace, model="mixtral-8x7b", scheduler="trtllm", tp=1, knobs=knobs(row))
+    engines = row.gpus // row.tp
+    rate = row.scheduled_qps / engines
+    write_trace(trace, row_lengths(row), requests if row.scenario == "Offline" else round(rate * seconds), rate, seed)
+    result = simulate(row.hardware, trace, model=row.model, scheduler="trtllm", tp=row.tp, knobs=knobs(row))
     summary = result.summary
     out = {"row": row.label, "published": row.published_tokens_per_s, "kv_blocks": summary["memory"]["kv_blocks"],
            "measured_share": sum(v for k, v in summary["provenance"]["share_of_time_by_source"].items()
@@ -136,7 +158,7 @@ def replay(row: MlperfRow, folder: Path, requests: int, seconds: float, seed: in
     if row.scenario == "Offline":
         # saturated: from the time a tenth of the requests have finished to the last start
         start = float(np.sort(reqs["finish_s"].to_numpy())[len(reqs) // 10])
-        out["simulated"] = GPUS * window_tokens_per_s(reqs, result.iterations, start, float(reqs["first_token_s"].max()))
+        out["simulated"] = engines * window_tokens_per_s(reqs, result.iterations, start, float(reqs["first_token_s"].max()))
     else:
         # an engine that keeps up completes what arrives: the output tokens over the span of
         # the arrivals (a 40-minute MLPerf run's ramp-up and drain are as negligible); whether
@@ -144,7 +166,7 @@ def replay(row: MlperfRow, folder: Path, requests: int, seconds: float, seed: in
         done = reqs[reqs["status"] == "completed"]
         if len(done) < len(reqs):
             raise ValueError(f"{len(reqs) - len(done)} requests did not complete")
-        out["simulated"] = GPUS * float(done["output_tokens"].sum() / reqs["arrival_s"].max())
+        out["simulated"] = engines * float(done["output_tokens"].sum() / reqs["arrival_s"].max())
         out["ttft_p99_s"] = float(np.percentile(done["ttft_s"], 99))
         out["tpot_p99_s"] = float(np.nanpercentile(done["tpot_s"], 99))
         out["tpot_mean_s"] = float(np.nanmean(done["tpot_s"]))
@@ -152,20 +174,28 @@ def replay(row: MlperfRow, folder: Path, requests: int, seconds: float, seed: in
     return out
 
 
+def print_replays(rows: tuple[MlperfRow, ...], requests: int, seconds: float) -> list[dict]:
+    """Replay `rows` and print each against its published figures; returns the replays."""
+    print(f"{'row':26} {'blocks':>7} {'measured':>8} {'simulated':>10} {'published':>10} {'error':>7}  latencies")
+    replays = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in rows:
+            r = replay(row, Path(tmp), requests, seconds)
+            extra = "" if row.scenario == "Offline" else (
+                f"TTFT p99 {r['ttft_p99_s']:.2f} s (published {row.ttft_p99_s:.2f}), TPOT p99 "
+                f"{r['tpot_p99_s'] * 1e3:.0f} ms (published {row.tpot_p99_s * 1e3:.0f}), mean {r['tpot_mean_s'] * 1e3:.0f} ms ({row.tpot_mean_s * 1e3:.0f})")
+            print(f"{r['row']:26} {r['kv_blocks']:>7} {r['measured_share']:>8.0%} {r['simulated']:>10,.0f} "
+                  f"{r['published']:>10,.0f} {r['error']:>+7.1%}  {extra}", flush=True)
+            replays.append(r)
+    return replays
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=12000, help="Offline: requests queued on the one GPU")
     parser.add_argument("--seconds", type=float, default=120.0, help="Server: seconds of arrivals")
     args = parser.parse_args(argv)
-    print(f"{'row':18} {'blocks':>7} {'measured':>8} {'simulated':>10} {'published':>10} {'error':>7}  latencies")
-    with tempfile.TemporaryDirectory() as tmp:
-        for row in ROWS:
-            r = replay(row, Path(tmp), args.requests, args.seconds)
-            extra = "" if row.scenario == "Offline" else (
-                f"TTFT p99 {r['ttft_p99_s']:.2f} s (published {row.ttft_p99_s:.2f}), TPOT p99 "
-                f"{r['tpot_p99_s'] * 1e3:.0f} ms (published {row.tpot_p99_s * 1e3:.0f}), mean {r['tpot_mean_s'] * 1e3:.0f} ms ({row.tpot_mean_s * 1e3:.0f})")
-            print(f"{r['row']:18} {r['kv_blocks']:>7} {r['measured_share']:>8.0%} {r['simulated']:>10,.0f} "
-                  f"{r['published']:>10,.0f} {r['error']:>+7.1%}  {extra}", flush=True)
+    print_replays(ROWS, args.requests, args.seconds)
     print()
     vllm_moe_published.print_rows()
     return 0
