@@ -22,8 +22,8 @@ is non-decreasing along every axis and multilinear interpolation (done as succes
 nodes and on flat stretches. It passes through the measured nodes except where the data
 themselves decrease with size (GEMM kernel selection does that: an fp8 GEMM with m = 257
 can be slower than with m = 512), where the isotonic fit takes a weighted mean. The fit
-alone is non-decreasing in m, n and k between aligned GEMM shapes (an unaligned one pays
-`unaligned_penalty`, so m = 513 may cost more than m = 528). Outside the box, the
+alone is non-decreasing in m, n and k between aligned GEMM shapes (an unaligned k or n pays
+`unaligned_penalty`, so n = 4100 may cost more than n = 4104). Outside the box, the
 prediction is the fit times the table's correction at the nearest point of the box,
 decaying by a factor e per factor `_DECAY` (fit_op_model.py) of distance in the log
 features, so it is continuous at the box but not guaranteed monotone there. Heads/kv_heads/head_dim, world
