@@ -35,6 +35,8 @@ GROUPS = [
     ("a100-sxm-gemm-vidur.csv", None, "a100-80gb-sxm"),
     ("llmcompass-gemm-a100.csv", None, "a100-80gb-sxm"),
     *[("a100-dgx-allreduce-vidur.csv", f"devices_per_node={n}", "dgx-a100") for n in (1, 2, 4, 8)],
+    ("epyc-genoa-2vcpu.csv", None, "epyc-genoa-2vcpu"),
+    ("epyc-genoa-2vcpu-memcpy.csv", None, "epyc-genoa-2vcpu"),
 ]
 # layer-table folders (converted to contract rows by validation.layer_tables) and their system:
 # the RTX 4090's Llama-3.1-8B layers, and the RTX PRO 6000's fused-MoE layer of Qwen3-30B-A3B
