@@ -63,6 +63,26 @@ def test_compare_prints_the_differences_from_the_first_run(runs, tmp_path, capsy
     assert matplotlib.image.imread(figure).ndim == 3
 
 
+def test_compare_as_json_and_csv_gives_the_unrounded_numbers(runs, tmp_path, capsys):
+    """stdout is only the JSON or CSV (the figure's path goes to stderr); the numbers are the
+    summaries' own, unrounded, with the differences from the first run."""
+    base, seqs4 = runs
+    a, b = _summary(base)["ttft_s"]["p90"], _summary(seqs4)["ttft_s"]["p90"]
+    assert main(["compare", str(base), str(seqs4), "--out", str(tmp_path / "j.png"), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert [run["path"] for run in data["runs"]] == [str(base), str(seqs4)]
+    row = next(r for r in data["metrics"] if r["metric"] == "TTFT p90 (s)")
+    assert row["values"] == [a, b] and row["deltas"] == [pytest.approx(b - a)]
+    assert row["percents"] == [pytest.approx(100 * (b - a) / a)]
+    assert "wrote" in captured.err and (tmp_path / "j.png").is_file()
+    assert main(["compare", str(base), str(seqs4), "--out", str(tmp_path / "c.png"), "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("section,metric,")
+    cells = next(line for line in lines if ",TTFT p90 (s)," in line).split(",")
+    assert float(cells[2]) == a and float(cells[3]) == b and float(cells[4]) == pytest.approx(b - a)
+
+
 def test_compare_says_when_the_traces_differ(runs, tmp_path, capsys):
     lines = TRACE.read_text().splitlines()[:50]
     short = tmp_path / "short.jsonl"

@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "the baseline")
     compare.add_argument("--out", metavar="FILE.png", help="where the figure goes: a PNG file or an existing folder "
                                                            "(default: beside the first run, compare-A-vs-B.png)")
+    _add_format(compare, "the runs, then one object per metric with every run's value and the differences")
     show_run = sub.add_parser("show", help="draw a run's latency CDFs, queue and KV cache over time, and step "
                                            "time by batch size into RUN/plots.png")
     show_run.add_argument("run", metavar="RUN", help="run folder (`simulate run --out`)")

@@ -67,6 +67,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for run in runs:  # the figure needs them: a missing one stops the command before any output
         run.requests  # noqa: B018
     labels = run_names(runs)
+    if args.format != "table":
+        _compare_data(runs, labels, args.format)
+        save(compare_figure(runs), target)
+        print(f"wrote {target}", file=sys.stderr)  # stdout holds only the JSON or CSV
+        return 0
     terminal = Console().is_terminal
     # off a terminal (a pipe, a file) whole rows: no wrapping at 80 columns, no trailing spaces
     console = Console(width=None if terminal else 100_000, record=not terminal, file=io.StringIO() if not terminal
@@ -102,3 +107,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
     save(compare_figure(runs), target)
     print(f"wrote {target}")
     return 0
+
+
+def _compare_data(runs: list[RunOutput], labels: list[str], fmt: str) -> None:
+    """`compare --format json|csv`: the table's numbers unrounded, one row per metric with each
+    run's value and, for the runs after the first, the difference and its percentage."""
+    from ..report import run_compare as compare
+    from .output import print_csv, print_json
+
+    rows = []
+    for section, metrics in compare.SECTIONS:
+        for metric in metrics:
+            base = metric.value(runs[0])
+            cells: dict = {"section": section, "metric": metric.label, "values": [metric.value(run) for run in runs]}
+            diffs = [compare.difference(base, metric.value(run)) for run in runs[1:]]
+            cells["deltas"] = [delta for delta, _ in diffs]
+            cells["percents"] = [percent for _, percent in diffs]
+            rows.append(cells)
+    if fmt == "json":
+        print_json({"runs": [{"label": label, "path": str(run.path), "deployment": compare.deployment(run),
+                              "calibration": compare.calibration(run)} for run, label in zip(runs, labels)],
+                    "metrics": rows, "notes": compare.notes(runs, labels)})
+        return
+    numbers = [label.split(":")[0] for label in labels]
+    columns = ["section", "metric", numbers[0]]
+    for number in numbers[1:]:
+        columns += [number, f"delta {number}", f"delta% {number}"]
+    print_csv(columns, [[row["section"], row["metric"], row["values"][0],
+                         *[x for i in range(1, len(runs))
+                           for x in (row["values"][i], row["deltas"][i - 1], row["percents"][i - 1])]]
+                        for row in rows])
