@@ -24,6 +24,7 @@ dispatch, which it does.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import statistics
 import sys
@@ -178,6 +179,8 @@ def simulated_ms(cost: CostModel, row) -> tuple[float, float]:
 
 
 def compare(hardware: str, steps: Path) -> pd.DataFrame:
+    if not steps.is_file():
+        raise InputError(f"{steps}: no such file; give a CSV written by `python -m validation.cpu_step measure`")
     frame = pd.read_csv(steps)
     out = []
     for model_name, rows in frame.groupby("model", sort=False):
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "measure":
+            if importlib.util.find_spec("torch") is None:
+                raise InputError("measure needs torch (pip install -e '.[gpu]'; a CPU build is enough)")
             measure(args.model, args.out, lambda line: print(line, file=sys.stderr))
         else:
             print(compare(args.hardware, args.steps).to_string(index=False))
