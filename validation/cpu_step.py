@@ -10,7 +10,7 @@ a KV cache (prefill: `scaled_dot_product_attention`, causal; decode: two batched
 the query heads grouped by KV head, see `TorchStep._decode_attention`), the output projection, RMSNorm, the gate/up
 projection, SiLU-and-multiply, the down projection; then the final norm, the LM head on one
 token per sequence and a greedy sample. Linear layers use oneDNN on weights prepacked once, as
-the measuring harness times them (`validation.measuring.torch_backend`). Weights are random
+the measuring harness times them (`validation.measuring.torch_backend.onednn_linear`). Weights are random
 (timing does not depend on their values) and the whole model is built, so every step streams
 all of its weights from memory as a real one does.
 
@@ -40,11 +40,11 @@ from simulator.errors import InputError
 from simulator.models.config import ModelConfig, load_model
 from simulator.perf.cost_model import CostModel
 from simulator.perf.kernel_times import SOURCES
+from validation.measuring.torch_backend import onednn_linear
 
 DECODES = ((1, 512), (4, 512), (16, 512), (1, 2048), (8, 2048))  # (batch, context tokens)
 PREFILLS = (128, 512, 1024)  # prompt tokens of one sequence
 WARMUP_STEPS, TIMED_STEPS = 2, 7
-PACK_M = 32  # oneDNN's weight-reorder hint, as vLLM's CPU backend and the harness use
 
 
 class TorchStep:
@@ -62,8 +62,7 @@ class TorchStep:
         self.q_size, self.kv_size = model.num_heads * d, model.num_kv_heads * d
 
         def linear(n: int, k: int):
-            w = torch.randn(n, k, dtype=bf16) * 0.02
-            return torch.ops.mkldnn._reorder_linear_weight(w, PACK_M)
+            return onednn_linear(torch, torch.randn(n, k, dtype=bf16) * 0.02)
 
         self.embed = torch.randn(model.vocab_size, h, dtype=bf16) * 0.02
         self.layers = [{"ln1": torch.ones(h, dtype=bf16), "ln2": torch.ones(h, dtype=bf16),
@@ -73,11 +72,9 @@ class TorchStep:
         self.norm = torch.ones(h, dtype=bf16)
         self.head = linear(model.vocab_size, h)
         inv = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
-        angles = torch.outer(torch.arange(model.max_position_embeddings and 32768, dtype=torch.float32), inv)
+        longest = max(max(context for _, context in DECODES), max(PREFILLS))  # the positions a step reaches
+        angles = torch.outer(torch.arange(longest, dtype=torch.float32), inv)
         self.cos, self.sin = angles.cos().to(bf16), angles.sin().to(bf16)
-
-    def _linear(self, x, w):
-        return self.torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
 
     def _rotary(self, x, positions):
         """Neox-style rotary embedding of (tokens, heads, head_dim) at the given positions."""
@@ -105,7 +102,7 @@ class TorchStep:
         for layer, (k_cache, v_cache) in zip(self.layers, caches):
             residual = residual + x
             x = F.rms_norm(residual, (m.hidden_size,), layer["ln1"], eps)
-            q, k, _v = self._linear(x, layer["qkv"]).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q, k, _v = layer["qkv"](x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = self._rotary(q.view(-1, m.num_heads, m.head_dim), positions)
             self._rotary(k.view(-1, m.num_kv_heads, m.head_dim), positions)  # written to the cache in a real engine
             if q_len == 1:
@@ -114,13 +111,13 @@ class TorchStep:
                 q = q.view(batch, q_len, m.num_heads, m.head_dim).transpose(1, 2)
                 attn = F.scaled_dot_product_attention(q, k_cache, v_cache, is_causal=True, enable_gqa=True)
                 attn = attn.transpose(1, 2)
-            x = self._linear(attn.reshape(batch * q_len, self.q_size), layer["o"])
+            x = layer["o"](attn.reshape(batch * q_len, self.q_size))
             residual = residual + x
             x = F.rms_norm(residual, (m.hidden_size,), layer["ln2"], eps)
-            gate, up = self._linear(x, layer["gate_up"]).chunk(2, dim=-1)
-            x = self._linear(F.silu(gate) * up, layer["down"])
+            gate, up = layer["gate_up"](x).chunk(2, dim=-1)
+            x = layer["down"](F.silu(gate) * up)
         last = (residual + x).view(batch, q_len, -1)[:, -1]
-        logits = self._linear(F.rms_norm(last, (m.hidden_size,), self.norm, eps), self.head)
+        logits = self.head(F.rms_norm(last, (m.hidden_size,), self.norm, eps))
         logits.float().argmax(dim=-1)
 
     def time_ms(self, batch: int, context: int, q_len: int) -> tuple[float, float, float]:

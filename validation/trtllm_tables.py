@@ -109,14 +109,19 @@ def bench_limits(row: Row) -> tuple[int, int]:
     return max_batch, max(max_tokens, row.isl + max_batch)
 
 
+def write_offline_trace(path: Path, requests: int, isl: int, osl: int) -> None:
+    """`requests` prompts of `isl` tokens, each asking for `osl`, all sent at time 0: a
+    throughput benchmark's offline load."""
+    with open(path, "w") as handle:
+        for i in range(requests):
+            handle.write(json.dumps({"id": f"r{i}", "arrival_s": 0.0, "input_tokens": isl, "output_tokens": osl}) + "\n")
+
+
 def replay(row: Row, folder: Path) -> dict:
     """Simulate one row; returns its limits, KV pool, simulated and published throughput."""
     trace = folder / f"{row.isl}-{row.osl}-{row.requests}.jsonl"
     if not trace.exists():
-        with open(trace, "w") as handle:
-            for i in range(row.requests):
-                handle.write(json.dumps({"id": f"r{i}", "arrival_s": 0.0, "input_tokens": row.isl,
-                                         "output_tokens": row.osl}) + "\n")
+        write_offline_trace(trace, row.requests, row.isl, row.osl)
     max_batch, max_tokens = bench_limits(row)
     knobs = {"weight_dtype": "fp8", "kv_cache_dtype": "fp8", "max_batch_size": max_batch,
              "max_num_tokens": max_tokens, "max_seq_len": row.isl + row.osl, "free_gpu_memory_fraction": KV_FRACTION,

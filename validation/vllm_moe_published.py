@@ -12,7 +12,8 @@ of gpustack/gpustack): the
 `vllm bench serve` with vLLM v0.11.0 on one node of eight GPUs. Each row is replayed as run:
 - `vllm serve MODEL -tp N` and nothing else but the flags the page gives: vLLM 0.11's defaults
   for the OpenAI server on a GPU of at least 70 GiB, `max_num_batched_tokens` 8192 and
-  `max_num_seqs` 1024 (`EngineArgs.get_batch_defaults`), chunked prefill, prefix caching (the
+  `max_num_seqs` 1024 (`EngineArgs.get_batch_defaults`, which the vllm policy applies to the
+  knobs left unset: `VLLMScheduler.device_defaults`), chunked prefill, prefix caching (the
   random prompts share nothing), CUDA graphs up to 512, `gpu_memory_utilization` 0.9; the API
   server in front;
 - the weights the checkpoint holds: Qwen3-235B-A22B-Instruct-2507 in bf16; its -FP8 and
@@ -31,7 +32,6 @@ profile's (the H200 rows transfer it), the grouped expert GEMMs and the all-redu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -39,8 +39,7 @@ from pathlib import Path
 
 from simulator import simulate
 
-# vLLM 0.11's defaults for `vllm serve` on a GPU of at least 70 GiB other than an A100
-SERVE_DEFAULTS = {"max_num_batched_tokens": 8192, "max_num_seqs": 1024}
+from .trtllm_tables import write_offline_trace
 
 
 @dataclass(frozen=True)
@@ -55,15 +54,15 @@ class GpustackRow:
     output_tokens: int  # its "Total generated tokens"
     published_tokens_per_s: float  # its "Total Token throughput"
     published_duration_s: float  # its "Benchmark duration"
-    max_num_batched_tokens: int = SERVE_DEFAULTS["max_num_batched_tokens"]
+    max_num_batched_tokens: int | None = None  # where the page sets it; else vllm serve's default
 
     @property
     def label(self) -> str:
         return f"{self.hardware} {self.model} {self.weight_dtype} tp{self.tp} {self.nominal}"
 
     def knobs(self) -> dict:
-        return SERVE_DEFAULTS | {"max_num_batched_tokens": self.max_num_batched_tokens,
-                                 "weight_dtype": self.weight_dtype}
+        budget = {} if self.max_num_batched_tokens is None else {"max_num_batched_tokens": self.max_num_batched_tokens}
+        return {"weight_dtype": self.weight_dtype, **budget}
 
 
 ROWS = (
@@ -80,20 +79,12 @@ ROWS = (
 )
 
 
-def write_trace(path: Path, row: GpustackRow) -> None:
-    """The row's prompts, all at time 0, each of the run's mean lengths."""
-    isl, osl = round(row.input_tokens / row.prompts), round(row.output_tokens / row.prompts)
-    with open(path, "w") as handle:
-        for i in range(row.prompts):
-            handle.write(json.dumps({"id": f"r{i}", "arrival_s": 0.0, "input_tokens": isl,
-                                     "output_tokens": osl}) + "\n")
-
-
 def replay(row: GpustackRow, folder: Path) -> dict:
     """Simulate one row: total tokens over the time from the first request to the last token,
     as `vllm bench serve` reports them."""
     trace = folder / f"{row.label.replace(' ', '-').replace('/', '-')}.jsonl"
-    write_trace(trace, row)
+    # the row's prompts, all at time 0, each of the run's mean lengths
+    write_offline_trace(trace, row.prompts, round(row.input_tokens / row.prompts), round(row.output_tokens / row.prompts))
     result = simulate(row.hardware, trace, model=row.model, scheduler="vllm", tp=row.tp, knobs=row.knobs())
     reqs = result.requests
     duration = float(reqs["finish_s"].max() - reqs["arrival_s"].min())

@@ -98,7 +98,7 @@ class Scheduler(SpanSteps, OffloadSteps):
     @classmethod
     def device_defaults(cls, dep: Deployment, device: DeviceSpec) -> Deployment:
         """The deployment with the defaults the engine picks by device filled in where the user
-        left them, on a GPU (backends/__init__.py): none unless the policy says otherwise."""
+        left them (backends/__init__.py: GPUs and CPUs): none unless the policy says otherwise."""
         return dep
 
     @classmethod

@@ -104,10 +104,15 @@ def _check_flash_weights(where: str, system: System, dep: Deployment, model: Mod
             if dep.flash_offload_tier else f"{system.name} has no flash tier of its own (node.tiers)"
         raise InputError(f"{system.source_file}: {where}flash_offload_gb: {named}; use a system spec with an nvme "
                          "tier (e.g. dgx-h100), declare one under node.tiers, or set flash_offload_gb 0")
-    needed = flash_weights_bytes(model, dep)
-    if tier.capacity is not None and needed > tier.capacity:
-        raise InputError(f"{where}flash_offload_gb {dep.flash_offload_gb:g}: more than the "
-                         f"{tier.capacity / GiB:.1f} GiB of {tier.name} each device has; lower it")
+    _check_room(where, f"flash_offload_gb {dep.flash_offload_gb:g}", flash_weights_bytes(model, dep), tier)
+
+
+def _check_room(where: str, knob: str, needed_bytes: float, tier: Tier) -> None:
+    """Weights placed on a tier (cpu_offload_gb, flash_offload_gb) must fit in the share of it
+    each device has."""
+    if tier.capacity is not None and needed_bytes > tier.capacity:
+        raise InputError(f"{where}{knob}: more than the {tier.capacity / GiB:.1f} GiB of {tier.name} each device has; "
+                         "lower it")
 
 
 def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfig, calibration: str | None) -> Pool:
@@ -143,9 +148,7 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
         if tier is None:
             raise InputError(f"{system.source_file}: {where}cpu_offload_gb needs a host link (pcie or nvlink_c2c) on "
                              f"{system.accelerator.name}; add one or set cpu_offload_gb 0")
-        if tier.capacity is not None and dep.cpu_offload_gb * GiB > tier.capacity:
-            raise InputError(f"{where}cpu_offload_gb {dep.cpu_offload_gb:g}: more than the {tier.capacity / GiB:.1f} "
-                             f"GiB of {tier.name} each device has; lower it")
+        _check_room(where, f"cpu_offload_gb {dep.cpu_offload_gb:g}", dep.cpu_offload_gb * GiB, tier)
     policy = get_scheduler(dep.scheduler)
     backend = backend_for(system.accelerator)
     refuse_foreign_knobs(dep, system, where)

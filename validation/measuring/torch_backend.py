@@ -38,6 +38,13 @@ from validation.measuring.torch_timing import TorchTimer
 CPU_PACK_M = 32
 
 
+def onednn_linear(torch, weight) -> Callable[[Any], Any]:
+    """y = x @ weight.T as vLLM's CPU backend runs a linear layer: a oneDNN matmul on a copy of
+    the weight reordered once into oneDNN's blocked layout (`create_onednn_mm(weight, 32)`)."""
+    packed, pointwise = torch.ops.mkldnn._reorder_linear_weight(weight, CPU_PACK_M), torch.ops.mkldnn._linear_pointwise
+    return lambda x: pointwise(x, packed, None, "none", [], "")
+
+
 class TorchBackend(TorchTimer):
     """Kernels through torch, timed by TorchTimer on the GPU or the host CPU."""
 
@@ -141,7 +148,8 @@ class TorchBackend(TorchTimer):
             if op == "gemm":
                 self._cpu_cap(shape.flops)
                 row = self._time(self._gemm_fns(shape, dtype), graph=True)
-                return {**row, "backend": self.gemm_kernel(dtype)} if self.gemm_kernel(dtype) else row
+                kernel = self.gemm_kernel(dtype)
+                return {**row, "backend": kernel} if kernel else row
             if op in ("attn_prefill", "attn_decode"):
                 return self._attention(op, dtype, shape)
             if op == "memcpy":
@@ -177,8 +185,7 @@ class TorchBackend(TorchTimer):
                 a = torch.randn(s.m, s.k, device=self.dev, dtype=td)
                 w = torch.randn(s.n, s.k, device=self.dev, dtype=td)
                 if self._cpu_prepacked(dtype):
-                    packed = torch.ops.mkldnn._reorder_linear_weight(w, CPU_PACK_M)
-                    fns.append(partial(torch.ops.mkldnn._linear_pointwise, a, packed, None, "none", [], ""))
+                    fns.append(partial(onednn_linear(torch, w), a))
                     continue
                 c = torch.empty(s.m, s.n, device=self.dev, dtype=td)
                 fns.append(partial(torch.mm, a, w.t(), out=c))
