@@ -103,7 +103,7 @@ def _groups(quick: bool):
         except Exception as exc:  # noqa: BLE001 - optional: report and go on
             print(f"note: {folder} skipped ({exc})", file=sys.stderr)
             continue
-        for (op, dtype), rows in frame[frame["op"] != "attn_mixed"].groupby(["op", "dtype"], sort=True):
+        for (op, dtype), rows in frame[~frame["op"].isin(["attn_mixed", "attn_skew"])].groupby(["op", "dtype"], sort=True):
             rows = subset(rows) if quick else rows.reset_index(drop=True)
             yield folder + "/", str(rows["device"].iloc[0]), op, dtype, rows, load_system(system)
 

@@ -7,8 +7,9 @@ decode-only and prefill-only batches as well as mixed ones. A folder holds one t
 (`dense.csv`, `per_sequence.csv`, `attention.csv`, at TP 1) or one per tensor-parallel degree
 in `tp1/`, `tp2/` ...: the TP N tables time one device's shard (1/N of the heads, MLP columns
 and vocabulary). This module writes the GEMM rows, the pure attention rows and the mixed ones
-(decodes in one call with a prefill chunk, `attn_mixed`) as contract rows (docs/contracts.md)
-so that `simulate calibrate` fits them like any other measurement:
+(decodes in one call with a prefill chunk, `attn_mixed`), and where a folder has `skew.csv`
+(decodes of unequal context, `attn_skew`), as contract rows (docs/contracts.md) so that
+`simulate calibrate` fits them like any other measurement:
 
     python -m validation.layer_tables validation/data/rtx4090-llama-3.1-8b OUT.csv
 
@@ -115,7 +116,25 @@ def convert(folder: str | Path) -> pd.DataFrame:
                 rows.append({"op": "attn_mixed", "dtype": "bf16", "batch": int(r.n_decode), "kv_len": int(r.kv_decode),
                              "seq_len": int(r.prefill_chunk), "prefill_kv_len": int(r.kv_prefill + r.prefill_chunk),
                              **heads, "time_us": float(r.time_us), "device": device, "source": f"{source}: attention"})
+        if (tables / "skew.csv").exists():
+            rows.extend(skew_rows(pd.read_csv(tables / "skew.csv"), heads, device, f"{source}: skew"))
     return pd.DataFrame(rows)
+
+
+def skew_rows(skew: pd.DataFrame, heads: dict[str, int], device: str, source: str) -> list[dict]:
+    """`attn_skew` rows from a profiler's skew table: per row `n` decodes at `kvs` tokens of
+    which `nb` at `kv_big`, mean `kv_mean`, alone (`pc` = 0) or with a chunk of `pc` tokens after
+    `kp` cached ones; `t_skew_us` timed beside the uniform batches at the mean (`t_mean_us`) and
+    at the longest (`t_max_us`). Its times run about 3x the attention table's for the same
+    batch (its own runs, apparently summed over the profiler's 3 iterations), so only their
+    ratios within a row are used (perf/context_skew.py)."""
+    rows = []
+    for r in skew.itertuples(index=False):
+        chunk = {"seq_len": int(r.pc), "prefill_kv_len": int(r.kp + r.pc)} if r.pc > 0 else {}
+        rows.append({"op": "attn_skew", "dtype": "bf16", "batch": int(r.n), "kv_len": int(r.kv_mean),
+                     "kv_max": int(r.kv_big), "long": int(r.nb), **chunk, **heads, "time_us": float(r.t_skew_us),
+                     "mean_us": float(r.t_mean_us), "max_us": float(r.t_max_us), "device": device, "source": source})
+    return rows
 
 
 def main() -> None:

@@ -20,7 +20,9 @@ class BatchShape(NamedTuple):
 
     prefill_tokens: new prompt tokens over all chunks; prefill_context: KV tokens the chunks
     attend to (cached context + the chunk itself); prefill_pairs: causal query-key pairs;
-    decode_context: KV tokens read by all decodes; sampled: sequences producing a token.
+    decode_context: KV tokens read by all decodes; sampled: sequences producing a token;
+    decode_max_context: KV tokens read by the longest decode (0: not known, costed as if all
+    decodes read the mean: perf/context_skew.py).
     A NamedTuple: schedulers build one per step, and it is cheaper than a frozen dataclass.
     """
 
@@ -30,6 +32,7 @@ class BatchShape(NamedTuple):
     num_decodes: int = 0
     decode_context: float = 0.0
     sampled: int = 0
+    decode_max_context: float = 0.0
 
     @property
     def tokens(self) -> int:
@@ -75,6 +78,7 @@ class SpanPlan:
     steps: int
     active: np.ndarray  # sequences in step j
     decode_context: np.ndarray  # KV tokens read by step j's decodes (j >= 1)
+    decode_max_context: np.ndarray  # KV tokens read by step j's longest decode (j >= 1)
     used: np.ndarray  # KV blocks in use during step j
     held: np.ndarray  # KV blocks held by the span's sequences at step j, before any is freed
     remaining: np.ndarray  # per running row: steps it samples in before it finishes

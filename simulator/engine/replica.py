@@ -139,7 +139,7 @@ class Replica:
         plan = self.scheduler.plan_span(batch, int(min(useful, MAX_SPAN_STEPS)))
         if plan is None:
             return None
-        rest = self.cost.decode_span(plan.active[1:], plan.decode_context[1:])
+        rest = self.cost.decode_span(plan.active[1:], plan.decode_context[1:], plan.decode_max_context[1:])
         ends = start + np.concatenate(([first.time_s], rest.time_s)).cumsum()
         k = 1 + int(ends[:-1].searchsorted(horizon, side="left")) + ahead
         if k == 1:

@@ -130,6 +130,12 @@ OP_KINDS: dict[str, OpKind] = {k.name: k for k in (
     # seq_len tokens attending to prefill_kv_len (the chunk and the context before it): fitted
     # as a slowdown of the two alone (perf/mixed_attention.py), not as a table
     OpKind("attn_mixed", ATTENTION, None, ("batch", "kv_len", "seq_len", "prefill_kv_len", "heads", "kv_heads", "head_dim")),
+    # one call over `batch` decodes of mean context kv_len, `long` of them at kv_max (and, in
+    # optional seq_len / prefill_kv_len columns, a prefill chunk), timed beside the same call
+    # with every decode at kv_len (mean_us) and at kv_max (max_us): fitted as the share of the
+    # difference the skewed call pays (perf/context_skew.py), not as a table
+    OpKind("attn_skew", ATTENTION, None, ("batch", "kv_len", "kv_max", "long", "heads", "kv_heads", "head_dim",
+                                          "mean_us", "max_us")),
     # multi-head latent attention (DeepSeek): prefill over up-projected keys and values, decode
     # absorbed into the latent space; costed by the roofline until a harness measures them
     OpKind("mla_prefill", ATTENTION, PrefillShape),

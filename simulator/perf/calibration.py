@@ -24,6 +24,7 @@ import yaml
 
 from ..errors import InputError, InvalidFile
 from ..hardware.loader import System
+from .context_skew import ContextSkew, row_paths
 from .device_identity import fingerprint, measured_elsewhere
 from .measurements import read_all
 from .mixed_attention import HEAD_KEYS, MixedAttention, default_factor
@@ -59,6 +60,7 @@ class Calibration:
     ops: dict[tuple[str, str], OpProfile] = field(default_factory=dict)
     path: Path | None = None
     mixed: MixedAttention | None = None  # measured cost of decodes in steps with prefill chunks
+    skew: ContextSkew | None = None  # measured tail of decodes of unequal context
 
     # -- YAML ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -76,6 +78,8 @@ class Calibration:
         }
         if self.mixed is not None:
             data["mixed_attention"] = self.mixed.to_dict()
+        if self.skew is not None:
+            data["context_skew"] = self.skew.to_dict()
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(yaml.dump(data, Dumper=_DUMPER, sort_keys=False, width=120))
         os.replace(tmp, path)
@@ -107,6 +111,11 @@ class Calibration:
                 calib.mixed = MixedAttention.from_dict(data["mixed_attention"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise InvalidFile(f"{path}: mixed_attention: malformed entry ({exc})") from None
+        if data.get("context_skew"):
+            try:
+                calib.skew = ContextSkew.from_dict(data["context_skew"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InvalidFile(f"{path}: context_skew: malformed entry ({exc})") from None
         return calib
 
 
@@ -160,7 +169,8 @@ def calibrate(system: System, files: list[str | Path], device: str | None = None
                         fingerprint(system.accelerator),
                         {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files})
     mixed = frame[frame["op"] == "attn_mixed"]
-    frame = frame[frame["op"] != "attn_mixed"]
+    skew = frame[frame["op"] == "attn_skew"]
+    frame = frame[~frame["op"].isin(["attn_mixed", "attn_skew"])]
     groups = list(frame.groupby(["op", "dtype"], sort=True))
     for i, ((op, dtype), rows) in enumerate(groups):
         rows = rows.reset_index(drop=True)
@@ -172,6 +182,8 @@ def calibrate(system: System, files: list[str | Path], device: str | None = None
             progress(i + 1, len(groups))
     if len(mixed):
         calib.mixed = _fit_mixed(calib, mixed.reset_index(drop=True))
+    if len(skew):
+        calib.skew = ContextSkew.fit(skew.reset_index(drop=True))
     return calib
 
 
@@ -202,6 +214,8 @@ def predict_rows(frame: pd.DataFrame, system: System, calib) -> tuple[np.ndarray
         where = frame.index.get_indexer(index)
         if op == "attn_mixed":
             predicted[where], source[where] = _predict_mixed(rows, str(dtype), system, calib)
+        elif op == "attn_skew":
+            predicted[where], source[where] = _predict_skew(rows, str(dtype), calib)
         elif calib is not None and calib.covers(op, dtype):
             covered = np.ones(len(rows), dtype=bool)
             if op in AS_MEASURED_ONLY:
@@ -240,6 +254,26 @@ def _predict_mixed(rows: pd.DataFrame, dtype: str, system: System, calib) -> tup
         factor[i] = table(n, context) if table is not None else default_factor(h, kv, miss)
     decode_us = decode_us * factor
     return prefill_us + decode_us, np.where(prefill_us >= decode_us, prefill_source, decode_source)
+
+
+def _predict_skew(rows: pd.DataFrame, dtype: str, calib) -> tuple[np.ndarray, np.ndarray]:
+    """`attn_skew` rows from their own uniform references (mean_us, max_us): mean_us + alpha x
+    (max_us - mean_us), alpha the profile's measured curve for the row's shape and path where
+    its decode times are this device's own (as `kernel_times` uses it), else 0 (the mean
+    context, source roofline). What this checks is the tail model, not the uniform times."""
+    from .profile_use import CALIBRATED
+
+    route = calib.route("attn_decode", dtype) if calib is not None else None
+    measured = calib.profile.skew if route is not None and route.kind == CALIBRATED else None
+    alpha = np.zeros(len(rows))
+    if measured is not None:
+        for i, (h, kv, d, path, n) in enumerate(zip(*(rows[k].to_numpy(dtype=int) for k in HEAD_KEYS),
+                                                    row_paths(rows), rows["batch"].to_numpy(dtype=float))):
+            curve = measured.curve(h, kv, d, str(path))
+            alpha[i] = curve(n) if curve is not None else 0.0
+    mean, longest = rows["mean_us"].to_numpy(dtype=float), rows["max_us"].to_numpy(dtype=float)
+    source = np.where(alpha > 0, "calibrated-interpolation", "roofline")
+    return mean + alpha * (longest - mean), source
 
 
 def in_sample(frame: pd.DataFrame, files: list[str | Path], calib: Calibration | None) -> np.ndarray:

@@ -62,9 +62,10 @@ _SOURCE_IDS = np.arange(len(SOURCES))[:, None]
 
 # Rows of the decode table (`CostModel._decode_columns`), one column per batch size: the fixed
 # part's time, FLOPs and bytes; the kernel overheads (`_kernel_overheads`); the decode-attention
-# bytes that grow with the batch size rather than the context; the fixed part's sources.
-_TIME, _FLOPS, _BYTES, _GAP, _LAUNCH, _BATCH_BYTES = range(6)
-_SOURCE_ROWS = slice(6, 6 + len(SOURCES))
+# bytes that grow with the batch size rather than the context; the share of the longest
+# decode's extra time the step pays (`_skew_alpha`); the fixed part's sources.
+_TIME, _FLOPS, _BYTES, _GAP, _LAUNCH, _BATCH_BYTES, _SKEW = range(7)
+_SOURCE_ROWS = slice(7, 7 + len(SOURCES))
 
 
 class IterationCost(NamedTuple):
@@ -339,10 +340,17 @@ class CostModel:
         ops: list[Operator] = []
         factor = 1.0
         if batch.num_decodes:
-            ops.append(attention_decode_op(self.model, batch.num_decodes, batch.decode_context, self.shard, self.prec))
-            if batch.prefill_tokens and self.mixed_decode_slowdown and not self.model.is_mla:
-                n = batch.num_decodes
+            op = attention_decode_op(self.model, batch.num_decodes, batch.decode_context, self.shard, self.prec)
+            ops.append(op)
+            n = batch.num_decodes
+            one_call = bool(batch.prefill_tokens) and self.mixed_decode_slowdown and not self.model.is_mla
+            if one_call:
                 factor = self.kernels.mixed_decode_factor(n, batch.decode_context / n)
+            alpha = self._skew_alpha(n, "mixed" if one_call else "decode", graphed)
+            if alpha and batch.decode_max_context * n > batch.decode_context:
+                at_longest = attention_decode_op(self.model, n, n * batch.decode_max_context, self.shard, self.prec)
+                ratio = self.kernels.gpu_time_s(at_longest)[0] / self.kernels.gpu_time_s(op)[0]
+                factor *= 1.0 + alpha * max(ratio - 1.0, 0.0)
         if batch.prefill_tokens:
             ops.append(attention_prefill_op(self.model, batch.prefill_tokens, batch.prefill_context,
                                             batch.prefill_pairs, self.shard, self.prec))
@@ -351,6 +359,13 @@ class CostModel:
             if upprojection is not None:
                 ops.append(upprojection)
         return self._sum(ops, graphed, (factor,))
+
+    def _skew_alpha(self, decodes: int, path: str, graphed: bool) -> float:
+        """The share of the longest decode's extra time over the mean that an attention call
+        of `decodes` pays (perf/context_skew.py): measured for eager calls only, 0 inside a
+        FULL CUDA graph, with MLA, or where the profile did not measure it."""
+        curve = None if graphed or self.model.is_mla else self.kernels.context_skew(path)
+        return curve(decodes) if curve is not None else 0.0
 
     def pipeline_send_s(self, tokens: int) -> float:
         if self.dep.pp <= 1:
@@ -390,19 +405,27 @@ class CostModel:
         return IterationCost(time_s, fixed.flops + attn.flops, fixed.bytes + attn.bytes,
                              self.prec.gemm_compute, sources)
 
-    def decode_span(self, num_decodes: np.ndarray, context: np.ndarray) -> SpanCost:
+    def decode_span(self, num_decodes: np.ndarray, context: np.ndarray, longest: np.ndarray | None = None) -> SpanCost:
         """Many decode-only iterations at once: step j decodes num_decodes[j] sequences that
         read context[j] KV tokens in all. Each step costs what `iteration` gives for that
         batch, up to float rounding: the same formulas on arrays. The decode-attention
         operator's FLOPs and bytes are linear in the context and the batch size, and whole
         numbers, so they are split exactly into a part per KV token and one per batch size.
         num_decodes is non-increasing (sequences only leave a span), so its first entry is
-        its largest."""
+        its largest. `longest`: the KV tokens of each step's longest decode (None: as if every
+        decode read the mean)."""
         columns = self._decode_columns(int(num_decodes[0]))[:, num_decodes]
         unit = self._decode_per_token
         op = Operator(unit.name, unit.kind, context * unit.flops, context * unit.bytes + columns[_BATCH_BYTES],
                       unit.dtype, unit.count, DecodeShape(num_decodes, context))
         gpu, source = self.kernels.gpu_time_s(op)
+        alpha = columns[_SKEW]
+        if longest is not None and alpha.any():
+            at_longest = num_decodes * longest
+            gpu_longest, _ = self.kernels.gpu_time_s(Operator(
+                unit.name, unit.kind, at_longest * unit.flops, at_longest * unit.bytes + columns[_BATCH_BYTES],
+                unit.dtype, unit.count, DecodeShape(num_decodes, at_longest)))
+            gpu = gpu * (1.0 + alpha * np.maximum(gpu_longest / gpu - 1.0, 0.0))
         if self.kernel_scale is not None:
             gpu = gpu * np.array([self.kernel_scale.get((i, op.kind), 1.0) for i in range(len(SOURCES))])[source]
         runs = self.dep.pp * op.count  # attention calls per step: its layers in every stage
@@ -437,8 +460,9 @@ class CostModel:
         """The decode table's column for a decode step of n sequences (rows: see _TIME...)."""
         fixed = self._fixed(n, n, True)
         batch_bytes = cast(float, attention_decode_op(self.model, n, 0.0, self.shard, self.prec).bytes)
-        return [fixed.time_s, fixed.flops, fixed.bytes, *self._kernel_overheads(self.graphs.graphed(n)), batch_bytes,
-                *fixed.sources_s]
+        graphed = self.graphs.graphed(n)
+        return [fixed.time_s, fixed.flops, fixed.bytes, *self._kernel_overheads(graphed), batch_bytes,
+                self._skew_alpha(n, "decode", graphed), *fixed.sources_s]
 
     @property
     def min_step_s(self) -> float:

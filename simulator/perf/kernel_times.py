@@ -52,6 +52,7 @@ from ..models.operators import (
     attention_prefill_op,
     routed_expert_ops,
 )
+from .context_skew import PATHS, SkewCurve
 from .kernels import attention_model
 from .mixed_attention import default_factor
 from .profile_use import CALIBRATED, AppliedProfile
@@ -157,6 +158,11 @@ class KernelTimes:
         """How much longer decodes take in a step with prefill chunks (perf/mixed_attention.py)."""
         return self._mixed_default
 
+    def context_skew(self, path: str) -> SkewCurve | None:
+        """The measured tail of decodes of unequal context on `path` ('decode' or 'mixed',
+        perf/context_skew.py); None: not measured (every decode at the mean context)."""
+        return None
+
 
 class CalibratedKernelTimes(KernelTimes):
     calibration: AppliedProfile
@@ -193,6 +199,10 @@ class CalibratedKernelTimes(KernelTimes):
         route, mixed = calibration.route("attn_decode", self.dtype), calibration.profile.mixed
         self._mixed = (mixed.table(self.heads["heads"], self.heads["kv_heads"], self.heads["head_dim"])
                        if mixed is not None and route is not None and route.kind == CALIBRATED else None)
+        # so do the measured tails of unequal contexts
+        skew = calibration.profile.skew if route is not None and route.kind == CALIBRATED else None
+        self._skew = {path: skew.curve(self.heads["heads"], self.heads["kv_heads"], self.heads["head_dim"], path)
+                      for path in PATHS} if skew is not None else {}
 
     # -- profile queries ---------------------------------------------------------------
     def _predict(self, op: str, dtype: str, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -280,6 +290,9 @@ class CalibratedKernelTimes(KernelTimes):
         if self._mixed is None:
             return self._mixed_default
         return self._mixed(decodes, context_per_decode)
+
+    def context_skew(self, path: str) -> SkewCurve | None:
+        return self._skew.get(path)
 
     def _gemm_table(self, dtype: str, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The profile's time for m = 1..GEMM_TABLE_ROWS of one (n, k) weight shape, asked once:

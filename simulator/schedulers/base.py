@@ -335,7 +335,9 @@ class Scheduler(SpanSteps, OffloadSteps):
                 decode_context -= total
                 (completing if ctx + c == total else partial).append(i)
         nd = size - len(idx)
-        shape = BatchShape(prefill_tokens, float(prefill_context), pairs, nd, float(decode_context), size - len(partial))
+        longest = (np.maximum.reduce(ntok[~prefill]) if idx.size else np.maximum.reduce(ntok)) if nd else 0
+        shape = BatchShape(prefill_tokens, float(prefill_context), pairs, nd, float(decode_context), size - len(partial),
+                           float(longest))
         transfer_s = self.swap.take_transfer_s() if self.swap is not None else 0.0
         if self.offload is not None:
             transfer_s += self._offload_step_s(completing, partial)

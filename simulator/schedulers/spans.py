@@ -59,10 +59,15 @@ class SpanSteps:
         if lo >= steps:  # nobody finishes inside the span: the common short span
             active = np.full(steps, n)
             context = np.add.reduce(ntok) + step_index * n
+            longest = np.maximum.reduce(ntok) + step_index
         else:  # those done by step j: cumulative counts (and ntok sums) by remaining
             active = n - np.bincount(remaining, minlength=steps)[:steps].cumsum()
             ntok_done = np.bincount(remaining, weights=ntok, minlength=steps)[:steps].cumsum()
             context = (np.add.reduce(ntok) - ntok_done) + step_index * active
+            # the longest still active at step j: the largest ntok among rows with remaining > j
+            by_remaining = np.zeros(steps + 1)
+            np.maximum.at(by_remaining, np.minimum(remaining, steps), ntok)
+            longest = np.maximum.accumulate(by_remaining[::-1])[::-1][1:] + step_index
         # KV blocks: after step 0 sequence i holds ntok_i tokens; step j needs ceil((ntok_i + j) / bs)
         # blocks, a new one first at j0 = blocks*bs - ntok_i + 1, then every bs steps, while it is
         # active (j < remaining). A finished sequence frees all its blocks.
@@ -85,7 +90,8 @@ class SpanSteps:
             steps = int((used > self.blocks.num_blocks).nonzero()[0][0])
             if steps < 2:
                 return None
-        return SpanPlan(batch, steps, active[:steps], context[:steps], used[:steps], held[:steps], remaining, lo)
+        return SpanPlan(batch, steps, active[:steps], context[:steps], longest[:steps], used[:steps], held[:steps],
+                        remaining, lo)
 
     def apply_span(self: _Policy, plan: SpanPlan, ends_s: np.ndarray) -> BatchOutcome:
         """Apply the first k = len(ends_s) steps of `plan`; sequences finish at their own step."""
