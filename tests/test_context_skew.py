@@ -2,9 +2,10 @@
 
 The RTX PRO 6000 profile carries alpha, the share of (uniform at the longest - uniform at the
 mean) that a skewed call pays, fitted from the layer profiler's skew tables. These tests tie
-a step's extra time to the medians of those tables, check where it applies (eager attention
-only: a step with a prefill chunk, or any step of an eager engine; not a decode step replayed
-from a FULL CUDA graph), that decode spans stay exact with it, and the contract rows.
+a step's extra time to the medians of those tables, check which path's tail a step pays (the
+unsplit one with a prefill chunk in the call, or inside a FULL CUDA graph on FlashAttention-2;
+the split one for decodes alone run eagerly; none in a graph whose attention splits), that
+decode spans stay exact with it, and the contract rows.
 """
 from __future__ import annotations
 
@@ -67,16 +68,44 @@ def test_a_step_with_a_prefill_chunk_pays_the_measured_share_of_its_longest_deco
     assert 0.2 < measured_alpha(n, True) < 0.4  # the varlen path: a long sequence is one block per head
 
 
-def test_decode_steps_pay_it_only_when_attention_runs_eagerly(graphed, eager):
-    n, mean, longest = 64, 1000.0, 3500.0
+def decode_step_extra_s(setup, n: int, mean: float, longest: float) -> float:
     uniform = BatchShape(num_decodes=n, decode_context=n * mean, sampled=n)
-    skewed = uniform._replace(decode_max_context=longest)
-    # a FULL CUDA graph replays the split layout fixed at capture: the tables do not describe it
-    assert graphed.cost.iteration(skewed).time_s == graphed.cost.iteration(uniform).time_s
-    extra = eager.cost.iteration(skewed).time_s - eager.cost.iteration(uniform).time_s
+    cost = setup.cost
+    return cost.iteration(uniform._replace(decode_max_context=longest)).time_s - cost.iteration(uniform).time_s
+
+
+def test_decode_steps_pay_the_tail_of_the_path_they_run(graphed, eager):
+    """Eagerly, decodes alone run FlashAttention-2's split-KV path (the tables' `decode` rows);
+    replayed from a FULL CUDA graph on this GPU (compute capability 12.0) they run with the
+    split fixed at capture on one-token dummy sequences, one part per sequence: the unsplit
+    path's tail (the rows with a prefill chunk in the call)."""
+    n, mean, longest = 64, 1000.0, 3500.0
     t_mean, t_max = attention_pair_s(eager, n, mean, longest)
-    assert extra == pytest.approx(eager.model.num_layers * measured_alpha(n, False) * (t_max - t_mean), rel=ROUNDED)
-    assert extra > 0
+    layers = eager.model.num_layers
+    split, unsplit = measured_alpha(n, False), measured_alpha(n, True)
+    assert decode_step_extra_s(eager, n, mean, longest) == pytest.approx(layers * split * (t_max - t_mean), rel=ROUNDED)
+    assert decode_step_extra_s(graphed, n, mean, longest) == pytest.approx(layers * unsplit * (t_max - t_mean),
+                                                                           rel=ROUNDED)
+    # at 16 decodes the kernel splits long sequences when it may: the unsplit tail is far larger
+    assert measured_alpha(16, False) < 0.05 < 0.15 < measured_alpha(16, True)
+
+
+def test_a_graph_whose_attention_splits_keeps_the_mean(tmp_path):
+    """The same GPU described with a Hopper's compute capability: vLLM would run
+    FlashAttention-3, whose ahead-of-time scheduler keeps splitting under graphs; the tables
+    do not time that, so a graphed decode step keeps the mean (an eager one still pays)."""
+    from simulator.perf.cuda_graphs import graphed_decode_unsplit
+
+    assert [graphed_decode_unsplit(c) for c in ("8.0", "8.9", "9.0", "10.0", "12.0", None)] == [
+        True, True, False, False, True, False]
+    spec = tmp_path / "sm90.yaml"
+    catalogue = Path(__file__).resolve().parents[1] / "hardware_specs/gpus/rtx-pro-6000.yaml"
+    spec.write_text(f'extends: {catalogue}\ncompute_capability: "9.0"\nsources: ["test"]\n')
+    setup = prepare(str(spec), "llama-3.1-8b", knobs=KNOBS)
+    assert setup.calibration is not None and setup.calibration.here  # the same device: its profile applies
+    assert decode_step_extra_s(setup, 64, 1000.0, 3500.0) == 0.0
+    eager = prepare(str(spec), "llama-3.1-8b", knobs={**KNOBS, "enforce_eager": True})
+    assert decode_step_extra_s(eager, 64, 1000.0, 3500.0) > 0
 
 
 def test_devices_without_skew_measurements_cost_every_decode_at_the_mean():
@@ -86,9 +115,11 @@ def test_devices_without_skew_measurements_cost_every_decode_at_the_mean():
     assert setup.cost.iteration(batch._replace(decode_max_context=4000.0)).time_s == setup.cost.iteration(batch).time_s
 
 
-def test_decode_spans_stay_exact_with_the_tail(eager, tmp_path):
+@pytest.mark.parametrize("mode", ["graphed", "eager"])
+def test_decode_spans_stay_exact_with_the_tail(mode, request, tmp_path):
     """Spans compute each step's longest decode in closed form (spans.plan_span); stepping one
     iteration at a time must give the same run."""
+    setup = request.getfixturevalue(mode)
     rng = np.random.default_rng(7)
     path = tmp_path / "trace.jsonl"
     with path.open("w") as f:
@@ -97,8 +128,8 @@ def test_decode_spans_stay_exact_with_the_tail(eager, tmp_path):
                                 "input_tokens": int(rng.choice([60, 300, 2500])),
                                 "output_tokens": int(rng.integers(5, 120))}) + "\n")
     index = TraceIndex.build(path)
-    fast = run_setup(eager, index, fast_forward=True)
-    slow = run_setup(eager, index, fast_forward=False)
+    fast = run_setup(setup, index, fast_forward=True)
+    slow = run_setup(setup, index, fast_forward=False)
     np.testing.assert_allclose(fast.requests.sort_values("id")["finish_s"].to_numpy(),
                                slow.requests.sort_values("id")["finish_s"].to_numpy(), rtol=1e-9)
     assert fast.summary["makespan_s"] == pytest.approx(slow.summary["makespan_s"], rel=1e-9)

@@ -31,6 +31,20 @@ def test_the_replays_meet_their_targets(replay):
         assert abs(row["error_pct"]) <= 100 * bound, (run.name, metric, row)
 
 
+def test_the_replays_are_at_least_as_close_as_the_publishers_simulator(replay):
+    """Where run.yaml records the publisher's own simulator on the run (LLMServingSim with
+    per-model profiling), this model's mean errors are no larger, metric by metric."""
+    import yaml
+
+    run, rows = replay
+    peer = yaml.safe_load((run.folder / "run.yaml").read_text()).get("peer")
+    if peer is None:
+        pytest.skip(f"{run.name}: no peer recorded")
+    means = {r["metric"]: r["error_pct"] for r in rows if r["stat"] == "mean"}
+    for metric in ("ttft_s", "tpot_s", "e2e_s"):
+        assert abs(means[metric]) <= abs(peer[metric]), (run.name, metric, means[metric], peer)
+
+
 def test_the_runs_are_replayed_whole():
     """Every request of every run is simulated to completion (none rejected or lost)."""
     for name in RUN_NAMES:

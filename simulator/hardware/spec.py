@@ -185,6 +185,9 @@ class DeviceSpec(_Strict):
     # architecture family (hopper, ampere, ada, blackwell, cdna3, ...): a device without a profile of
     # its own transfers the efficiencies of a profiled device of the same family first
     architecture: str | None = None
+    # CUDA compute capability ("major.minor", NVIDIA GPUs): which attention backend vLLM picks
+    # on it, and so how its decode attention splits under CUDA graphs (perf/cuda_graphs.py)
+    compute_capability: str | None = Field(default=None, pattern=r"^[0-9]+\.[0-9]+$")
     compute: Compute
     memory: list[MemoryTier] = Field(min_length=1)
     links: dict[str, Link] = {}

@@ -21,10 +21,13 @@ or less from 8 to 32 decodes, where the kernel splits long sequences, then 0.08 
 path (`mixed`: a prefill chunk in the call; `decode`: decodes alone) over log2(decodes),
 fitted by `simulate calibrate` from `attn_skew` rows: the median alpha of the rows where at
 most a quarter of the decodes are the long ones (serving batches have a long tail: few
-requests near the longest). It applies where the tables were measured: on that device, and
-only to attention launched eagerly, as the profiler ran it; a decode step replayed from a
-FULL CUDA graph runs the split layout fixed at capture, which these tables do not time, and
-keeps the mean. Without a measurement alpha is 0 (every decode costed at the mean context).
+requests near the longest). It applies on the device the tables were measured on, to the
+path a step's attention takes (`CostModel._skew_alpha`): a call with a prefill chunk takes the
+unsplit curve, decodes alone run eagerly the split one, and a decode replayed from a FULL CUDA
+graph the unsplit one where vLLM's FlashAttention-2 froze the split at one part per sequence
+when it captured the graph (perf/cuda_graphs.py), none where the graph's attention splits
+otherwise (the tables do not time that). Without a measurement alpha is 0 (every decode
+costed at the mean context).
 """
 from __future__ import annotations
 

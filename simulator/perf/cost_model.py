@@ -48,7 +48,7 @@ from ..models.operators import (
     latent_context_op,
 )
 from .collectives import TIME_MODELS, p2p_time_s
-from .cuda_graphs import GraphPlan
+from .cuda_graphs import GraphPlan, graphed_decode_unsplit
 from .flash_weights import FlashWeights, flash_tier
 from .host_experts import HostExperts
 from .kernel_times import GEMM_TABLE_ROWS, HOST, ROOFLINE, SOURCES, grown_size, kernel_times
@@ -123,6 +123,9 @@ class CostModel:
         self.host_overlapped = host_overlapped
         self.budget_tokens = budget_tokens or dep.max_num_batched_tokens or 2048
         self.graphs = graphs or GraphPlan(dep, self.budget_tokens)
+        # vLLM's FULL-graph decodes on FlashAttention-2 do not split a sequence's KV (cuda_graphs.py)
+        self._graphed_unsplit = type(self.graphs) is GraphPlan and graphed_decode_unsplit(
+            system.accelerator.compute_capability)
         self.mixed_decode_slowdown = mixed_decode_slowdown
         self.overheads = system.overheads  # the host's speed applied (loader.host_overheads)
         self.host_s = self.overheads.scheduler_per_iteration
@@ -362,9 +365,17 @@ class CostModel:
 
     def _skew_alpha(self, decodes: int, path: str, graphed: bool) -> float:
         """The share of the longest decode's extra time over the mean that an attention call
-        of `decodes` pays (perf/context_skew.py): measured for eager calls only, 0 inside a
-        FULL CUDA graph, with MLA, or where the profile did not measure it."""
-        curve = None if graphed or self.model.is_mla else self.kernels.context_skew(path)
+        of `decodes` pays (perf/context_skew.py), as the profile measured it for the call's path:
+        `mixed` (one call with a prefill chunk, no KV split) or `decode` (decodes alone, split
+        as the kernel chooses). A FULL-graph decode runs with the split frozen at capture: one
+        part per sequence on FlashAttention-2 (cuda_graphs.py), the unsplit path's tail; no
+        tail elsewhere, where the capture's split is not what the tables timed. 0 with MLA
+        or where the profile did not measure it."""
+        if graphed:
+            if not self._graphed_unsplit:
+                return 0.0
+            path = "mixed"
+        curve = None if self.model.is_mla else self.kernels.context_skew(path)
         return curve(decodes) if curve is not None else 0.0
 
     def pipeline_send_s(self, tokens: int) -> float:

@@ -9,6 +9,14 @@ one token, else a PIECEWISE graph whose attention runs eagerly between the captu
 (cudagraph_mode FULL_AND_PIECEWISE). A larger step runs the compiled model eagerly on its
 exact token count. The logits and the sampler run after the graph, eagerly, on the sequences
 that sample. `enforce_eager` captures nothing.
+
+Inside a FULL graph the decode attention runs as captured. vLLM 0.19's FlashAttention-2
+backend (its choice on compute capability 8.x and 12.x) lets the kernel pick how many parts to
+split each sequence's KV into on the host, from the batch's longest sequence, and the capture
+runs on dummy one-token sequences (`_dummy_run`: seq_lens = max_query_len = 1), so every
+replay runs one part per sequence and KV head: a long sequence is not split, and the batch
+waits for it (perf/context_skew.py). FlashAttention-3 (9.x) schedules ahead of time with up
+to 16 splits kept under graphs, FlashInfer (10.x) plans each step's split outside the graph.
 """
 from __future__ import annotations
 
@@ -32,6 +40,14 @@ def capture_sizes(limit: int) -> list[int]:
     """The captured batch sizes up to `limit`, ascending (the largest becomes the limit)."""
     sizes = [1, 2, 4, *range(8, min(limit + 1, 256), 8), *range(256, limit + 1, 16)]
     return sorted({s for s in sizes if s <= limit})
+
+
+def graphed_decode_unsplit(compute_capability: str | None) -> bool:
+    """Whether vLLM's FULL-graph decode attention runs one KV part per sequence on a device of
+    this CUDA compute capability (FlashAttention-2, see above); False where it is not known."""
+    if compute_capability is None:
+        return False
+    return int(compute_capability.split(".")[0]) in (8, 12)
 
 
 class GraphPlan:
