@@ -17,7 +17,7 @@ from simulator.models.config import load_model
 from simulator.models.operators import Precision, Sharding, dense_ops
 from simulator.perf.calibration import Calibration
 from simulator.perf.fitting import kfold_errors
-from simulator.perf.kernel_times import INTERP, ROOFLINE, CalibratedKernelTimes
+from simulator.perf.kernel_times import FIT, INTERP, ROOFLINE, SCALED, CalibratedKernelTimes
 from simulator.perf.profile_use import AppliedProfile
 from simulator.perf.roofline import operator_time_s
 from validation.layer_tables import convert
@@ -90,8 +90,9 @@ def test_qwen3_30b_a3b_on_rtx_pro_6000_takes_the_measured_moe_layer(tmp_path, pr
     roofline = [operator_time_s(device, op) for op in routed]
     assert times[0][0] / times[2][0] == pytest.approx(roofline[0] / roofline[2], rel=1e-9)
 
-    # the run's share by source: without the moe table the routed experts are roofline time
-    # (the model's largest weights: 128 experts x 3 x 2048 x 768 per layer), with it calibrated
+    # the run's share by source: without the moe table the routed experts (the model's largest
+    # weights: 128 experts x 3 x 2048 x 768 per layer) take the dense GEMM fit's grouped
+    # costing (calibrated-fit), with it the table's interpolation
     with_moe = simulate_setup(setup, _trace(tmp_path), keep_frames=False, uncertainty=True).summary
     without = Calibration(profile.device, profile.hardware, profile.sources, profile.fitted_on, profile.source_sha256,
                           {k: v for k, v in profile.ops.items() if k[0] != "moe"}, profile.path)
@@ -100,7 +101,8 @@ def test_qwen3_30b_a3b_on_rtx_pro_6000_takes_the_measured_moe_layer(tmp_path, pr
     plain = simulate_setup(prepare("rtx-pro-6000", "qwen3-30b-a3b", knobs=SHORT, calibration=str(path)),
                            _trace(tmp_path), keep_frames=False).summary
     share, share_plain = with_moe["provenance"]["share_of_time_by_source"], plain["provenance"]["share_of_time_by_source"]
-    assert share_plain["roofline"] > 0.5  # the routed experts, uncalibrated (about 0.84)
+    assert share_plain["calibrated-fit"] > 0.5 and share_plain["roofline"] < 0.05
+    assert share["calibrated-interpolation"] > share_plain["calibrated-interpolation"] + 0.3
     assert share["roofline"] < 0.05  # what is left: norms, rotary, embedding, sampler
     assert share["calibrated-interpolation"] + share["calibrated-fit"] > 0.9
     # the band carries the moe table's own held-out p90 on the routed experts' operators
@@ -109,14 +111,20 @@ def test_qwen3_30b_a3b_on_rtx_pro_6000_takes_the_measured_moe_layer(tmp_path, pr
     assert by_source["grouped_gemm"] == pytest.approx(p90) and by_source["experts_act"] == pytest.approx(p90)
 
 
-@pytest.mark.parametrize("model, knobs", [("qwen3-30b-a3b", {"tp": 2}),  # 384 of 768 columns per device
-                                          ("qwen3-30b-a3b", {"weight_dtype": "fp8"}),  # another dtype
-                                          ("mixtral-8x7b", {"weight_dtype": "fp8"})])  # another model
-def test_a_moe_layer_the_table_does_not_describe_stays_on_the_roofline(model, knobs):
+@pytest.mark.parametrize("model, knobs, source", [("qwen3-30b-a3b", {"tp": 2}, FIT),  # 384 of 768 columns a device
+                                                  ("qwen3-30b-a3b", {"weight_dtype": "fp8"}, SCALED),  # another dtype
+                                                  ("mixtral-8x7b", {"weight_dtype": "fp8"}, SCALED)])  # another model
+def test_a_moe_layer_the_table_does_not_describe_takes_the_gemm_route(model, knobs, source):
+    """Not the table: its grouped GEMMs are costed from the device's dense GEMM fit in their
+    dtype (tests/test_grouped_gemm.py), the activation by the roofline."""
     setup = prepare("rtx-pro-6000", model, knobs={**SHORT, **knobs})
     kernels = CalibratedKernelTimes(setup.system, setup.model, setup.deployment, setup.calibration)
     for op in _routed(setup, 64):
-        assert kernels.gpu_time_s(op) == (operator_time_s(setup.system.accelerator, op), ROOFLINE), op.name
+        time_s, got = kernels.gpu_time_s(op)
+        if op.kind == "grouped_gemm":
+            assert got == source, op.name
+        else:
+            assert (time_s, got) == (operator_time_s(setup.system.accelerator, op), ROOFLINE), op.name
     assert "moe" not in {route.op for route in setup.calibration.routes()}
 
 

@@ -68,6 +68,18 @@ def _gemm_time(f, flops, nbytes, q: dict[str, float], dev: dict[str, float], dty
     return _smax(t_c, t_m, p=q["sharpness"]) * 1e6 + q["overhead_us"]
 
 
+def grouped_gemm_us(q: dict[str, float], dev: dict[str, float], dtype: str, m: float, n: int, k: int, groups: int,
+                    nbytes: float) -> float:
+    """A grouped GEMM (one launch over `groups` weight matrices of [k -> n], m rows each on
+    average) under a GEMM fit's parameters `q`: every group's rows padded to whole tiles of
+    tile_m and their tiles scheduled in waves together, the K loop of one GEMM, the bytes of
+    all the groups' weights, one fixed cost. What the fit says of a dense GEMM is what it
+    says of each group; only the launch is shared."""
+    rows = groups * np.ceil(m / q["tile_m"]) * q["tile_m"]
+    f = {"m": np.array([rows]), "n": np.array([float(n)]), "k": np.array([float(k)])}
+    return float(_gemm_time(f, None, np.array([nbytes]), q, dev, dtype)[0])
+
+
 def _prefill_time(f, flops, nbytes, q, dev, dtype):
     """FlashAttention prefill: (batch x heads x query tiles) blocks over the units."""
     tq, units = q["tile_q"], dev["units"]

@@ -130,6 +130,21 @@ def kfold_errors(frame: pd.DataFrame, system: System, k: int = 5, seed: int = 0)
     return out
 
 
+def transferred_params(model_or_efficiencies: OpModel | dict[str, float], target_system: System,
+                       op: str | None = None) -> tuple[dict[str, float], str]:
+    """The fit's parameters as they apply on `target_system`, and the op (see `transfer`): a
+    GEMM's fixed cost scaled by the source's clock over the target's."""
+    if isinstance(model_or_efficiencies, OpModel):
+        params, op = model_or_efficiencies.efficiencies(), model_or_efficiencies.op
+        source_clock = model_or_efficiencies.device.get("clock_hz")
+    else:
+        params, op, source_clock = dict(model_or_efficiencies), op or "gemm", None
+    target_clock = target_system.accelerator.compute.clock
+    if op == "gemm" and source_clock and target_clock:
+        params["overhead_us"] *= source_clock / target_clock
+    return params, op
+
+
 def transfer(model_or_efficiencies: OpModel | dict[str, float], target_system: System,
              op: str | None = None) -> Callable[[pd.DataFrame], np.ndarray]:
     """A predictor (frame -> microseconds) that applies fitted efficiencies to another device.
@@ -145,14 +160,7 @@ def transfer(model_or_efficiencies: OpModel | dict[str, float], target_system: S
     raised it in most pairs, keeps its overheads. Pass `op` when giving a bare efficiencies
     dict (default gemm; no clock scaling, the dict knows no device).
     """
-    if isinstance(model_or_efficiencies, OpModel):
-        params, op = model_or_efficiencies.efficiencies(), model_or_efficiencies.op
-        source_clock = model_or_efficiencies.device.get("clock_hz")
-    else:
-        params, op, source_clock = dict(model_or_efficiencies), op or "gemm", None
-    target_clock = target_system.accelerator.compute.clock
-    if op == "gemm" and source_clock and target_clock:
-        params["overhead_us"] *= source_clock / target_clock
+    params, op = transferred_params(model_or_efficiencies, target_system, op)
     if op in COLLECTIVE_KINDS:  # per-world-size fits are device specific; keep the link model
         params = {k: v for k, v in params.items() if "@" not in k}
     elif op == "memcpy":  # efficiencies of the link travel, latencies are the target link's

@@ -21,7 +21,9 @@ to another dtype, or transferred from another device, each resolved once per (op
   categorical axes) on this device in its dtype, with the weights stored in that dtype and no
   expert parallelism; the layer's time, looked up at its tokens and expected experts reached,
   is spread over the three operators in proportion to their roofline times. Any other MoE
-  layer keeps the roofline (profile_use.py says why it is not scaled or transferred).
+  layer's grouped GEMMs take the profile's GEMM route of their dtype: its fitted model with
+  every group's tiles in one launch (`fit_compute.grouped_gemm_us`; profile_use.py says why
+  the moe table is neither scaled nor transferred); the activation keeps the roofline.
 Ops or dtypes the profile does not cover stay on the roofline. The source of a calibrated
 prediction is "calibrated-interpolation" inside the measured shape ranges and
 "calibrated-fit" outside them (the profile's extrapolating model); "scaled" and
@@ -53,9 +55,13 @@ from ..models.operators import (
     routed_expert_ops,
 )
 from .context_skew import PATHS, SkewCurve
+from .fit_compute import grouped_gemm_us
+from .fit_inputs import device_numbers
+from .fitting import transferred_params
 from .kernels import attention_model
 from .mixed_attention import default_factor
 from .profile_use import CALIBRATED, AppliedProfile
+from .profile_use import SCALED as SCALED_ROUTE
 from .roofline import operator_time_s
 
 _ONE_DEVICE = Sharding()
@@ -169,7 +175,7 @@ class CalibratedKernelTimes(KernelTimes):
 
     def __init__(self, system: System, model: ModelConfig, dep: Deployment, calibration: AppliedProfile):
         super().__init__(system, model, dep)
-        self.calibration = calibration
+        self.calibration, self.system = calibration, system
         calibration.route("gemm", dep.precision.gemm_compute)  # resolved now: the run's routes are known at set-up
         if dep.tp > 1:
             for kind in ("allreduce", "allgather"):
@@ -195,6 +201,8 @@ class CalibratedKernelTimes(KernelTimes):
                             and dep.precision.weights == dep.precision.gemm_compute
                             and any(op == "moe" for op, _ in calibration.profile.ops))
         self._moe_dtype, self._prec, self._gated = dep.precision.gemm_compute, dep.precision, model.gated_mlp
+        if model.num_experts > 1:  # its grouped GEMMs may come from the GEMM route (_grouped_gemm_s)
+            calibration.grouped_dtypes.add(dep.precision.gemm_compute)
         # measured mixed-step factors hold for the device they were measured on, with its decode times
         route, mixed = calibration.route("attn_decode", self.dtype), calibration.profile.mixed
         self._mixed = (mixed.table(self.heads["heads"], self.heads["kv_heads"], self.heads["head_dim"])
@@ -258,6 +266,10 @@ class CalibratedKernelTimes(KernelTimes):
             if measured is not None:
                 layer_s, source, roofline_s = measured
                 return layer_s * operator_time_s(self.device, op) / roofline_s, source
+        if op.kind == "grouped_gemm":
+            grouped = self._grouped_gemm_s(op)
+            if grouped is not None:
+                return grouped
         if op.kind == "attn_decode" and self._decode is not None:
             return self._attention_decode_s(op)
         if op.kind == "attn_prefill" and self._prefill is not None:
@@ -333,6 +345,25 @@ class CalibratedKernelTimes(KernelTimes):
             frame = pd.DataFrame({"op": [kind], "dtype": [dtype], "bytes": [int(nbytes)], "world_size": [world]})
             times, sources = self._predict(kind, dtype, frame)
             self._memo[key] = (float(times[0]), int(sources[0]))
+        return self._memo[key]
+
+    def _grouped_gemm_s(self, op: Operator) -> tuple[float, int] | None:
+        """A routed experts' grouped GEMM under this device's fitted GEMM model (the profile's
+        route for GEMMs of its dtype; `fit_compute.grouped_gemm_us`), its source that route's
+        kind: calibrated-fit here, else scaled or transferred. None where the profile has no
+        GEMM route for the dtype."""
+        key = ("grouped", op.dtype, op.shape, op.bytes)
+        if key not in self._memo:
+            route = self.calibration.route("gemm", op.dtype)
+            if route is None:
+                return None
+            model = self.calibration.profile.ops[("gemm", route.measured_dtype)].model
+            params, _ = transferred_params(model, self.system)
+            m, n, k, groups, _layer = cast(GroupedGemmShape, op.shape)
+            time_us = grouped_gemm_us(params, device_numbers(self.system, "gemm", op.dtype), op.dtype, m, n, k,
+                                      groups, cast(float, op.bytes))
+            source = {CALIBRATED: FIT, SCALED_ROUTE: SCALED}.get(route.kind, TRANSFERRED)
+            self._memo[key] = (time_us * 1e-6, source)
         return self._memo[key]
 
     def _memoised(self, key: tuple, op: Operator) -> tuple[float, int]:

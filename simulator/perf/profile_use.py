@@ -22,7 +22,11 @@ A measured fused-MoE layer (`moe`) is used only as measured: on the device, in t
 (`kernel_times.py`) for the layer shape it was measured at. Its efficiency comes from the
 kernel's tile configurations, which vLLM tunes per (experts, intermediate size, device), and
 from one model's shapes; no error of scaling or transferring it has been measured, so any
-other model, dtype or device keeps the roofline for its routed experts.
+other model, dtype or device costs its routed experts' grouped GEMMs from the GEMM route of
+their dtype: that route's fitted model with every group's tiles in one launch
+(`fit_compute.grouped_gemm_us`), sourced as the route is ("calibrated-fit" on the device).
+Its error is at least `GROUPED_GEMM_ERROR_P90`, what that costing gives on the one measured
+fused-MoE table.
 
 Each route carries its measured p90 error, which `--uncertainty` uses: the profile's held-out
 p90 for calibrated ops; for scaled ops that plus the measured error of dtype scaling; for
@@ -91,6 +95,13 @@ def measured_error_p90(kind: str, op: str, device_kind: str) -> float | None:
     return float(entry["p90_pct"]) / 100.0 if entry else None
 
 
+# p90 |error| of the fused-MoE layers of the RTX PRO 6000's `moe.csv` (50 rows, Qwen3-30B-A3B)
+# predicted from that GPU's dense GEMM fit as grouped GEMMs (`fit_compute.grouped_gemm_us`),
+# the table itself unused: the error of costing a grouped GEMM from a GEMM route
+# (`tests/test_grouped_gemm.py` recomputes it)
+GROUPED_GEMM_ERROR_P90 = 0.16
+
+
 @dataclass(frozen=True)
 class Route:
     """How the profile answers one (op, dtype) of the run."""
@@ -109,6 +120,8 @@ class AppliedProfile:
         self.profile, self.system = profile, system
         self.here = same_device(profile.fitted_on, fingerprint(system.accelerator))
         self._routes: dict[tuple[str, str], Route | None] = {}
+        # dtypes whose routed experts' grouped GEMMs a run costs from the GEMM route (kernel_times)
+        self.grouped_dtypes: set[str] = set()
 
     @property
     def path(self) -> Path | None:
@@ -189,13 +202,19 @@ class AppliedProfile:
 
     def errors(self) -> dict[tuple[str, str], float]:
         """Largest measured p90 error of the routes resolved so far, by (kernel-time source, op
-        kind of the operators whose time it gives)."""
+        kind of the operators whose time it gives): a measured MoE layer's lands on its
+        operators' kinds, a GEMM route's also on the grouped GEMMs costed from it."""
         out: dict[tuple[str, str], float] = {}
         for route in self._routes.values():
-            if route is not None:  # a measured MoE layer's time lands on its operators' kinds
-                for source in ROUTE_SOURCES[route.kind]:
-                    for op in ROUTED_EXPERT_KINDS if route.op == "moe" else (route.op,):
-                        out[(source, op)] = max(out.get((source, op), 0.0), route.error_p90)
+            if route is None:
+                continue
+            for source in ROUTE_SOURCES[route.kind]:
+                for op in ROUTED_EXPERT_KINDS if route.op == "moe" else (route.op,):
+                    out[(source, op)] = max(out.get((source, op), 0.0), route.error_p90)
+            if route.op == "gemm" and route.dtype in self.grouped_dtypes:  # grouped GEMMs from its fit
+                source = FIT if route.kind == CALIBRATED else ROUTE_SOURCES[route.kind][0]
+                error = max(route.error_p90, GROUPED_GEMM_ERROR_P90)
+                out[(source, "grouped_gemm")] = max(out.get((source, "grouped_gemm"), 0.0), error)
         return out
 
     def routes(self) -> list[Route]:
