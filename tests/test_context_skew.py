@@ -161,3 +161,12 @@ def test_an_attn_skew_row_needs_its_uniform_references(tmp_path):
                     "attn_skew,bf16,8,600,2000,1,32,8,128,100,120,GPU-A\n")
     with pytest.raises(InputError, match=r"skew\.csv:2: max_us: column missing \(op attn_skew needs"):
         read_measurements(path)
+
+
+def test_an_engine_with_its_own_attention_kernels_pays_no_measured_tail():
+    """The tables time vLLM's FlashAttention calls; TensorRT-LLM runs its own attention kernels."""
+    setup = prepare("rtx-pro-6000", "llama-3.1-8b", scheduler="trtllm", knobs={"max_model_len": 8192})
+    batch = BatchShape(prefill_tokens=256, prefill_context=256, prefill_pairs=256 * 257 / 2, num_decodes=8,
+                       decode_context=8000.0, sampled=9)
+    assert setup.cost.iteration(batch._replace(decode_max_context=4000.0)).time_s == setup.cost.iteration(batch).time_s
+    assert decode_step_extra_s(setup, 64, 1000.0, 3500.0) == 0.0

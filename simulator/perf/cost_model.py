@@ -369,8 +369,11 @@ class CostModel:
         `mixed` (one call with a prefill chunk, no KV split) or `decode` (decodes alone, split
         as the kernel chooses). A FULL-graph decode runs with the split frozen at capture: one
         part per sequence on FlashAttention-2 (cuda_graphs.py), the unsplit path's tail; no
-        tail elsewhere, where the capture's split is not what the tables timed. 0 with MLA
-        or where the profile did not measure it."""
+        tail elsewhere, where the capture's split is not what the tables timed. 0 with MLA,
+        where the profile did not measure it, and under an engine with attention kernels of its
+        own (`mixed_decode_slowdown` off: TensorRT-LLM), which the tables (vLLM's) do not time."""
+        if not self.mixed_decode_slowdown:
+            return 0.0
         if graphed:
             if not self._graphed_unsplit:
                 return 0.0
