@@ -165,7 +165,7 @@ def test_an_attn_skew_row_needs_its_uniform_references(tmp_path):
 
 def test_an_engine_with_its_own_attention_kernels_pays_no_measured_tail():
     """The tables time vLLM's FlashAttention calls; TensorRT-LLM runs its own attention kernels."""
-    setup = prepare("rtx-pro-6000", "llama-3.1-8b", scheduler="trtllm", knobs={"max_model_len": 8192})
+    setup = prepare("rtx-pro-6000", "llama-3.1-8b", scheduler="trtllm", knobs={"max_seq_len": 8192})
     batch = BatchShape(prefill_tokens=256, prefill_context=256, prefill_pairs=256 * 257 / 2, num_decodes=8,
                        decode_context=8000.0, sampled=9)
     assert setup.cost.iteration(batch._replace(decode_max_context=4000.0)).time_s == setup.cost.iteration(batch).time_s
