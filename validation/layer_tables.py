@@ -88,37 +88,44 @@ def convert(folder: str | Path) -> pd.DataFrame:
     device = meta["gpu"]
     rows = moe_rows(folder, meta, model)
     for tp, tables in table_sets(folder):
-        if not (tables / "dense.csv").exists():  # a folder of the MoE table alone
-            continue
         source = f"{meta['model']} layer tables at TP {tp}, vLLM {meta['vllm_version']}, LLMServingSim profiler (MIT)"
-        shapes = gemm_shapes(model, tp)
-        dense = pd.read_csv(tables / "dense.csv")
-        per_seq = pd.read_csv(tables / "per_sequence.csv").rename(columns={"sequences": "tokens"})
-        for table in (dense, per_seq):
-            for r in table.itertuples(index=False):
-                if r.layer in shapes:
-                    n, k = shapes[r.layer]
-                    rows.append({"op": "gemm", "dtype": "bf16", "m": int(r.tokens), "n": n, "k": k,
-                                 "time_us": float(r.time_us), "device": device, "source": f"{source}: {r.layer}"})
         heads = {"heads": model.heads_per_device(tp), "kv_heads": model.kv_heads_per_device(tp),
                  "head_dim": model.head_dim}
-        attention = pd.read_csv(tables / "attention.csv")
-        for r in attention.itertuples(index=False):
-            if r.prefill_chunk == 0 and r.n_decode > 0 and r.kv_decode > 0:
-                rows.append({"op": "attn_decode", "dtype": "bf16", "batch": int(r.n_decode),
-                             "kv_len": int(r.kv_decode), **heads, "time_us": float(r.time_us), "device": device,
-                             "source": f"{source}: attention"})
-            elif r.n_decode == 0 and r.prefill_chunk > 0:
-                rows.append({"op": "attn_prefill", "dtype": "bf16", "batch": 1, "seq_len": int(r.prefill_chunk),
-                             "kv_len": int(r.kv_prefill + r.prefill_chunk), **heads, "time_us": float(r.time_us),
-                             "device": device, "source": f"{source}: attention"})
-            elif r.n_decode > 0 and r.kv_decode > 0 and r.prefill_chunk > 0:
-                rows.append({"op": "attn_mixed", "dtype": "bf16", "batch": int(r.n_decode), "kv_len": int(r.kv_decode),
-                             "seq_len": int(r.prefill_chunk), "prefill_kv_len": int(r.kv_prefill + r.prefill_chunk),
-                             **heads, "time_us": float(r.time_us), "device": device, "source": f"{source}: attention"})
+        if (tables / "dense.csv").exists():  # (a folder may hold the MoE or skew tables alone)
+            rows.extend(layer_rows(tables, model, tp, heads, device, source))
         if (tables / "skew.csv").exists():
             rows.extend(skew_rows(pd.read_csv(tables / "skew.csv"), heads, device, f"{source}: skew"))
     return pd.DataFrame(rows)
+
+
+def layer_rows(tables: Path, model: ModelConfig, tp: int, heads: dict[str, int], device: str,
+               source: str) -> list[dict]:
+    """The GEMM and attention rows of one table set (`dense.csv`, `per_sequence.csv`, `attention.csv`)."""
+    rows: list[dict] = []
+    shapes = gemm_shapes(model, tp)
+    dense = pd.read_csv(tables / "dense.csv")
+    per_seq = pd.read_csv(tables / "per_sequence.csv").rename(columns={"sequences": "tokens"})
+    for table in (dense, per_seq):
+        for r in table.itertuples(index=False):
+            if r.layer in shapes:
+                n, k = shapes[r.layer]
+                rows.append({"op": "gemm", "dtype": "bf16", "m": int(r.tokens), "n": n, "k": k,
+                             "time_us": float(r.time_us), "device": device, "source": f"{source}: {r.layer}"})
+    attention = pd.read_csv(tables / "attention.csv")
+    for r in attention.itertuples(index=False):
+        if r.prefill_chunk == 0 and r.n_decode > 0 and r.kv_decode > 0:
+            rows.append({"op": "attn_decode", "dtype": "bf16", "batch": int(r.n_decode),
+                         "kv_len": int(r.kv_decode), **heads, "time_us": float(r.time_us), "device": device,
+                         "source": f"{source}: attention"})
+        elif r.n_decode == 0 and r.prefill_chunk > 0:
+            rows.append({"op": "attn_prefill", "dtype": "bf16", "batch": 1, "seq_len": int(r.prefill_chunk),
+                         "kv_len": int(r.kv_prefill + r.prefill_chunk), **heads, "time_us": float(r.time_us),
+                         "device": device, "source": f"{source}: attention"})
+        elif r.n_decode > 0 and r.kv_decode > 0 and r.prefill_chunk > 0:
+            rows.append({"op": "attn_mixed", "dtype": "bf16", "batch": int(r.n_decode), "kv_len": int(r.kv_decode),
+                         "seq_len": int(r.prefill_chunk), "prefill_kv_len": int(r.kv_prefill + r.prefill_chunk),
+                         **heads, "time_us": float(r.time_us), "device": device, "source": f"{source}: attention"})
+    return rows
 
 
 def skew_rows(skew: pd.DataFrame, heads: dict[str, int], device: str, source: str) -> list[dict]:
