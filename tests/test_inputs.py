@@ -428,6 +428,7 @@ def test_blank_lines_are_allowed(tmp_path):
         (_drop("sources"), "sources"),
         (_drop("compute"), "compute"),
         (_set(("kind",), "tpu"), "kind"),
+        (_set(("compute_capability",), "sm90"), 'compute_capability: \'sm90\' is not a CUDA compute capability: write it as "major.minor"'),
     ],
 )
 def test_hardware_errors_name_the_field(tmp_path, edit, fragment):
@@ -438,6 +439,10 @@ def test_hardware_errors_name_the_field(tmp_path, edit, fragment):
     assert message.startswith(str(path)), message
     assert fragment in message, message
     assert "\n" not in message
+
+
+def test_an_unquoted_compute_capability_is_read_as_major_minor(tmp_path):
+    assert load_system(_gpu(tmp_path, "cc.yaml", _set(("compute_capability",), 12.0))).accelerator.compute_capability == "12.0"
 
 
 def test_extends_merges_and_overrides(tmp_path):

@@ -7,6 +7,7 @@ bandwidths, capacities and peaks) is enforced at load so nothing fails mid-run.
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Protocol, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
@@ -176,6 +177,15 @@ class Efficiency(_Strict):
     mixed_decode_gqa_miss: float = Field(default=0.2, ge=0)
 
 
+def _capability(value: Any) -> Any:
+    """A CUDA compute capability as "major.minor" (YAML's unquoted 9.0 is a number: taken too)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = f"{float(value):.1f}"
+    if value is not None and not (isinstance(value, str) and re.fullmatch(r"[0-9]+\.[0-9]+", value)):
+        raise ValueError(f"{value!r} is not a CUDA compute capability: write it as \"major.minor\", e.g. \"9.0\"")
+    return value
+
+
 class DeviceSpec(_Strict):
     """A GPU or CPU: anything that runs the model's operators."""
 
@@ -187,7 +197,7 @@ class DeviceSpec(_Strict):
     architecture: str | None = None
     # CUDA compute capability ("major.minor", NVIDIA GPUs): which attention backend vLLM picks
     # on it, and so how its decode attention splits under CUDA graphs (perf/cuda_graphs.py)
-    compute_capability: str | None = Field(default=None, pattern=r"^[0-9]+\.[0-9]+$")
+    compute_capability: Annotated[str | None, BeforeValidator(_capability)] = None
     compute: Compute
     memory: list[MemoryTier] = Field(min_length=1)
     links: dict[str, Link] = {}
