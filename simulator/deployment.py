@@ -53,6 +53,9 @@ class Deployment(BaseModel):
     enable_expert_parallel: bool = knob(False, "MoE: experts whole on each device, spread over the dp x tp devices "
                                                "(off: every expert split over them)",
                                         "vLLM --enable-expert-parallel")
+    expert_load_factor: float | None = knob(
+        None, "MoE with expert parallelism: the busiest device's routed rows over the mean (unset: balanced "
+              "random routing's maximum, as after EPLB rebalancing)", ge=1.0)
     all2all_backend: Literal["allgather_reducescatter", "deepep_high_throughput", "deepep_low_latency", "pplx"] = knob(
         "allgather_reducescatter", "MoE with data_parallel_size > 1: how tokens reach the experts (all-gather and "
                                    "reduce-scatter, or all-to-all dispatch and combine)", "vLLM --all2all-backend")
@@ -217,7 +220,8 @@ class Deployment(BaseModel):
     @property
     def sharding(self) -> Sharding:
         return Sharding(tp=self.tp, pp=self.pp, dp=self.data_parallel_size, ep=self.enable_expert_parallel,
-                        all2all=self.all2all_backend, experts_on_host=self.experts_on_host)
+                        all2all=self.all2all_backend, experts_on_host=self.experts_on_host,
+                        ep_load_factor=self.expert_load_factor)
 
     @property
     def precision(self) -> Precision:

@@ -87,6 +87,7 @@ class Sharding:
     ep: bool = False
     all2all: str = ALLGATHER_REDUCESCATTER
     experts_on_host: bool = False
+    ep_load_factor: float | None = None  # busiest expert-parallel device's rows over the mean (None: `busiest_rows`)
 
 
 def gemm_op(name: str, m: int | np.ndarray, n: int, k: int, prec: Precision, count: int = 1) -> Operator:
@@ -186,7 +187,7 @@ def _moe_ops(model: ModelConfig, T: int, shard: Sharding, prec: Precision, L: in
     router, up, down, *shared = moe_linears(model, shard.tp, dp=dp, ep=shard.ep)
     tokens = T * dp
     layer = MoeShape(tokens, experts_reached(model, tokens, up.copies), down.n, down.k, up.copies, k)
-    rows = busiest_rows(tokens * k, devices) if shard.ep else tokens * k
+    rows = busiest_rows(tokens * k, devices, shard.ep_load_factor) if shard.ep else tokens * k
     ops = [_linear(router, T, prec, L)]
     if not shard.experts_on_host:
         ops += routed_expert_ops(layer, rows, model.gated_mlp, prec, L)
@@ -198,16 +199,19 @@ def _moe_ops(model: ModelConfig, T: int, shard: Sharding, prec: Precision, L: in
     return ops
 
 
-def busiest_rows(routed: float, devices: int) -> float:
+def busiest_rows(routed: float, devices: int, load_factor: float | None = None) -> float:
     """Routed rows on the busiest of `devices` expert-parallel devices, which the others wait
     for: each row lands on a device with probability 1 / devices (routing balanced on
     average), so a device's load is binomial, mean m = routed / devices and variance
     m (1 - 1 / devices), and the expected largest of `devices` such loads is about
     m + sqrt(2 var ln devices) (the Gaussian maximum). Real routers are more skewed than
-    uniform and engines rebalance (redundant experts), which this leaves out."""
+    uniform and engines rebalance (redundant experts): this matches a rebalanced deployment
+    (validation/README.md); `load_factor`, the user's busiest-over-mean ratio, replaces it."""
     mean = routed / devices
     if devices <= 1:
         return mean
+    if load_factor is not None:
+        return load_factor * mean
     return mean + math.sqrt(2.0 * mean * (1.0 - 1.0 / devices) * math.log(devices))
 
 

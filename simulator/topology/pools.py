@@ -190,6 +190,9 @@ def _check_data_parallel(role: str, where: str, dep: Deployment, model: ModelCon
     """What the data-parallel knobs need: experts to spread (expert parallelism), whole
     experts per device, and no pipeline stages or disaggregated pools beside the ranks."""
     dp, devices = dep.data_parallel_size, dep.data_parallel_size * dep.tp
+    if dep.expert_load_factor is not None and not (dep.enable_expert_parallel and devices > 1):
+        raise InputError(f"{where}expert_load_factor: the busiest expert-parallel device's load, which needs "
+                         "enable_expert_parallel over more than one device (data_parallel_size x tp); remove it")
     if dep.enable_expert_parallel:
         if not model.is_moe:
             raise InputError(f"{where}enable_expert_parallel: {model.name} has no experts to spread; leave it off")
