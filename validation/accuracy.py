@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.hardware.loader import load_system
+from simulator.models.op_kinds import TABLE_AXES
 from simulator.perf.fitting import fit_op, kfold_errors, transfer
 from simulator.perf.kernels import roofline_us
 from simulator.perf.measurements import read_measurements
@@ -103,7 +104,7 @@ def _groups(quick: bool):
         except Exception as exc:  # noqa: BLE001 - optional: report and go on
             print(f"note: {folder} skipped ({exc})", file=sys.stderr)
             continue
-        for (op, dtype), rows in frame[~frame["op"].isin(["attn_mixed", "attn_skew"])].groupby(["op", "dtype"], sort=True):
+        for (op, dtype), rows in frame[frame["op"].isin(list(TABLE_AXES))].groupby(["op", "dtype"], sort=True):
             rows = subset(rows) if quick else rows.reset_index(drop=True)
             yield folder + "/", str(rows["device"].iloc[0]), op, dtype, rows, load_system(system)
 

@@ -24,6 +24,7 @@ import yaml
 
 from ..errors import InputError, InvalidFile
 from ..hardware.loader import System
+from ..models.op_kinds import TABLE_AXES
 from .context_skew import ContextSkew, row_paths
 from .device_identity import fingerprint, measured_elsewhere
 from .measurements import read_all
@@ -170,7 +171,7 @@ def calibrate(system: System, files: list[str | Path], device: str | None = None
                         {Path(f).name: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files})
     mixed = frame[frame["op"] == "attn_mixed"]
     skew = frame[frame["op"] == "attn_skew"]
-    frame = frame[~frame["op"].isin(["attn_mixed", "attn_skew"])]
+    frame = frame[frame["op"].isin(list(TABLE_AXES))]  # the rest are factors over these ops, fitted below
     groups = list(frame.groupby(["op", "dtype"], sort=True))
     for i, ((op, dtype), rows) in enumerate(groups):
         rows = rows.reset_index(drop=True)
@@ -267,10 +268,11 @@ def _predict_skew(rows: pd.DataFrame, dtype: str, calib) -> tuple[np.ndarray, np
     measured = calib.profile.skew if route is not None and route.kind == CALIBRATED else None
     alpha = np.zeros(len(rows))
     if measured is not None:
-        for i, (h, kv, d, path, n) in enumerate(zip(*(rows[k].to_numpy(dtype=int) for k in HEAD_KEYS),
-                                                    row_paths(rows), rows["batch"].to_numpy(dtype=float))):
+        groups = pd.DataFrame({**{k: rows[k].to_numpy(dtype=int) for k in HEAD_KEYS}, "path": row_paths(rows)})
+        for (h, kv, d, path), where in groups.groupby([*HEAD_KEYS, "path"]).indices.items():
             curve = measured.curve(h, kv, d, str(path))
-            alpha[i] = curve(n) if curve is not None else 0.0
+            if curve is not None:
+                alpha[where] = curve.many(rows["batch"].to_numpy(dtype=float)[where])
     mean, longest = rows["mean_us"].to_numpy(dtype=float), rows["max_us"].to_numpy(dtype=float)
     source = np.where(alpha > 0, "calibrated-interpolation", "roofline")
     return mean + alpha * (longest - mean), source

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .mixed_attention import HEAD_KEYS, _shape_key
+from .mixed_attention import HEAD_KEYS, shape_key
 
 PATHS = ("decode", "mixed")
 # rows whose long decodes are at most this share of the batch are fitted (the long-tail case)
@@ -92,7 +92,7 @@ class ContextSkew:
         curves: dict[tuple[tuple[int, int, int], str], SkewCurve] = {}
         for (*shape, path), group in frame.groupby([*HEAD_KEYS, "path"]):
             medians = group.groupby("batch")["alpha"].median().clip(lower=0.0, upper=1.0)
-            curves[(_shape_key(shape), str(path))] = SkewCurve(
+            curves[(shape_key(shape), str(path))] = SkewCurve(
                 [math.log2(float(b)) for b in medians.index], [float(a) for a in medians])
         return cls(curves, len(rows))
 
@@ -109,5 +109,5 @@ class ContextSkew:
         for entry in d["curves"]:
             if entry["path"] not in PATHS:
                 raise ValueError(f"path {entry['path']!r} is not one of {', '.join(PATHS)}")
-            curves[(_shape_key(entry[k] for k in HEAD_KEYS), str(entry["path"]))] = SkewCurve.from_dict(entry)
+            curves[(shape_key(entry[k] for k in HEAD_KEYS), str(entry["path"]))] = SkewCurve.from_dict(entry)
         return cls(curves, int(d.get("rows", 0)))

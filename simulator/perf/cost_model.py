@@ -124,8 +124,7 @@ class CostModel:
         self.budget_tokens = budget_tokens or dep.max_num_batched_tokens or 2048
         self.graphs = graphs or GraphPlan(dep, self.budget_tokens)
         # vLLM's FULL-graph decodes on FlashAttention-2 do not split a sequence's KV (cuda_graphs.py)
-        self._graphed_unsplit = type(self.graphs) is GraphPlan and graphed_decode_unsplit(
-            system.accelerator.compute_capability)
+        self._graphed_unsplit = graphed_decode_unsplit(system.accelerator.compute_capability)
         self.mixed_decode_slowdown = mixed_decode_slowdown
         self.overheads = system.overheads  # the host's speed applied (loader.host_overheads)
         self.host_s = self.overheads.scheduler_per_iteration

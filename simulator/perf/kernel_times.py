@@ -201,8 +201,6 @@ class CalibratedKernelTimes(KernelTimes):
                             and dep.precision.weights == dep.precision.gemm_compute
                             and any(op == "moe" for op, _ in calibration.profile.ops))
         self._moe_dtype, self._prec, self._gated = dep.precision.gemm_compute, dep.precision, model.gated_mlp
-        if model.num_experts > 1:  # its grouped GEMMs may come from the GEMM route (_grouped_gemm_s)
-            calibration.grouped_dtypes.add(dep.precision.gemm_compute)
         # measured mixed-step factors hold for the device they were measured on, with its decode times
         route, mixed = calibration.route("attn_decode", self.dtype), calibration.profile.mixed
         self._mixed = (mixed.table(self.heads["heads"], self.heads["kv_heads"], self.heads["head_dim"])
@@ -357,6 +355,7 @@ class CalibratedKernelTimes(KernelTimes):
             route = self.calibration.route("gemm", op.dtype)
             if route is None:
                 return None
+            self.calibration.grouped_dtypes.add(op.dtype)  # its band (AppliedProfile.errors)
             model = self.calibration.profile.ops[("gemm", route.measured_dtype)].model
             params, _ = transferred_params(model, self.system)
             m, n, k, groups, _layer = cast(GroupedGemmShape, op.shape)

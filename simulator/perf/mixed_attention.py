@@ -30,7 +30,7 @@ import pandas as pd
 HEAD_KEYS = ("heads", "kv_heads", "head_dim")
 
 
-def _shape_key(values: Iterable[Any]) -> tuple[int, int, int]:
+def shape_key(values: Iterable[Any]) -> tuple[int, int, int]:
     """An attention shape's key, from its values in HEAD_KEYS' order."""
     heads, kv_heads, head_dim = (int(v) for v in values)
     return heads, kv_heads, head_dim
@@ -96,7 +96,7 @@ class MixedAttention:
         for shape, group in frame.groupby(list(HEAD_KEYS)):
             cells = group.groupby(["batch", "kv_len"])["log_factor"].median().unstack()
             cells = cells.apply(lambda col: col.fillna(col.median())).fillna(cells.stack().median())
-            tables[_shape_key(shape)] = FactorTable(
+            tables[shape_key(shape)] = FactorTable(
                 [math.log2(float(b)) for b in cells.index], [math.log2(float(k)) for k in cells.columns],
                 cells.to_numpy().tolist())
         return cls(tables, len(rows))
@@ -108,5 +108,5 @@ class MixedAttention:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MixedAttention:
-        return cls({_shape_key(s[k] for k in HEAD_KEYS): FactorTable.from_dict(s) for s in d["shapes"]},
+        return cls({shape_key(s[k] for k in HEAD_KEYS): FactorTable.from_dict(s) for s in d["shapes"]},
                    int(d.get("rows", 0)))

@@ -120,7 +120,7 @@ class AppliedProfile:
         self.profile, self.system = profile, system
         self.here = same_device(profile.fitted_on, fingerprint(system.accelerator))
         self._routes: dict[tuple[str, str], Route | None] = {}
-        # dtypes whose routed experts' grouped GEMMs a run costs from the GEMM route (kernel_times)
+        # dtypes whose routed experts' grouped GEMMs a run has costed from the GEMM route (kernel_times)
         self.grouped_dtypes: set[str] = set()
 
     @property

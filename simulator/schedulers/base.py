@@ -335,7 +335,9 @@ class Scheduler(SpanSteps, OffloadSteps):
                 decode_context -= total
                 (completing if ctx + c == total else partial).append(i)
         nd = size - len(idx)
-        longest = (np.maximum.reduce(ntok[~prefill]) if idx.size else np.maximum.reduce(ntok)) if nd else 0
+        longest = 0
+        if nd:  # the longest decode (the mask only where prefill rows are among them)
+            longest = np.maximum.reduce(ntok[~prefill] if idx.size else ntok)
         shape = BatchShape(prefill_tokens, float(prefill_context), pairs, nd, float(decode_context), size - len(partial),
                            float(longest))
         transfer_s = self.swap.take_transfer_s() if self.swap is not None else 0.0
