@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import simpy
 
-from .deployment import Deployment, build_deployment, knob_where, set_in_yaml
+from .deployment import Deployment, build_deployment, check_disagg_knobs, knob_where, set_in_yaml
 from .engine.data_parallel import DataParallelGroup
 from .engine.frontend import OUTPUT_S, ApiServer
 from .engine.kv_offload import offload_summary
@@ -86,6 +86,8 @@ def prepare(hardware: str | Path, model: str | None = None, scheduler: str | Non
         model_cfg = load_model(dep.model)
         policy = get_scheduler(dep.scheduler)
         dep = policy.resolve(dep)
+        if policy.topology != "disaggregated":
+            check_disagg_knobs(dep)
     except InputError as exc:
         raise _named_in_yaml(exc, dep, layers, system.source_file) from None
     if dep.router not in ROUTERS:

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import InputError
+from .hardware.units import UnitError, parse_quantity
 from .models.operators import Precision, Sharding
 
 StorageDtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
@@ -31,9 +32,9 @@ class Deployment(BaseModel):
     line `simulate knobs` prints, and the engine option it mirrors; README "Deployment knobs"
     says more about each."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    model: str = knob("llama-3.1-8b", "catalogue name (workloads/models/) or path to a config.json",
+    model: str = knob("llama-3.1-8b", "catalogue name (workloads/models/), path to a config.json or a checkpoint folder",
                       "vLLM --model")
     scheduler: str = knob("vllm", "serving policy (simulate run --help lists them)")
     router: Literal["round_robin", "least_outstanding", "power_of_two", "prefix_affinity"] = knob(
@@ -217,6 +218,20 @@ class Deployment(BaseModel):
             raise ValueError("must be >= 1, or -1 for the largest the KV cache holds")
         return value
 
+    @field_validator("kv_transfer_bandwidth", "kv_transfer_latency", mode="before")
+    @classmethod
+    def _a_quantity(cls, value: Any, info: ValidationInfo) -> Any:
+        """A unit string checked here, where the knob is named, and parsed where it is used."""
+        if value is not None:
+            bandwidth = info.field_name == "kv_transfer_bandwidth"
+            try:
+                number = parse_quantity(value, "bandwidth" if bandwidth else "time")
+            except UnitError as exc:
+                raise ValueError(str(exc)) from None
+            if number < 0 or (bandwidth and number == 0):
+                raise ValueError(f'"{value}" must be {"positive" if bandwidth else "zero or more"}')
+        return value
+
     @property
     def sharding(self) -> Sharding:
         return Sharding(tp=self.tp, pp=self.pp, dp=self.data_parallel_size, ep=self.enable_expert_parallel,
@@ -272,6 +287,21 @@ TRTLLM_KNOBS = {
 }
 
 
+# The knobs only a disaggregated deployment (--scheduler disagg) reads: given to any other
+# policy they would silently do nothing, so `check_disagg_knobs` refuses them.
+DISAGG_KNOBS = ("prefill_replicas", "decode_replicas", "prefill_tp", "decode_tp", "prefill_hardware",
+                "decode_hardware", "prefill_scheduler", "decode_scheduler", "kv_transfer_link",
+                "kv_transfer_bandwidth", "kv_transfer_latency")
+
+
+def check_disagg_knobs(dep: Deployment) -> None:
+    """Refuse a disaggregation knob in a deployment whose policy is not disaggregated."""
+    for key in DISAGG_KNOBS:
+        if key in dep.model_fields_set:
+            raise InputError(f"deployment: {key}: a disaggregated-serving knob, which --scheduler {dep.scheduler} "
+                             f"does not read; add --scheduler disagg or remove it")
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """`--set key=value` pairs; values are YAML scalars (true, 256, 0.9, fp8)."""
     knobs: dict[str, Any] = {}
@@ -305,7 +335,8 @@ def build_deployment(*layers: dict[str, Any], where: str = "deployment", yaml_fi
         if err["type"] == "extra_forbidden":
             raise InputError(f"{at}: unknown knob (known: {', '.join(KNOBS)}; `simulate knobs` says what each "
                              "does)") from None
-        raise InputError(f"{at}: {err['msg']} (got {err.get('input')!r})") from None
+        # a validator's own ValueError reads as its message alone, without pydantic's prefix
+        raise InputError(f"{at}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})") from None
 
 
 def knob_where(key: str, layers: tuple[dict[str, Any], ...], where: str = "deployment",

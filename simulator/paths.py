@@ -34,3 +34,11 @@ def shown_path(path: str | Path) -> str:
     if any(resolved.is_relative_to(folder) for folder in (HARDWARE_DIR, MODELS_DIR, TRACES_DIR)):
         return str(resolved.relative_to(ROOT))
     return str(resolved)
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    """A file's modification time (ns) and size: with its path, the key a parsed file is cached
+    under, so that a file edited between two runs of one process (a notebook) is read again.
+    Raises OSError where the file cannot be stat'ed."""
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size

@@ -429,6 +429,11 @@ def test_blank_lines_are_allowed(tmp_path):
         (_drop("compute"), "compute"),
         (_set(("kind",), "tpu"), "kind"),
         (_set(("compute_capability",), "sm90"), 'compute_capability: \'sm90\' is not a CUDA compute capability: write it as "major.minor"'),
+        (_set(("kind",), []), "kind: [] is not one of"),
+        # a number that is not finite would poison every cost it touches
+        (_set(("compute", "peak", "bf16"), "1e400 TFLOPS"), "compute.peak.bf16"),
+        (_set(("links", "nvlink", "efficiency"), float("nan")), "links.nvlink.efficiency: Input should be a finite number"),
+        (_set(("power", "tdp"), "nan W"), "power.tdp"),
     ],
 )
 def test_hardware_errors_name_the_field(tmp_path, edit, fragment):
@@ -438,6 +443,18 @@ def test_hardware_errors_name_the_field(tmp_path, edit, fragment):
     message = str(info.value)
     assert message.startswith(str(path)), message
     assert fragment in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("macs", [-1, float("nan"), 0])
+def test_a_wafer_core_needs_a_positive_finite_mac_rate(tmp_path, macs):
+    spec = yaml.safe_load((REPO / "hardware_specs/wafers/wse-2.yaml").read_text())
+    spec["core"]["macs_per_cycle"]["fp32"] = macs
+    path = _write(tmp_path / "wafer.yaml", yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(InputError) as info:
+        load_system(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and "core.macs_per_cycle.fp32" in message, message
     assert "\n" not in message
 
 
@@ -477,6 +494,32 @@ def test_deployment_errors():
         prepare("h100-sxm", model="llama-3.1-8b", tp=3)
     with pytest.raises(InputError, match="does not fit"):
         prepare("h100-sxm", model="llama-3.1-70b")
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        (["swap_space=inf"], "deployment: swap_space: Input should be a finite number"),
+        (["expert_load_factor=.nan"], "deployment: expert_load_factor: Input should be a finite number"),
+        (["kv_transfer_bandwidth=1e400 GB/s"], 'deployment: kv_transfer_bandwidth: "1e400 GB/s" is too large to be a bandwidth'),
+        (["kv_transfer_bandwidth=0 GB/s"], 'deployment: kv_transfer_bandwidth: "0 GB/s" must be positive'),
+        (["kv_transfer_latency=-1 ms"], 'deployment: kv_transfer_latency: "-1 ms" must be zero or more'),
+        (["kv_transfer_latency=5"], 'deployment: kv_transfer_latency: "5" has no unit'),
+    ],
+)
+def test_knob_values_that_are_not_finite_quantities_are_refused(knobs, message):
+    with pytest.raises(InputError) as info:
+        build_deployment(parse_set(knobs))
+    assert str(info.value).startswith(message), info.value
+
+
+def test_a_disaggregation_knob_without_disaggregation_is_refused_not_ignored():
+    """prefill_replicas on a colocated vLLM run would change nothing; the user hears so."""
+    with pytest.raises(InputError, match="deployment: prefill_replicas: a disaggregated-serving knob, which "
+                                         "--scheduler vllm does not read; add --scheduler disagg"):
+        prepare("h100-sxm", model="llama-3.1-8b", knobs={"prefill_replicas": 2})
+    with pytest.raises(InputError, match="kv_transfer_link: a disaggregated-serving knob, which --scheduler sarathi"):
+        prepare("h100-sxm", model="llama-3.1-8b", scheduler="sarathi", knobs={"kv_transfer_link": "pcie"})
 
 
 def _box(d: Path, deployment: dict, **extra) -> Path:
@@ -536,6 +579,34 @@ def test_a_config_json_is_named_by_its_name_or_path(tmp_path):
         path.parent.mkdir(exist_ok=True)
         _write(path, json.dumps({**shape, **keys}))
         assert load_model(str(path)).name == name, relative
+
+
+def test_a_checkpoint_folder_is_read_by_its_config_json(tmp_path):
+    """--model FOLDER reads FOLDER/config.json, as vLLM reads a checkpoint's folder; a folder
+    without one is one clear error, not a traceback."""
+    folder = tmp_path / "My-Checkpoint"
+    folder.mkdir()
+    _write(folder / "config.json", json.dumps({"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+                                                "intermediate_size": 128, "vocab_size": 100}))
+    model = load_model(str(folder))
+    assert (model.name, model.num_layers) == ("My-Checkpoint", 2)
+    with pytest.raises(InputError, match="a folder without a config.json"):
+        load_model(str(tmp_path))
+
+
+def test_files_edited_between_runs_of_one_process_are_read_again(tmp_path):
+    """A notebook edits a spec or a config.json and runs again: the second run sees the edit (the
+    parsed files are cached under their modification time and size, not their path alone)."""
+    gpu = _gpu(tmp_path, "gpu.yaml")
+    cfg = {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 128,
+           "vocab_size": 100}
+    config = _write(tmp_path / "config.json", json.dumps(cfg))
+    before = (load_system(gpu).accelerator.main_memory.bandwidth, load_model(str(config)).num_layers)
+    _gpu(tmp_path, "gpu.yaml", edit=_set(("memory", 0, "bandwidth"), "1.675 TB/s"))
+    _write(config, json.dumps({**cfg, "num_hidden_layers": 12}))
+    after = (load_system(gpu).accelerator.main_memory.bandwidth, load_model(str(config)).num_layers)
+    assert before == (pytest.approx(3.35e12), 2)
+    assert after == (pytest.approx(1.675e12), 12)
 
 
 def test_a_system_price_is_shared_by_its_devices(tmp_path):

@@ -26,6 +26,9 @@ CASES = {
     "mixed devices": ("op,dtype,m,n,k,time_us,device\ngemm,bf16,1,2,3,4.0,GPU-A\ngemm,bf16,1,2,3,4.0,GPU-B\n",
                       ["2 devices", "--device"]),
     "missing time column": ("op,dtype,m,n,k,device\ngemm,bf16,1,2,3,GPU-A\n", ["time_us", "missing"]),
+    "unknown dtype": ("op,dtype,m,n,k,time_us,device\ngemm,bf16,1,2,3,4.0,GPU-A\ngemm,bfloat16,1,2,3,4.0,GPU-A\n",
+                      [":3", "dtype", "bfloat16", "bf16"]),
+    "infinite shape": ("op,dtype,m,n,k,time_us,device\ngemm,bf16,1e400,2,3,4.0,GPU-A\n", [":2", "m", "finite"]),
     "bad memcpy direction": ("op,dtype,bytes,direction,time_us,device\nmemcpy,bf16,1024,sideways,3.0,GPU-A\n",
                              [":2", "direction", "h2d"]),
 }

@@ -106,6 +106,24 @@ def test_unmodelled_architectures_are_refused_naming_the_keys(cfg, named):
         model_from_dict(cfg, "config.json")
 
 
+@pytest.mark.parametrize("cfg, message", [
+    # a string where true/false belongs would have been read as true: a second embedding matrix
+    ({**MIXTRAL_8X7B, "tie_word_embeddings": "false"}, "tie_word_embeddings: 'false' is not true or false"),
+    ({**MIXTRAL_8X7B, "sliding_window": True}, "sliding_window: True is not a whole number >= 0"),
+    ({**MIXTRAL_8X7B, "sliding_window": 4096.5}, "sliding_window: 4096.5 is not a whole number >= 0"),
+    ({**QWEN15_MOE, "use_sliding_window": "yes"}, "use_sliding_window: 'yes' is not true or false"),
+    ({**QWEN15_MOE, "max_window_layers": "abc"}, "max_window_layers: 'abc' is not a whole number >= 0"),
+    ({**QWEN15_MOE, "mlp_only_layers": 3}, "mlp_only_layers: 3 is not a list of layer indices"),
+    ({**DEEPSEEK_V3, "n_shared_experts": "1"}, "n_shared_experts: '1' is not a whole number >= 0"),
+    ({**MIXTRAL_8X7B, "num_experts_per_tok": 9}, "num_experts_per_tok: 9 is more than the 8 experts a layer has"),
+    ({**MIXTRAL_8X7B, "model_type": "opt", "word_embed_proj_dim": 512}, "word_embed_proj_dim"),
+])
+def test_config_values_of_the_wrong_kind_are_refused_not_misread(cfg, message):
+    with pytest.raises(InputError) as info:
+        model_from_dict(cfg, "config.json")
+    assert str(info.value).startswith("config.json: ") and message in str(info.value), info.value
+
+
 def test_unknown_model_type_is_refused_with_the_known_ones():
     with pytest.raises(InputError, match=r"model_type 'falcon' is not one the simulator reads \(known: llama"):
         model_from_dict({**MIXTRAL_8X7B, "model_type": "falcon"}, "config.json")

@@ -361,6 +361,8 @@ def test_spans_leave_the_prefix_cache_as_single_steps_do(tmp_path, num_blocks, r
 def test_mechanisms_keep_the_engine_invariants(tmp_path_factory, rows, knobs):
     knobs = dict(knobs)
     num_blocks = knobs.pop("num_blocks")
+    if knobs["scheduler"] != "disagg":  # the pools' sizes are refused without disaggregation
+        del knobs["prefill_replicas"], knobs["decode_replicas"]
     rows = with_hashes(rows)
     trace = write_trace(tmp_path_factory.mktemp("t") / "t.jsonl", rows)
     setup = prepare("dgx-h100", MODEL, tp=1, knobs=knobs, calibration="none")

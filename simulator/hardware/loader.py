@@ -7,6 +7,7 @@ and what to write instead, e.g.
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -18,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import InvalidFile
-from ..paths import HARDWARE_DIR, shipped
+from ..paths import HARDWARE_DIR, file_stamp, shipped
 from .spec import DeviceSpec, Link, Overheads, SystemSpec
 from .wafer import SYSTEM_IO, WaferSpec
 
@@ -45,6 +46,17 @@ def resolve_path(name_or_path: str | Path, relative_to: Path | None = None) -> P
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """The file's mapping, a fresh copy (callers edit it) of the parse cached under the file's
+    stamp (paths.file_stamp: an edited file is read again)."""
+    try:
+        stamp = file_stamp(path)
+    except OSError as exc:
+        raise InvalidFile(f"{path}: cannot read ({exc.strerror})") from None
+    return copy.deepcopy(_parsed_yaml(path, *stamp))
+
+
+@lru_cache(maxsize=128)
+def _parsed_yaml(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -132,13 +144,12 @@ def _fields_beside(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return next((list(o.model_fields) for o in options if isinstance(o, type) and issubclass(o, BaseModel)), [])
 
 
-@lru_cache(maxsize=64)
 def _load(path: Path) -> DeviceSpec | SystemSpec:
     data = _raw(path)
     kind: Any = data.get("kind")  # whatever the YAML says
     models: dict[str, type[DeviceSpec] | type[SystemSpec] | type[WaferSpec]] = {
         "gpu": DeviceSpec, "cpu": DeviceSpec, "wafer": WaferSpec, "system": SystemSpec}
-    model = models.get(kind)
+    model = models.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise InvalidFile(f"{path}: kind: {kind!r} is not one of {', '.join(models)} (set kind:)")
     try:

@@ -39,7 +39,8 @@ MoneyPerHour = Annotated[float, _quantity("money_per_hour", positive=False)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no NaN or infinity in a plain number either (`efficiency: .nan` would poison every cost)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Link(_Strict):

@@ -11,6 +11,7 @@ starts in well under a second.
 """
 from __future__ import annotations
 
+import math
 import re
 
 _DECIMAL = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
@@ -79,7 +80,8 @@ def example(dimension: str) -> str:
 def parse_quantity(value: object, dimension: str) -> float:
     """Parse `value` ("3.35 TB/s") as `dimension` and return it in SI base units.
 
-    Raises UnitError for a bare number, an unknown unit or a unit of another dimension.
+    Raises UnitError for a bare number, an unknown unit, a unit of another dimension or a
+    quantity too large for a float.
     """
     if isinstance(value, bool) or value is None:
         raise UnitError(f"{value!r} is not a quantity (expected e.g. {example(dimension)})")
@@ -101,4 +103,6 @@ def parse_quantity(value: object, dimension: str) -> float:
                     f'"{value}" is a {other} but a {dimension} is needed (e.g. {example(dimension)})'
                 )
         raise UnitError(f'"{value}" has unknown unit "{unit}" (expected e.g. {example(dimension)})')
+    if not math.isfinite(number * factor):  # "1e400 GB/s" overflows to infinity, which poisons every cost
+        raise UnitError(f'"{value}" is too large to be a {dimension}')
     return number * factor

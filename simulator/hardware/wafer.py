@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from .spec import (
     DTYPES,
@@ -48,7 +48,7 @@ class Core(_Strict):
     bandwidth (reads and writes, per core)."""
 
     clock: Frequency
-    macs_per_cycle: dict[Literal[DTYPES], float] = Field(min_length=1)  # type: ignore[valid-type]
+    macs_per_cycle: dict[Literal[DTYPES], PositiveFloat] = Field(min_length=1)  # type: ignore[valid-type]
     sram: Bytes
     sram_bandwidth: Bandwidth
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from ..errors import InvalidFile
-from ..paths import MODELS_DIR, shipped
+from ..paths import MODELS_DIR, file_stamp, shipped
 from .layers import layer_small_params, linear_params
 
 # Bytes per element of each storage dtype the deployment may choose for weights or KV.
@@ -157,6 +157,27 @@ def _positive_int(value: Any, where: str, key: str) -> int:
     return value
 
 
+def _count(cfg: dict[str, Any], where: str, key: str) -> int:
+    """An optional count (absent or null: 0), refused when it is not a whole number >= 0."""
+    value = cfg.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidFile(f"{where}: {key}: {value!r} is not a whole number >= 0")
+    return value
+
+
+def _flag(cfg: dict[str, Any], where: str, key: str, default: bool) -> bool:
+    """An optional true/false key (absent or null: `default`); a number or a string is refused,
+    since reading `tie_word_embeddings: "false"` as true would double-count a matrix."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidFile(f"{where}: {key}: {value!r} is not true or false")
+    return value
+
+
 # Model types whose attention normalises each query and key head (q_norm, k_norm) before RoPE.
 QK_NORM_TYPES = ("qwen3", "qwen3_moe")
 # The `model_type`s whose config.json keys this module reads as their checkpoints mean them
@@ -167,18 +188,18 @@ MLA_TYPES = ("deepseek_v2", "deepseek_v3")  # the types whose kv_lora_rank, q_lo
 NON_GATED_TYPES = ("opt",)  # fc1/fc2 MLPs; every other type read here has a SwiGLU gate
 
 
-def _sliding(cfg: dict[str, Any], model_type: str) -> tuple[int, int]:
+def _sliding(cfg: dict[str, Any], model_type: str, where: str) -> tuple[int, int]:
     """The attention window and how many layers (the last ones) have it; (0, 0): full
     attention everywhere. Qwen configs state a window that applies only with
     `use_sliding_window: true` (off by default, as in their configuration classes) and only to
     the layers after the first `max_window_layers`; Mistral's applies to every layer."""
-    window = cfg.get("sliding_window")
-    enabled = cfg.get("use_sliding_window", not model_type.startswith("qwen"))
+    window = _count(cfg, where, "sliding_window")
+    enabled = _flag(cfg, where, "use_sliding_window", not model_type.startswith("qwen"))
     layers = cfg.get("num_hidden_layers", 1)
-    full_layers = min(cfg.get("max_window_layers") or 0, layers) if model_type.startswith("qwen") else 0
+    full_layers = min(_count(cfg, where, "max_window_layers"), layers) if model_type.startswith("qwen") else 0
     if not (window and enabled) or full_layers == layers:
         return 0, 0
-    return int(window), layers - full_layers
+    return window, layers - full_layers
 
 
 def unmodelled_features(cfg: dict[str, Any]) -> list[str]:
@@ -201,6 +222,8 @@ def unmodelled_features(cfg: dict[str, Any]) -> list[str]:
             found.append(f"{what} ({key})")
     if (cfg.get("moe_layer_freq") or 1) != 1:
         found.append("MoE every few layers (moe_layer_freq)")
+    if cfg.get("word_embed_proj_dim") not in (None, cfg.get("hidden_size")):
+        found.append("embeddings projected in and out of the hidden size (word_embed_proj_dim)")
     return found
 
 
@@ -209,11 +232,12 @@ def _moe_layers(cfg: dict[str, Any], layers: int, experts: int, where: str) -> i
     Qwen-MoE's every decoder_sparse_step-th layer not in mlp_only_layers."""
     if experts <= 1:
         return 0
-    dense_first = cfg.get("first_k_dense_replace") or 0
-    step = cfg.get("decoder_sparse_step") or 1
-    only_mlp = set(cfg.get("mlp_only_layers") or ())
-    if not isinstance(dense_first, int) or not isinstance(step, int) or dense_first < 0 or step < 1:
-        raise InvalidFile(f"{where}: first_k_dense_replace/decoder_sparse_step: not a layer count")
+    dense_first = _count(cfg, where, "first_k_dense_replace")
+    step = _count(cfg, where, "decoder_sparse_step") or 1
+    only_mlp = cfg.get("mlp_only_layers") or []
+    if not isinstance(only_mlp, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in only_mlp):
+        raise InvalidFile(f"{where}: mlp_only_layers: {only_mlp!r} is not a list of layer indices")
+    only_mlp = set(only_mlp)
     return sum(1 for i in range(dense_first, layers) if (i + 1) % step == 0 and i not in only_mlp)
 
 
@@ -237,9 +261,12 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
     layers = _positive_int(_get(cfg, where, "num_hidden_layers", "n_layer"), where, "num_hidden_layers")
     experts = _positive_int(cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts")
                             or 1, where, "num_local_experts")
-    moe_inter = cfg.get("moe_intermediate_size") or 0
-    shared = cfg.get("shared_expert_intermediate_size") or (cfg.get("n_shared_experts") or 0) * moe_inter
-    window, window_layers = _sliding(cfg, model_type)
+    moe_inter = _count(cfg, where, "moe_intermediate_size")
+    shared = _count(cfg, where, "shared_expert_intermediate_size") or _count(cfg, where, "n_shared_experts") * moe_inter
+    top_k = _positive_int(cfg.get("num_experts_per_tok") or 1, where, "num_experts_per_tok")
+    if top_k > experts:
+        raise InvalidFile(f"{where}: num_experts_per_tok: {top_k} is more than the {experts} experts a layer has")
+    window, window_layers = _sliding(cfg, model_type, where)
     latent = _latent_attention(cfg, where) if model_type in MLA_TYPES else {}
     if latent:
         kv_heads = 1  # one latent per token serves every head (config.json's num_key_value_heads is unused)
@@ -260,14 +287,14 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
         max_position_embeddings=_positive_int(
             _get(cfg, where, "max_position_embeddings", "n_positions", default=4096), where, "max_position_embeddings"
         ),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", model_type == "opt")),
+        tie_word_embeddings=_flag(cfg, where, "tie_word_embeddings", model_type == "opt"),
         gated_mlp=model_type not in NON_GATED_TYPES,
-        qkv_bias=bool(cfg.get("attention_bias", model_type in ("qwen2", "qwen2_moe", "opt"))),
+        qkv_bias=_flag(cfg, where, "attention_bias", model_type in ("qwen2", "qwen2_moe", "opt")),
         num_experts=experts,
-        experts_per_token=_positive_int(cfg.get("num_experts_per_tok") or 1, where, "num_experts_per_tok"),
+        experts_per_token=top_k,
         qk_norm=model_type in QK_NORM_TYPES,
-        moe_intermediate_size=_positive_int(moe_inter, where, "moe_intermediate_size") if moe_inter else 0,
-        shared_expert_intermediate_size=int(shared),
+        moe_intermediate_size=moe_inter,
+        shared_expert_intermediate_size=shared,
         shared_expert_gate=model_type == "qwen2_moe" and bool(shared),
         moe_layers=_moe_layers(cfg, layers, experts, where),
         sliding_window=window,
@@ -292,9 +319,9 @@ def model_catalogue() -> dict[str, Path]:
     return {p.stem: p for p in sorted(shipped(MODELS_DIR).glob("*.yaml"))}
 
 
-@lru_cache(maxsize=32)
 def load_model(name_or_path: str) -> ModelConfig:
-    """A catalogue name (file stem in workloads/models/) or a path to config.json / YAML."""
+    """A catalogue name (file stem in workloads/models/), a path to config.json / YAML, or a
+    checkpoint's folder (its config.json, as vLLM reads it)."""
     path = Path(name_or_path)
     if not path.exists():
         found = model_catalogue().get(name_or_path)
@@ -302,6 +329,20 @@ def load_model(name_or_path: str) -> ModelConfig:
             known = ", ".join(model_catalogue())
             raise InvalidFile(f"--model {name_or_path}: no such file or catalogue model (known: {known})")
         path = found
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InvalidFile(f"--model {name_or_path}: a folder without a config.json (give the checkpoint's "
+                              "folder, its config.json, or a catalogue name)")
+        path = path / "config.json"
+    try:
+        return _load_model_file(path.resolve(), *file_stamp(path))
+    except OSError as exc:
+        raise InvalidFile(f"{path}: cannot read ({exc.strerror})") from None
+
+
+@lru_cache(maxsize=32)
+def _load_model_file(path: Path, mtime_ns: int, size: int) -> ModelConfig:
+    """The model of one file as it is now (mtime_ns and size key the cache: paths.file_stamp)."""
     try:
         text = path.read_text()
         cfg = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

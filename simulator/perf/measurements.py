@@ -1,8 +1,8 @@
 """Measured kernel timings: the measurement CSV contract (docs/contracts.md, section 6), read and checked.
 
 Every row is `op, dtype, time_us, device, source` plus the op's shape parameters. A bad file
-(an unknown op, a missing parameter column, a time that is not a positive number, several
-devices without a filter) is rejected with one line naming the file, the row and the column.
+(an unknown op or dtype, a missing parameter column, a time or a shape that is not a positive
+finite number, several devices without a filter) is rejected with one line naming the file, the row and the column.
 Rows of different ops may share a file; columns that an op does not use may be empty.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..hardware.spec import DTYPES
 from ..models.op_kinds import MEASURED
 
 REQUIRED = ("op", "dtype", "time_us", "device")
@@ -47,6 +48,10 @@ def read_measurements(path: str | Path, device: str | None = None) -> pd.DataFra
     if unknown.any():
         i = int(np.flatnonzero(unknown.to_numpy())[0])
         raise InputError(f"{_row(path, i)}: op: {frame['op'].iloc[i]!r} is not one of {', '.join(MEASURED)}")
+    wrong_dtype = ~frame["dtype"].isin(DTYPES)
+    if wrong_dtype.any():
+        i = int(np.flatnonzero(wrong_dtype.to_numpy())[0])
+        raise InputError(f"{_row(path, i)}: dtype: {frame['dtype'].iloc[i]!r} is not one of {', '.join(DTYPES)}")
     time = pd.to_numeric(frame["time_us"], errors="coerce")
     bad = ~(time > 0) | ~np.isfinite(time)
     if bad.any():
@@ -66,8 +71,8 @@ def read_measurements(path: str | Path, device: str | None = None) -> pd.DataFra
                 what = f"one of {', '.join(DIRECTIONS)}"
             else:
                 values = pd.to_numeric(frame[param], errors="coerce")
-                wrong = rows & ~(values >= 1)
-                what = "a positive integer"
+                wrong = rows & ~((values >= 1) & np.isfinite(values))
+                what = "a positive finite number"
             if wrong.any():
                 i = int(np.flatnonzero(wrong.to_numpy())[0])
                 raise InputError(f"{_row(path, i)}: {param}: {frame[param].iloc[i]!r} is not {what}")

@@ -53,7 +53,7 @@ RESERVED_KNOBS = ("replicas", "model", "scheduler", "tp", "pp", "weight_dtype", 
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GenerateSpec(_Strict):

@@ -19,7 +19,7 @@ from ..engine.kv_transfer import KvTransfer, TransferLink
 from ..engine.replica import Replica
 from ..errors import InputError
 from ..hardware.loader import System, load_system
-from ..hardware.units import UnitError, parse_quantity
+from ..hardware.units import parse_quantity
 from ..metrics.recorder import Recorder
 from ..models.config import ModelConfig
 from ..schedulers.base import get_scheduler
@@ -104,14 +104,9 @@ def transfer_link(dep: Deployment, prefill: System, decode: System, one_node: bo
         name = "pcie (through the host)"
         bandwidth = min(prefill.host_link.bandwidth, decode.host_link.bandwidth)
         latency = prefill.host_link.latency + decode.host_link.latency
-    try:
-        if dep.kv_transfer_bandwidth is not None:
-            bandwidth = parse_quantity(dep.kv_transfer_bandwidth, "bandwidth")
-            name += f" at {dep.kv_transfer_bandwidth}"
-        if dep.kv_transfer_latency is not None:
-            latency = parse_quantity(dep.kv_transfer_latency, "time")
-    except UnitError as exc:
-        raise InputError(f"deployment: kv_transfer_bandwidth/latency: {exc}") from None
-    if bandwidth <= 0:
-        raise InputError("deployment: kv_transfer_bandwidth: must be > 0")
+    if dep.kv_transfer_bandwidth is not None:  # both overrides were checked in Deployment
+        bandwidth = parse_quantity(dep.kv_transfer_bandwidth, "bandwidth")
+        name += f" at {dep.kv_transfer_bandwidth}"
+    if dep.kv_transfer_latency is not None:
+        latency = parse_quantity(dep.kv_transfer_latency, "time")
     return TransferLink(name, bandwidth, latency)
