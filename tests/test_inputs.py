@@ -620,3 +620,16 @@ def test_a_system_price_is_shared_by_its_devices(tmp_path):
     result = simulate(box, trace, model="llama-3.1-8b", tp=2, knobs={"max_model_len": 4096}, keep_frames=False)
     summary = result.summary
     assert summary["cost_usd"] == pytest.approx(2 * 10.0 * summary["makespan_s"] / 3600, rel=1e-12)
+
+
+def test_a_device_without_power_or_price_has_unknown_energy_and_cost_not_zero(tmp_path):
+    """A spec may leave out `power:` and `price:`; the run's energy and cost are then unknown
+    (null in summary.json), never a silent 0 that would make the device look free."""
+    trace = _write(tmp_path / "ok.jsonl", GOOD_LINE)
+    priced = _gpu(tmp_path, "priced.yaml", _set(("price",), {"per_hour": "2 USD"}))
+    summary = simulate(priced, trace, model="llama-3.2-1b", keep_frames=False).summary
+    assert summary["energy_j"] > 0
+    assert summary["cost_usd"] == pytest.approx(2.0 * summary["makespan_s"] / 3600, rel=1e-12)
+    bare = _gpu(tmp_path, "bare.yaml", _drop("power"))  # VALID_GPU states no price either
+    summary = simulate(bare, trace, model="llama-3.2-1b", keep_frames=False).summary
+    assert summary["energy_j"] is None and summary["cost_usd"] is None

@@ -165,15 +165,18 @@ def test_streamed_weights_cost_every_step_their_trip_over_the_system_io():
 
 # --- the engine --------------------------------------------------------------------------
 
-def test_simulate_run_on_a_wafer_gives_the_summary_contract(tmp_path):
+def test_simulate_run_on_a_wafer_gives_the_summary_contract(tmp_path, capsys):
     trace = tmp_path / "trace.jsonl"
     trace.write_text("".join(json.dumps({"arrival_s": 0.05 * i, "input_tokens": 300 + 10 * i, "output_tokens": 40})
                              + "\n" for i in range(30)))
     out = tmp_path / "run"
-    assert main(["run", "wse-2", str(trace), "--model", "llama-3.1-8b", "--out", str(out), "--quiet"]) == 0
+    assert main(["run", "wse-2", str(trace), "--model", "llama-3.1-8b", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["schema"].startswith("simulator.summary/") and summary["hardware"] == "Cerebras-WSE-2"
     assert summary["requests"]["completed"] == 30 and summary["energy_j"] > 0
+    # Cerebras publishes no hourly price: the cost is unknown, not $0
+    assert summary["cost_usd"] is None
+    assert "cost unknown (a device's spec states no price)" in capsys.readouterr().out
     memory = summary["memory"]
     assert {"device_capacity_bytes", "usable_bytes", "weights_bytes", "activation_bytes", "reserved_bytes",
             "kv_bytes", "kv_blocks", "kv_tokens", "block_size"} <= set(memory)

@@ -45,7 +45,7 @@ def print_run_summary(summary: dict, out_dir: Path | None) -> None:
         f"{tp['output_tokens_per_s']:.0f} output tok/s\n"
         f"MFU {util['mfu']:.1%} · MBU {util['mbu']:.1%} · KV cache peak {util['kv_cache_peak']:.1%} "
         f"mean {util['kv_cache_mean']:.1%} · preemptions {summary['preemptions']} · "
-        f"energy {summary['energy_j'] / 3.6e6:.3f} kWh · cost ${summary['cost_usd']:.2f}\n"
+        f"{_energy(summary['energy_j'])} · {_cost(summary['cost_usd'])}\n"
         f"simulated {summary['sim']['iterations']} iterations in {summary['sim']['wall_s']:.2f} s"
         + (f" · outputs in {out_dir}" if out_dir else "")
     )
@@ -137,3 +137,13 @@ def _offload_line(kv: dict) -> str:
 def _seconds(target: float | str) -> str:
     """An SLO target as shown: seconds, or the trace's own per-request targets."""
     return target if isinstance(target, str) else f"{target:g} s"
+
+
+def _energy(energy_j: float | None) -> str:
+    """The run's energy, or why there is none."""
+    return f"energy {energy_j / 3.6e6:.3f} kWh" if energy_j is not None else "energy unknown (a device's spec states no power)"
+
+
+def _cost(cost_usd: float | None) -> str:
+    """The run's cost, or why there is none (an unpriced device is not a free one)."""
+    return f"cost ${cost_usd:.2f}" if cost_usd is not None else "cost unknown (a device's spec states no price)"

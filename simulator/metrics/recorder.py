@@ -109,11 +109,12 @@ class ReplicaHardware:
     devices: int
     peak_flops: float
     bandwidth: float  # main memory, bytes/s
-    idle_w: float = 0.0  # 0 and 0 when the spec gives no power
+    idle_w: float = 0.0  # 0 and 0 when the spec gives no power (then `powered` is False)
     tdp_w: float = 0.0
     compute_max: float = 1.0  # the device's best reachable fractions of peak and bandwidth
     memory_max: float = 1.0
-    price_per_hour: float = 0.0
+    price_per_hour: float | None = None  # USD per device-hour; None: the spec states no price
+    powered: bool = True  # whether the spec states the device's power
 
 
 class Recorder:

@@ -4,7 +4,8 @@ Definitions: makespan is from time 0 (the trace's first arrival) to the last com
 throughputs are completed work over the makespan; MFU and MBU are FLOPs and bytes over
 (makespan x peak x devices), i.e. time-averaged over the whole run, idle time included;
 energy is busy power over iterations plus idle power for every device's idle time; cost is
-the devices' hourly price over the makespan.
+the devices' hourly price over the makespan; either is None (unknown) when a device's spec
+does not state its power or its price.
 """
 from __future__ import annotations
 
@@ -85,8 +86,11 @@ def build_summary(*, rec: Recorder, total: int, hardware: str, model: str, sched
             "kv_cache_mean": kv_mean,
         },
         "preemptions": preemptions,
-        "energy_j": rec.active_energy_j + max(0.0, rec.idle_energy_j(makespan)),
-        "cost_usd": rec.capacity("price_per_hour") * makespan / 3600.0,
+        # unknown, not zero or free, where a device's spec states no power or no price (a wafer's price)
+        "energy_j": (rec.active_energy_j + max(0.0, rec.idle_energy_j(makespan))
+                     if all(r.powered for r in rec.replicas) else None),
+        "cost_usd": (rec.capacity("price_per_hour") * makespan / 3600.0
+                     if all(r.price_per_hour is not None for r in rec.replicas) else None),
         "sim": {"wall_s": wall_s, "iterations": rec.iteration_count, "events": events},
         "provenance": provenance(rec.provenance_s, calibration, calibration_use),
     }

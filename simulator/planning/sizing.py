@@ -82,7 +82,7 @@ def size(candidate: Candidate, search: CapacitySearch | None, points: dict[float
     reason = (f"capacity is at least {max_rate:g} req/s (rates.max); raise rates.max to measure it"
               if search.capped else "")
     return Sizing(candidate, reason, max_rate, replicas, replicas * devices, cost_per_hour,
-                  cost_per_hour / tokens_per_hour * 1e6, best["energy_j"] / produced if produced else None,
+                  cost_per_hour / tokens_per_hour * 1e6, best["energy_j"] / produced if produced and best["energy_j"] is not None else None,
                   max_rate * 3600 / replica_cost if replica_cost else None, best.get("time_by_source"),
                   replicas * max_rate / target_rate - 1.0)
 

@@ -216,7 +216,7 @@ def replica_hardware(pool: Pool) -> ReplicaHardware:
         peak_flops=device.peak_flops(pool.cost.prec.gemm_compute),
         bandwidth=device.main_memory.bandwidth, idle_w=power.idle if power else 0.0, tdp_w=power.tdp if power else 0.0,
         compute_max=eff.compute_max, memory_max=eff.memory_max,
-        price_per_hour=pool.system.device_price_per_hour or 0.0)
+        price_per_hour=pool.system.device_price_per_hour, powered=power is not None)
 
 
 def offload_tier(system: System, dep: Deployment, where: str = "") -> Tier:
