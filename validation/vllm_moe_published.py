@@ -18,7 +18,7 @@ of gpustack/gpustack): the
   server in front;
 - the weights the checkpoint holds: Qwen3-235B-A22B-Instruct-2507 in bf16; its -FP8 and
   DeepSeek-R1-0528 in FP8 (128 x 128 block-scaled; costed as FP8 GEMMs), the KV cache in bf16;
-  the catalogue's qwen3-235b-a22b and deepseek-v3 have their shapes (R1 is V3's architecture);
+  the catalogue's qwen3-235b-a22b and deepseek-r1 have their shapes (R1 is V3's architecture);
 - the random dataset (`--dataset-name random --num-prompts 500 --seed 42`, request rate
   infinite): every prompt sent at once; each request's lengths are the run's own totals over
   its prompts (the retokenised random prompts are a few tokens short of the nominal length,
@@ -74,8 +74,8 @@ ROWS = (
     GpustackRow("h100-sxm", "qwen3-235b-a22b", 4, "fp8", "4000/200", 500, 1997942, 90966, 16478.79, 126.76,
                 max_num_batched_tokens=16384),
     # vllm serve deepseek-ai/DeepSeek-R1-0528 -tp 8 (the page's baseline)
-    GpustackRow("h200", "deepseek-v3", 8, "fp8", "2000/100", 500, 998393, 50000, 17690.89, 59.26),
-    GpustackRow("h200", "deepseek-v3", 8, "fp8", "4000/200", 500, 1997530, 100000, 15808.55, 132.68),
+    GpustackRow("h200", "deepseek-r1", 8, "fp8", "2000/100", 500, 998393, 50000, 17690.89, 59.26),
+    GpustackRow("h200", "deepseek-r1", 8, "fp8", "4000/200", 500, 1997530, 100000, 15808.55, 132.68),
 )
 
 
