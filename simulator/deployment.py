@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import InputError
 from .hardware.units import UnitError, parse_quantity
 from .models.operators import Precision, Sharding
+from .strict_model import StrictModel
 
 StorageDtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 SIMULATOR_ONLY = "simulator-only"
@@ -27,12 +28,10 @@ def knob(default: Any, meaning: str, mirrors: str = SIMULATOR_ONLY, **bounds: An
     return Field(default, description=meaning, json_schema_extra={"mirrors": mirrors}, **bounds)
 
 
-class Deployment(BaseModel):
+class Deployment(StrictModel):
     """Validated deployment. Each knob is declared with `knob`: its default and bounds, the one
     line `simulate knobs` prints, and the engine option it mirrors; README "Deployment knobs"
     says more about each."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str = knob("llama-3.1-8b", "catalogue name (workloads/models/), path to a config.json or a checkpoint folder",
                       "vLLM --model")

@@ -434,6 +434,8 @@ def test_blank_lines_are_allowed(tmp_path):
         (_set(("compute", "peak", "bf16"), "1e400 TFLOPS"), "compute.peak.bf16"),
         (_set(("links", "nvlink", "efficiency"), float("nan")), "links.nvlink.efficiency: Input should be a finite number"),
         (_set(("power", "tdp"), "nan W"), "power.tdp"),
+        # YAML's true is not the number 1: one SM would be a silent misreading
+        (_set(("compute", "units"), True), "compute.units: true is not a number"),
     ],
 )
 def test_hardware_errors_name_the_field(tmp_path, edit, fragment):
@@ -505,6 +507,8 @@ def test_deployment_errors():
         (["kv_transfer_bandwidth=0 GB/s"], 'deployment: kv_transfer_bandwidth: "0 GB/s" must be positive'),
         (["kv_transfer_latency=-1 ms"], 'deployment: kv_transfer_latency: "-1 ms" must be zero or more'),
         (["kv_transfer_latency=5"], 'deployment: kv_transfer_latency: "5" has no unit'),
+        (["max_num_seqs=true"], "deployment: max_num_seqs: true is not a number"),
+        (["gpu_memory_utilization=false"], "deployment: gpu_memory_utilization: false is not a number"),
     ],
 )
 def test_knob_values_that_are_not_finite_quantities_are_refused(knobs, message):

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Protocol, cast
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BeforeValidator, Field, PositiveInt, model_validator
 
+from ..strict_model import StrictModel
 from .units import parse_quantity
 
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
@@ -38,9 +39,7 @@ Duration = Annotated[float, _quantity("time", positive=False)]
 MoneyPerHour = Annotated[float, _quantity("money_per_hour", positive=False)]
 
 
-class _Strict(BaseModel):
-    # no NaN or infinity in a plain number either (`efficiency: .nan` would poison every cost)
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+_Strict = StrictModel  # no unknown keys, NaN, infinity, or `true` for a number (strict_model.py)
 
 
 class Link(_Strict):

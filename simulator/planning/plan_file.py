@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
@@ -46,14 +44,14 @@ from ..deployment import KNOBS
 from ..errors import InputError
 from ..hardware.loader import _read_yaml, format_location
 from ..metrics.slo import SloSpec, parse_slo
+from ..strict_model import StrictModel
 
 # knobs a candidate may not set: the planner decides the replica count, and the model and
 # the deployment's own fields have their own candidate fields
 RESERVED_KNOBS = ("replicas", "model", "scheduler", "tp", "pp", "weight_dtype", "kv_cache_dtype")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+_Strict = StrictModel
 
 
 class GenerateSpec(_Strict):
