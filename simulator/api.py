@@ -84,6 +84,7 @@ def prepare(hardware: str | Path, model: str | None = None, scheduler: str | Non
     dep = build_deployment(*layers, yaml_file=system.source_file)
     try:
         model_cfg = load_model(dep.model)
+        dep = checkpoint_precision(dep, model_cfg)
         policy = get_scheduler(dep.scheduler)
         dep = policy.resolve(dep)
         if policy.topology != "disaggregated":
@@ -98,6 +99,18 @@ def prepare(hardware: str | Path, model: str | None = None, scheduler: str | Non
     split = disaggregated_pools(system, dep, model_cfg, calibration)
     prefill = split.prefill
     return Setup(prefill.system, model_cfg, dep, prefill.plan, prefill.cost, prefill.calibration, split)
+
+
+def checkpoint_precision(dep: Deployment, model: ModelConfig) -> Deployment:
+    """The deployment with the checkpoint's own weight type where weight_dtype was not set, as
+    vLLM loads a checkpoint (an fp8 or AWQ one serves fp8 or int4 weights without a flag)."""
+    if "weight_dtype" in dep.model_fields_set:
+        return dep
+    if model.checkpoint_weight_dtype is None:
+        raise InputError(f"--model {dep.model}: its quantization_config ({model.quantization}) is not one the "
+                         "simulator reads (fp8, GPTQ/AWQ, compressed-tensors); set weight_dtype to the "
+                         "weights' storage type")
+    return dep.model_copy(update={"weight_dtype": model.checkpoint_weight_dtype})
 
 
 def _named_in_yaml(exc: InputError, dep: Deployment, layers: tuple[dict[str, Any], ...], yaml_file: str) -> InputError:
@@ -249,6 +262,9 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
         calibration=profile_file,
         calibration_use=setup.calibration.use if setup.calibration is not None else None,
         extra={"batch_limits": schedulers[0].batch_limits(), "memory": pools[0].plan.summary(),
+               "precision": {"weights": first.weight_dtype, "kv_cache": first.kv_cache_dtype,
+                             "activations": first.activation_dtype,
+                             "checkpoint_quantization": setup.model.quantization or None},
                **_policy_blocks(setup, schedulers, transfer)},
     )
     requests, iterations = (recorder.requests.frame(), recorder.iterations.frame()) if keep_frames else (None, None)

@@ -59,7 +59,8 @@ class Deployment(StrictModel):
     all2all_backend: Literal["allgather_reducescatter", "deepep_high_throughput", "deepep_low_latency", "pplx"] = knob(
         "allgather_reducescatter", "MoE with data_parallel_size > 1: how tokens reach the experts (all-gather and "
                                    "reduce-scatter, or all-to-all dispatch and combine)", "vLLM --all2all-backend")
-    weight_dtype: StorageDtype = knob("bf16", "storage type of the weights", "vLLM --dtype / --quantization")
+    weight_dtype: StorageDtype = knob("bf16", "storage type of the weights (unset: the checkpoint's, from its "
+                                      "quantization_config; bf16 without one)", "vLLM --dtype / --quantization")
     kv_cache_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4", "int2"] = knob(
         "bf16", "storage type of the KV cache", "vLLM --kv-cache-dtype")
     activation_dtype: Literal["bf16", "fp16"] = knob("bf16", "compute type of the activations", "vLLM --dtype")

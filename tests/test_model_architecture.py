@@ -155,3 +155,45 @@ def test_sliding_window_runs_only_where_full_attention_is_exact(tmp_path):
     with pytest.raises(InputError, match="last 3 layers attend to the last 32768 tokens"):
         prepare("h100-sxm", _write(tmp_path, dict(QWEN15_MOE, use_sliding_window=True, max_window_layers=21,
                                                   max_position_embeddings=65536)), calibration="none")
+
+
+@pytest.mark.parametrize("quant, read", [
+    (None, ("bf16", "")),
+    ({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]},
+     ("fp8", "fp8, 128 x 128 blocks")),
+    ({"quant_method": "fp8", "activation_scheme": "static"}, ("fp8", "fp8")),
+    ({"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True}, ("int4", "awq 4-bit")),
+    ({"quant_method": "gptq", "bits": 8, "group_size": 128}, ("int8", "gptq 8-bit")),
+    ({"quant_method": "compressed-tensors",
+      "config_groups": {"group_0": {"weights": {"num_bits": 8, "type": "float"}, "targets": ["Linear"]}}},
+     ("fp8", "compressed-tensors fp8")),
+    ({"quant_method": "compressed-tensors",
+      "config_groups": {"group_0": {"weights": {"num_bits": 4, "type": "int"}, "targets": ["Linear"]}}},
+     ("int4", "compressed-tensors int4")),
+    # read as nothing it could be misread as: the run must name weight_dtype
+    ({"quant_method": "bitsandbytes", "load_in_4bit": True}, (None, "quant_method 'bitsandbytes'")),
+    ({"quant_method": "gptq", "bits": 3}, (None, "quant_method 'gptq'")),
+])
+def test_the_checkpoint_weight_type_is_read_from_its_quantization_config(quant, read):
+    cfg = dict(MIXTRAL_8X7B, quantization_config=quant) if quant is not None else MIXTRAL_8X7B
+    model = model_from_dict(cfg, "config.json")
+    assert (model.checkpoint_weight_dtype, model.quantization) == read
+
+
+def test_a_run_stores_the_checkpoints_weights_unless_told_otherwise(tmp_path):
+    """vLLM loads an fp8 checkpoint as fp8 without a flag: DeepSeek-R1's 671 B weights at one
+    byte each (plus bf16 embeddings and norms) are about 79 GiB of each of 8 H200s, not twice
+    that; weight_dtype, when given, is a what-if that wins; a quantization the simulator does
+    not read is refused until weight_dtype says what the weights are."""
+    from simulator.api import prepare
+
+    fp8 = prepare("h200", "deepseek-r1", tp=8, calibration="none")
+    assert fp8.deployment.weight_dtype == "fp8"
+    assert 75 * 2**30 < fp8.plan.weights_bytes < 85 * 2**30
+    what_if = prepare("h200", "deepseek-r1", tp=8, calibration="none", knobs={"weight_dtype": "int4"})
+    assert what_if.deployment.weight_dtype == "int4" and what_if.plan.weights_bytes < 0.6 * fp8.plan.weights_bytes
+    bnb = _write(tmp_path, {**QWEN15_MOE, "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}})
+    with pytest.raises(InputError, match=r"quantization_config \(quant_method 'bitsandbytes'\) is not one the "
+                                         r"simulator reads .*; set weight_dtype"):
+        prepare("h100-sxm", bnb, calibration="none")
+    assert prepare("h100-sxm", bnb, calibration="none", knobs={"weight_dtype": "int4"}).deployment.weight_dtype == "int4"

@@ -30,7 +30,7 @@ def print_run_summary(summary: dict, out_dir: Path | None) -> None:
     title = (f"{summary['model']} on {summary['hardware']} · {summary['scheduler']} · "
              f"tp={summary['parallelism']['tp']} pp={summary['parallelism']['pp']} "
              + ("(overlapped) " if summary['parallelism'].get('engines_per_replica', 1) > 1 else "")
-             + f"replicas={summary['parallelism']['replicas']}")
+             + f"replicas={summary['parallelism']['replicas']}" + _quantised(summary.get("precision")))
     table = Table(title=title, title_justify="left")
     table.add_column(LATENCY_COLUMNS[0])
     for col in LATENCY_COLUMNS[1:]:
@@ -137,6 +137,14 @@ def _offload_line(kv: dict) -> str:
 def _seconds(target: float | str) -> str:
     """An SLO target as shown: seconds, or the trace's own per-request targets."""
     return target if isinstance(target, str) else f"{target:g} s"
+
+
+def _quantised(precision: dict | None) -> str:
+    """The title's note of weights stored below 16 bits (and the checkpoint's scheme, if any)."""
+    if not precision or precision["weights"] in ("bf16", "fp16", "fp32"):
+        return ""
+    scheme = precision.get("checkpoint_quantization")
+    return f" · {precision['weights']} weights" + (f" (checkpoint: {scheme})" if scheme else "")
 
 
 def _energy(energy_j: float | None) -> str:

@@ -62,6 +62,11 @@ class ModelConfig:
     q_lora_rank: int = 0  # MLA queries through a low-rank down/up projection (0: one q_proj)
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    # The storage type of the checkpoint's linear weights, from its quantization_config (as
+    # vLLM loads them: an fp8 checkpoint serves fp8 weights); None where the config names a
+    # quantization this module does not read. `quantization` says what was read.
+    checkpoint_weight_dtype: str | None = "bf16"
+    quantization: str = ""
 
     def __post_init__(self) -> None:
         if self.moe_layers < 0:
@@ -202,6 +207,42 @@ def _sliding(cfg: dict[str, Any], model_type: str, where: str) -> tuple[int, int
     return window, layers - full_layers
 
 
+# quant_method values of a quantization_config, as vLLM names them, whose weights are fp8
+FP8_METHODS = ("fp8", "fbgemm_fp8")
+# weight-only integer quantizations, their bits read from `bits` (GPTQ, AWQ and their Marlin kernels)
+INT_METHODS = ("awq", "awq_marlin", "gptq", "gptq_marlin")
+INT_DTYPES = {4: "int4", 8: "int8"}
+
+
+def checkpoint_weights(cfg: dict[str, Any], where: str) -> tuple[str | None, str]:
+    """The storage type of a checkpoint's linear weights and how it was read, from
+    config.json's `quantization_config`: none, bf16; fp8 (per tensor, or block-scaled with
+    `weight_block_size`), fp8; GPTQ/AWQ at 4 or 8 bits, int4/int8; compressed-tensors, its
+    weights' `num_bits` and `type`. Anything else is (None, what it is): the run must then
+    name weight_dtype itself rather than have the weights read at the wrong size."""
+    quant = cfg.get("quantization_config")
+    if quant is None:
+        return "bf16", ""
+    if not isinstance(quant, dict):
+        raise InvalidFile(f"{where}: quantization_config: {quant!r} is not a mapping")
+    method = str(quant.get("quant_method") or "").lower()
+    if method in FP8_METHODS:
+        blocks = quant.get("weight_block_size")
+        return "fp8", f"fp8, {' x '.join(map(str, blocks))} blocks" if blocks else "fp8"
+    if method in INT_METHODS and quant.get("bits") in INT_DTYPES:
+        return INT_DTYPES[quant["bits"]], f"{method} {quant['bits']}-bit"
+    if method == "compressed-tensors":
+        kinds = {(w.get("num_bits"), w.get("type")) for group in (quant.get("config_groups") or {}).values()
+                 if isinstance(group, dict) and isinstance(w := group.get("weights"), dict)}
+        if len(kinds) == 1:
+            bits, kind = kinds.pop()
+            if (bits, kind) == (8, "float"):
+                return "fp8", "compressed-tensors fp8"
+            if kind == "int" and bits in INT_DTYPES:
+                return INT_DTYPES[bits], f"compressed-tensors int{bits}"
+    return None, f"quant_method {method or '(none)'!r}"
+
+
 def unmodelled_features(cfg: dict[str, Any]) -> list[str]:
     """What `cfg` describes that the simulator does not model, each with the keys that say so."""
     found = []
@@ -267,6 +308,7 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
     if top_k > experts:
         raise InvalidFile(f"{where}: num_experts_per_tok: {top_k} is more than the {experts} experts a layer has")
     window, window_layers = _sliding(cfg, model_type, where)
+    weights_dtype, quantization = checkpoint_weights(cfg, where)
     latent = _latent_attention(cfg, where) if model_type in MLA_TYPES else {}
     if latent:
         kv_heads = 1  # one latent per token serves every head (config.json's num_key_value_heads is unused)
@@ -299,6 +341,8 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
         moe_layers=_moe_layers(cfg, layers, experts, where),
         sliding_window=window,
         window_layers=window_layers,
+        checkpoint_weight_dtype=weights_dtype,
+        quantization=quantization,
         **latent,
     )
 
