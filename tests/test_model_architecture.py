@@ -197,3 +197,29 @@ def test_a_run_stores_the_checkpoints_weights_unless_told_otherwise(tmp_path):
                                          r"simulator reads .*; set weight_dtype"):
         prepare("h100-sxm", bnb, calibration="none")
     assert prepare("h100-sxm", bnb, calibration="none", knobs={"weight_dtype": "int4"}).deployment.weight_dtype == "int4"
+
+
+@pytest.mark.parametrize("rope_scaling, context", [
+    (None, 32768),
+    # Llama 3.1's scaling already counts in max_position_embeddings
+    ({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}, 32768),
+    # Qwen2.5's documented YaRN setting: 32,768 x 4
+    ({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}, 131072),
+    ({"rope_type": "yarn", "factor": 40, "original_max_position_embeddings": 4096}, 163840),
+    ({"type": "linear", "factor": 2.0}, 65536),
+    ({"type": "dynamic", "factor": 2.0}, 65536),
+])
+def test_the_served_context_is_derived_from_rope_scaling_as_vllm_derives_it(rope_scaling, context):
+    model = model_from_dict(dict(MIXTRAL_8X7B, rope_scaling=rope_scaling), "config.json")
+    assert (model.max_position_embeddings, model.max_context) == (32768, context)
+
+
+def test_a_max_model_len_beyond_the_models_context_is_refused():
+    """vLLM refuses a max_model_len above the length it derives from the config; so does a run."""
+    from simulator.api import prepare
+
+    with pytest.raises(InputError, match=r"max_model_len 200000: more than the 131072 tokens of context "
+                                         r"Llama-3.1-8B has .*; set max_model_len <= 131072"):
+        prepare("h100-sxm", "llama-3.1-8b", calibration="none", knobs={"max_model_len": 200000})
+    with pytest.raises(InputError, match=r"rope_scaling.factor: 'x' is not a positive number"):
+        model_from_dict(dict(MIXTRAL_8X7B, rope_scaling={"type": "linear", "factor": "x"}), "config.json")

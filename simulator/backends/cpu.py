@@ -97,7 +97,7 @@ class CpuBackend(Backend):
                              f"{dep.cpu_kvcache_space:g} GiB) need more than the {capacity / GiB:.2f} GiB of memory; "
                              "lower cpu_kvcache_space, use a smaller weight_dtype or a larger machine")
         blocks = int(space // per_block)
-        longest = dep.max_model_len if dep.max_model_len not in (None, -1) else model.max_position_embeddings
+        longest = dep.max_model_len if dep.max_model_len not in (None, -1) else model.max_context
         if dep.max_model_len != -1 and -(-longest // dep.block_size) > blocks:
             fits = blocks * dep.block_size
             raise InputError(f"{where}: one request of max_model_len {longest} tokens needs more than the "

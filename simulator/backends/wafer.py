@@ -53,7 +53,7 @@ class WaferBackend(Backend):
             raise InputError(f"{model.name} is a mixture of experts: the wafer cost model covers dense models "
                              "(grouped expert GEMMs are not modelled on a mesh)")
         if dep.max_model_len is None:
-            dep = dep.model_copy(update={"max_model_len": min(model.max_position_embeddings, DEFAULT_CONTEXT)})
+            dep = dep.model_copy(update={"max_model_len": min(model.max_context, DEFAULT_CONTEXT)})
         knob = "wafer_prefill_mesh" if role == "prefill" and dep.wafer_prefill_mesh else "wafer_mesh"
         side = getattr(dep, knob)
         most = min(device.wafer.mesh.rows, device.wafer.mesh.cols)
@@ -61,7 +61,7 @@ class WaferBackend(Backend):
             raise InputError(f"{knob} {side}: {device.name}'s mesh is {device.wafer.mesh.rows} x "
                              f"{device.wafer.mesh.cols} cores; set it <= {most}")
         if side is None:
-            longest = model.max_position_embeddings if dep.max_model_len in (None, -1) else dep.max_model_len
+            longest = model.max_context if dep.max_model_len in (None, -1) else dep.max_model_len
             side = choose_side(system, model, dep, role, policy.forward_tokens(dep, longest))
         return dep.model_copy(update={"wafer_mesh": side})
 

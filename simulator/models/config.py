@@ -67,8 +67,13 @@ class ModelConfig:
     # quantization this module does not read. `quantization` says what was read.
     checkpoint_weight_dtype: str | None = "bf16"
     quantization: str = ""
+    # The longest context the engine serves by default and at most: max_position_embeddings,
+    # extended by rope_scaling as vLLM derives it (`context_length`); 0: max_position_embeddings.
+    max_context: int = 0
 
     def __post_init__(self) -> None:
+        if not self.max_context:
+            object.__setattr__(self, "max_context", self.max_position_embeddings)
         if self.moe_layers < 0:
             object.__setattr__(self, "moe_layers", self.num_layers if self.num_experts > 1 else 0)
         if self.window_layers < 0 or not self.sliding_window:
@@ -243,6 +248,33 @@ def checkpoint_weights(cfg: dict[str, Any], where: str) -> tuple[str | None, str
     return None, f"quant_method {method or '(none)'!r}"
 
 
+# RoPE scalings whose factor does not lengthen the context vLLM serves: their
+# max_position_embeddings already is the extended length (Llama 3.1's llama3, Phi-3's longrope)
+NATIVE_LENGTH_ROPE = ("su", "longrope", "llama3")
+
+
+def context_length(cfg: dict[str, Any], positions: int, where: str) -> int:
+    """The context vLLM serves (its derived max_model_len): `positions`, times rope_scaling's
+    `factor` for the scalings that extend it, and for YaRN counted from its
+    `original_max_position_embeddings` (Qwen2.5's 32,768 x 4 = 131,072)."""
+    scaling = cfg.get("rope_scaling")
+    if not scaling:
+        return positions
+    if not isinstance(scaling, dict):
+        raise InvalidFile(f"{where}: rope_scaling: {scaling!r} is not a mapping")
+    kind = str(scaling.get("rope_type") or scaling.get("type") or "")
+    if kind in NATIVE_LENGTH_ROPE:
+        return positions
+    factor = scaling.get("factor")
+    factor = 1.0 if factor is None else factor
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+        raise InvalidFile(f"{where}: rope_scaling.factor: {factor!r} is not a positive number")
+    if kind == "yarn":
+        positions = _positive_int(scaling.get("original_max_position_embeddings"), where,
+                                  "rope_scaling.original_max_position_embeddings")
+    return int(positions * factor)
+
+
 def unmodelled_features(cfg: dict[str, Any]) -> list[str]:
     """What `cfg` describes that the simulator does not model, each with the keys that say so."""
     found = []
@@ -309,6 +341,9 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
         raise InvalidFile(f"{where}: num_experts_per_tok: {top_k} is more than the {experts} experts a layer has")
     window, window_layers = _sliding(cfg, model_type, where)
     weights_dtype, quantization = checkpoint_weights(cfg, where)
+    # vLLM assumes 2,048 where a config states no length
+    positions = _positive_int(_get(cfg, where, "max_position_embeddings", "n_positions", default=2048), where,
+                              "max_position_embeddings")
     latent = _latent_attention(cfg, where) if model_type in MLA_TYPES else {}
     if latent:
         kv_heads = 1  # one latent per token serves every head (config.json's num_key_value_heads is unused)
@@ -326,9 +361,8 @@ def model_from_dict(cfg: dict[str, Any], where: str, name: str | None = None) ->
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         vocab_size=_positive_int(_get(cfg, where, "vocab_size"), where, "vocab_size"),
-        max_position_embeddings=_positive_int(
-            _get(cfg, where, "max_position_embeddings", "n_positions", default=4096), where, "max_position_embeddings"
-        ),
+        max_position_embeddings=positions,
+        max_context=context_length(cfg, positions, where),
         tie_word_embeddings=_flag(cfg, where, "tie_word_embeddings", model_type == "opt"),
         gated_mlp=model_type not in NON_GATED_TYPES,
         qkv_bias=_flag(cfg, where, "attention_bias", model_type in ("qwen2", "qwen2_moe", "opt")),

@@ -13,8 +13,8 @@ sizes its KV cache once, at start-up, on every device of a replica:
 - `weights` is what loading the model allocates: every parameter at its stored dtype
   (quantised linear layers at the weight dtype with their scales; embeddings, LM head and
   norms stay at 16 bits, as real quantised checkpoints keep them) plus the rotary
-  embedding's cos/sin cache, one [max_position_embeddings, head_dim] table in the model
-  dtype shared by all layers (`weights_bytes`).
+  embedding's cos/sin cache, one [context length, head_dim] table in the model dtype shared
+  by all layers (the context rope_scaling extends, as vLLM sizes a scaled rotary cache) (`weights_bytes`).
 - The profile run is one forward pass of `max_num_batched_tokens` tokens without attention,
   then the sampler on min(max_num_seqs, max_num_batched_tokens) rows; its peak is the larger
   of the two phases (`activation_peak_bytes`).
@@ -126,7 +126,7 @@ def weights_bytes(model: ModelConfig, dep: Deployment) -> float:
     vocab = padded_vocab(model, tp) * model.hidden_size * hp
     embedding, head = vocab, (0.0 if model.tie_word_embeddings else vocab) + model.hidden_size * hp
     ends = embedding + head if dep.pp == 1 else max(embedding, head)
-    rotary = model.max_position_embeddings * model.rotary_dim * DTYPE_BYTES[dep.activation_dtype]
+    rotary = model.max_context * model.rotary_dim * DTYPE_BYTES[dep.activation_dtype]
     return layers + ends + rotary
 
 
@@ -249,7 +249,7 @@ def plan_memory(device: DeviceSpec, model: ModelConfig, dep: Deployment, batched
             f"- activations {_gib(activations)} - non-torch {_gib(NON_TORCH_BYTES)} = {_gib(available)}; "
             "raise --tp/--pp or gpu_memory_utilization, use a smaller weight_dtype, or a larger device")
     blocks = int(available // per_block)
-    longest = dep.max_model_len or model.max_position_embeddings
+    longest = dep.max_model_len or model.max_context
     needed = math.ceil(longest / dep.block_size) * per_block
     if longest != -1 and needed > available:
         fits = int(available // per_block) * dep.block_size

@@ -129,7 +129,7 @@ class Scheduler(SpanSteps, OffloadSteps):
     @classmethod
     def longest_request(cls, dep: Deployment, model: ModelConfig) -> int:
         """The most tokens (input + output) a request may have before the KV capacity caps it."""
-        return dep.max_model_len or model.max_position_embeddings
+        return dep.max_model_len or model.max_context
 
     @classmethod
     def forward_tokens(cls, dep: Deployment, max_model_len: int) -> int:

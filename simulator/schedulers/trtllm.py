@@ -130,7 +130,7 @@ class TrtllmScheduler(Scheduler):
 
     @classmethod
     def longest_request(cls, dep: Deployment, model: ModelConfig) -> int:
-        return dep.max_seq_len or model.max_position_embeddings
+        return dep.max_seq_len or model.max_context
 
     def __init__(self, dep: Deployment, plan: MemoryPlan, model: ModelConfig):
         super().__init__(dep, plan, model)

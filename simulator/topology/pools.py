@@ -154,8 +154,12 @@ def build_pool(role: str, system: System, dep: Deployment, model_cfg: ModelConfi
     refuse_foreign_knobs(dep, system, where)
     backend.check(dep, system, where)
     dep = backend.resolve(dep, system, model_cfg, role, policy)
-    context = model_cfg.max_position_embeddings
+    context = model_cfg.max_context
     longest = context if dep.max_model_len in (None, -1) else dep.max_model_len
+    if longest > context:  # vLLM refuses to start (its derived max_model_len is the ceiling)
+        raise InputError(f"{where}max_model_len {longest}: more than the {context} tokens of context "
+                         f"{model_cfg.name} has (max_position_embeddings, extended by rope_scaling); "
+                         f"set max_model_len <= {context}")
     forward = policy.forward_tokens(dep, longest)
     plan = backend.plan_memory(policy, system.accelerator, model_cfg, dep, forward)
     if dep.max_model_len == -1:  # vLLM's auto-fit: the longest request the KV cache holds
