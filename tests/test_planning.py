@@ -165,6 +165,7 @@ def test_outputs_rank_and_explain(two_candidate_run):
                       key=lambda row: float(row["cost_per_hour"]))
     best, runner_up = feasible
     assert best["recommended"] == "true" and best["rank"] == "1" and runner_up["rank"] == "2"
+    assert candidates["h100"]["reason"] == ""  # 100 requests at about one a step: a sustained load
     plan = json.loads((out / "plan.json").read_text())
     assert plan["recommended"] == best["candidate"] and plan["margin"]["runner_up"] == runner_up["candidate"]
     assert plan["margin"]["value"] == pytest.approx(float(runner_up["cost_per_hour"]) - float(best["cost_per_hour"]))
@@ -291,3 +292,19 @@ def test_an_unusable_candidate_file_is_an_error_not_an_infeasible_candidate(tmp_
     assert main(["plan", str(plan), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     rows = {r["candidate"]: r for r in csv.DictReader((tmp_path / "out" / "candidates.csv").open())}
     assert rows["too-small"]["feasible"] in ("False", "false") and "does not fit" in rows["too-small"]["reason"]
+
+
+def test_a_capacity_found_on_a_burst_is_flagged_as_optimistic(tmp_path):
+    """Twenty short requests on a fast GPU: at the rates the search reaches they all arrive
+    in a fraction of the time the last one takes to finish, so the SLO is met by a burst the
+    replica drains, not by a rate it sustains; the candidate says so."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("workload:\n  generate: {requests: 20, rate: 1, input: 'fixed:200', output: 'fixed:50', seed: 1}\n"
+                    "model: llama-3.2-1b\nslo: {ttft_p90: 1.0, tpot_p90: 0.05}\ntarget_rate: 1\nrates: {max: 100000}\n"
+                    "candidates:\n  - {name: h100, hardware: h100-sxm}\n")
+    outcome = run_plan(plan, tmp_path / "out", workers=1, report=False)
+    sizing = outcome.sizings[0]
+    served = outcome.points[[p.rate for p in outcome.points].index(sizing.max_rate)].metrics["throughput_req_s"]
+    assert served < 0.5 * sizing.max_rate
+    assert "a burst more than a sustained load, so this capacity is optimistic; give the workload more requests" \
+        in sizing.reason

@@ -79,12 +79,28 @@ def size(candidate: Candidate, search: CapacitySearch | None, points: dict[float
     cost_per_hour = replicas * replica_cost
     tokens_per_hour = target_rate * mean_output_tokens * 3600
     produced = best["output_tokens_per_s"] * best["makespan_s"]
-    reason = (f"capacity is at least {max_rate:g} req/s (rates.max); raise rates.max to measure it"
-              if search.capped else "")
+    reasons = [f"capacity is at least {max_rate:g} req/s (rates.max); raise rates.max to measure it"
+               if search.capped else "", _burst_warning(max_rate, best)]
+    reason = "; ".join(r for r in reasons if r)
     return Sizing(candidate, reason, max_rate, replicas, replicas * devices, cost_per_hour,
                   cost_per_hour / tokens_per_hour * 1e6, best["energy_j"] / produced if produced and best["energy_j"] is not None else None,
                   max_rate * 3600 / replica_cost if replica_cost else None, best.get("time_by_source"),
                   replicas * max_rate / target_rate - 1.0)
+
+
+# A run that completes requests at under this fraction of the offered rate spent longer
+# draining its last requests than receiving load: it measured a burst, not a sustained rate.
+SUSTAINED_FRACTION = 0.5
+
+
+def _burst_warning(rate: float, point: dict[str, Any]) -> str:
+    """Why a capacity found on a workload too short for the rate is optimistic, or ""."""
+    served = point["throughput_req_s"]
+    if served >= SUSTAINED_FRACTION * rate:
+        return ""
+    return (f"at {rate:g} req/s its {point['completed']} requests finish {point['makespan_s']:.3g} s after the first "
+            f"arrives, {served:.3g} req/s served of {rate:g} offered: a burst more than a sustained load, so this "
+            "capacity is optimistic; give the workload more requests")
 
 
 def _miss_reason(rate: float, point: dict[str, Any], slo: SloSpec) -> str:
