@@ -108,8 +108,8 @@ def checkpoint_precision(dep: Deployment, model: ModelConfig) -> Deployment:
         return dep
     if model.checkpoint_weight_dtype is None:
         raise InputError(f"--model {dep.model}: its quantization_config ({model.quantization}) is not one the "
-                         "simulator reads (fp8, GPTQ/AWQ, compressed-tensors); set weight_dtype to the "
-                         "weights' storage type")
+                         "simulator reads (fp8; GPTQ or AWQ at 4 or 8 bits; compressed-tensors of one fp8, "
+                         "int4 or int8 scheme); set weight_dtype to the weights' storage type")
     return dep.model_copy(update={"weight_dtype": model.checkpoint_weight_dtype})
 
 

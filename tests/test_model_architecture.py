@@ -173,6 +173,9 @@ def test_sliding_window_runs_only_where_full_attention_is_exact(tmp_path):
     # read as nothing it could be misread as: the run must name weight_dtype
     ({"quant_method": "bitsandbytes", "load_in_4bit": True}, (None, "quant_method 'bitsandbytes'")),
     ({"quant_method": "gptq", "bits": 3}, (None, "quant_method 'gptq'")),
+    ({"quant_method": "compressed-tensors",
+      "config_groups": {"a": {"weights": {"num_bits": 8, "type": "float"}}, "b": {"weights": {"num_bits": 4, "type": "int"}}}},
+     (None, "compressed-tensors weights [(4, 'int'), (8, 'float')]")),
 ])
 def test_the_checkpoint_weight_type_is_read_from_its_quantization_config(quant, read):
     cfg = dict(MIXTRAL_8X7B, quantization_config=quant) if quant is not None else MIXTRAL_8X7B
@@ -221,5 +224,8 @@ def test_a_max_model_len_beyond_the_models_context_is_refused():
     with pytest.raises(InputError, match=r"max_model_len 200000: more than the 131072 tokens of context "
                                          r"Llama-3.1-8B has .*; set max_model_len <= 131072"):
         prepare("h100-sxm", "llama-3.1-8b", calibration="none", knobs={"max_model_len": 200000})
-    with pytest.raises(InputError, match=r"rope_scaling.factor: 'x' is not a positive number"):
-        model_from_dict(dict(MIXTRAL_8X7B, rope_scaling={"type": "linear", "factor": "x"}), "config.json")
+    for scaling, message in (({"type": "linear", "factor": "x"}, "rope_scaling.factor: 'x' is not a positive number"),
+                             ({"factor": 2.0}, r"rope_scaling: \{'factor': 2.0\} names no rope_type \(or type\)"),
+                             ({"type": "linear", "factor": 1e300}, r"makes a context of 3.28e\+304 tokens")):
+        with pytest.raises(InputError, match=message):
+            model_from_dict(dict(MIXTRAL_8X7B, rope_scaling=scaling), "config.json")

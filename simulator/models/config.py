@@ -24,6 +24,7 @@ import yaml
 
 from ..errors import InvalidFile
 from ..paths import MODELS_DIR, file_stamp, shipped
+from ..workloads.trace import MAX_TOKENS
 from .layers import layer_small_params, linear_params
 
 # Bytes per element of each storage dtype the deployment may choose for weights or KV.
@@ -233,11 +234,17 @@ def checkpoint_weights(cfg: dict[str, Any], where: str) -> tuple[str | None, str
     method = str(quant.get("quant_method") or "").lower()
     if method in FP8_METHODS:
         blocks = quant.get("weight_block_size")
-        return "fp8", f"fp8, {' x '.join(map(str, blocks))} blocks" if blocks else "fp8"
+        if blocks is None:
+            return "fp8", "fp8"
+        if not isinstance(blocks, list) or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0
+                                                   for b in blocks):
+            raise InvalidFile(f"{where}: quantization_config.weight_block_size: {blocks!r} is not a list of sizes")
+        return "fp8", f"fp8, {' x '.join(map(str, blocks))} blocks"
     if method in INT_METHODS and quant.get("bits") in INT_DTYPES:
         return INT_DTYPES[quant["bits"]], f"{method} {quant['bits']}-bit"
     if method == "compressed-tensors":
-        kinds = {(w.get("num_bits"), w.get("type")) for group in (quant.get("config_groups") or {}).values()
+        groups = quant.get("config_groups") or {}
+        kinds = {(w.get("num_bits"), w.get("type")) for group in (groups.values() if isinstance(groups, dict) else ())
                  if isinstance(group, dict) and isinstance(w := group.get("weights"), dict)}
         if len(kinds) == 1:
             bits, kind = kinds.pop()
@@ -245,6 +252,7 @@ def checkpoint_weights(cfg: dict[str, Any], where: str) -> tuple[str | None, str
                 return "fp8", "compressed-tensors fp8"
             if kind == "int" and bits in INT_DTYPES:
                 return INT_DTYPES[bits], f"compressed-tensors int{bits}"
+        return None, f"compressed-tensors weights {sorted(kinds, key=str) or 'unstated'}"
     return None, f"quant_method {method or '(none)'!r}"
 
 
@@ -262,7 +270,9 @@ def context_length(cfg: dict[str, Any], positions: int, where: str) -> int:
         return positions
     if not isinstance(scaling, dict):
         raise InvalidFile(f"{where}: rope_scaling: {scaling!r} is not a mapping")
-    kind = str(scaling.get("rope_type") or scaling.get("type") or "")
+    kind = scaling.get("rope_type") or scaling.get("type")
+    if not isinstance(kind, str):
+        raise InvalidFile(f"{where}: rope_scaling: {scaling!r} names no rope_type (or type)")
     if kind in NATIVE_LENGTH_ROPE:
         return positions
     factor = scaling.get("factor")
@@ -272,6 +282,9 @@ def context_length(cfg: dict[str, Any], positions: int, where: str) -> int:
     if kind == "yarn":
         positions = _positive_int(scaling.get("original_max_position_embeddings"), where,
                                   "rope_scaling.original_max_position_embeddings")
+    if positions * factor > MAX_TOKENS:
+        raise InvalidFile(f"{where}: rope_scaling.factor: {factor!r} makes a context of {positions * factor:.3g} tokens, "
+                          f"more than any model's (at most {MAX_TOKENS:,})")
     return int(positions * factor)
 
 
