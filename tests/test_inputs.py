@@ -637,3 +637,14 @@ def test_a_device_without_power_or_price_has_unknown_energy_and_cost_not_zero(tm
     bare = _gpu(tmp_path, "bare.yaml", _drop("power"))  # VALID_GPU states no price either
     summary = simulate(bare, trace, model="llama-3.2-1b", keep_frames=False).summary
     assert summary["energy_j"] is None and summary["cost_usd"] is None
+
+
+def test_a_gpu_without_bfloat16_takes_fp16_as_vllm_does():
+    """A T4 (Turing, compute capability 7.5) has no bf16: vLLM refuses a bf16 model there unless
+    told --dtype half; with fp16 the run serves, the 16-bit weights at their 2 bytes."""
+    with pytest.raises(InputError, match=r"deployment: activation_dtype: bf16 on T4-16GB \(compute capability 7.5\), "
+                                         r"which has no bfloat16, so vLLM refuses to start; set activation_dtype=fp16"):
+        prepare("t4", model="llama-3.2-1b")
+    setup = prepare("t4", model="llama-3.2-1b", knobs={"activation_dtype": "fp16"})
+    assert setup.deployment.activation_dtype == "fp16"
+    assert setup.plan.weights_bytes == pytest.approx(prepare("l4", model="llama-3.2-1b").plan.weights_bytes, rel=1e-3)
