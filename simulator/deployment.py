@@ -33,8 +33,8 @@ class Deployment(StrictModel):
     line `simulate knobs` prints, and the engine option it mirrors; README "Deployment knobs"
     says more about each."""
 
-    model: str = knob("llama-3.1-8b", "catalogue name (workloads/models/), path to a config.json or a checkpoint folder",
-                      "vLLM --model")
+    model: str = knob("llama-3.1-8b", "catalogue name (workloads/models/) or its Hugging Face id, path to a "
+                      "config.json or a checkpoint folder", "vLLM --model")
     scheduler: str = knob("vllm", "serving policy (simulate run --help lists them)")
     router: Literal["round_robin", "least_outstanding", "power_of_two", "prefix_affinity"] = knob(
         "round_robin", "how requests are spread over the replicas")

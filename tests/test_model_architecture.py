@@ -229,3 +229,28 @@ def test_a_max_model_len_beyond_the_models_context_is_refused():
                              ({"type": "linear", "factor": 1e300}, r"makes a context of 3.28e\+304 tokens")):
         with pytest.raises(InputError, match=message):
             model_from_dict(dict(MIXTRAL_8X7B, rope_scaling=scaling), "config.json")
+
+
+def test_a_hugging_face_id_names_its_catalogue_model():
+    """The id vLLM is given works as --model: a catalogue model's source, or a release its
+    same_config lists (an Instruct model with the same architecture keys), in any case; a
+    release keeps its own name; an id the catalogue lacks says it is not downloaded."""
+    base = load_model("llama-3.1-8b")
+    assert load_model("meta-llama/Llama-3.1-8B") == base
+    assert load_model("META-LLAMA/llama-3.1-8b") == base
+    instruct = load_model("meta-llama/Llama-3.1-8B-Instruct")
+    assert instruct.name == "Llama-3.1-8B-Instruct" and instruct.total_params() == base.total_params()
+    assert load_model("deepseek-ai/DeepSeek-R1-0528").checkpoint_weight_dtype == "fp8"
+    with pytest.raises(InputError, match=r"--model org/Nope-7B: no such file or catalogue model \(a Hugging Face id "
+                                         r"is not downloaded: give the checkpoint's config.json or folder\)"):
+        load_model("org/Nope-7B")
+
+
+def test_no_hugging_face_id_names_two_catalogue_models():
+    import yaml
+
+    from simulator.models.config import model_catalogue
+
+    ids = [str(i).lower() for path in model_catalogue().values()
+           for cfg in [yaml.safe_load(path.read_text())] for i in [cfg["source"], *cfg.get("same_config", [])]]
+    assert len(ids) == len(set(ids))

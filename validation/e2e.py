@@ -43,8 +43,7 @@ import yaml
 
 from simulator import simulate
 from simulator.hardware.loader import catalogue as hardware_catalogue
-
-from .layer_tables import catalogue_name
+from simulator.models.config import catalogue_name
 
 RUNS = Path(__file__).resolve().parent / "data" / "e2e"
 # Targets of the development set: relative error of the mean (and of the makespan).

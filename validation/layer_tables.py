@@ -30,17 +30,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from simulator.models.config import ModelConfig, load_model, model_catalogue
+from simulator.models.config import ModelConfig, catalogue_name, load_model
 from simulator.models.layers import DENSE, linear_layers
-
-
-def catalogue_name(source: str) -> str | None:
-    """The catalogue name of the model whose `source` (Hugging Face id) is `source`, if any."""
-    for name, path in model_catalogue().items():
-        if yaml.safe_load(path.read_text()).get("source") == source:
-            return name
-    return None
-
 
 # later releases of a catalogue model with the same layers (only their context length and
 # training differ): the Instruct-2507 release of Qwen3-30B-A3B keeps hidden 2048, 48 layers,

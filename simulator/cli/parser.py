@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("hardware", help="hardware YAML path or catalogue name (see `simulate specs list`)")
     run.add_argument("trace", help="trace: contract JSONL, Azure LLM inference CSV or Mooncake JSONL; a path or a "
                                    "shipped trace's catalogue name (see `simulate traces`)")
-    run.add_argument("--model", help="catalogue name (workloads/models/), path to a config.json or a checkpoint folder holding one")
+    run.add_argument("--model", help="catalogue name (workloads/models/) or its Hugging Face id, path to a "
+                     "config.json or a checkpoint folder holding one")
     run.add_argument("--scheduler", help=SCHEDULER_HELP)
     run.add_argument("--tp", type=_positive, help="tensor-parallel degree")
     run.add_argument("--pp", type=_positive, help="pipeline-parallel degree")

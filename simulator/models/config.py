@@ -14,6 +14,7 @@ the keys (`unmodelled_features`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -410,16 +411,42 @@ def model_catalogue() -> dict[str, Path]:
     return {p.stem: p for p in sorted(shipped(MODELS_DIR).glob("*.yaml"))}
 
 
+@lru_cache(maxsize=1)
+def _hugging_face_ids() -> dict[str, tuple[str, bool]]:
+    """By Hugging Face id (lower case): the catalogue model it names, and whether it is that
+    model's own `source` rather than a release its `same_config` lists (post-trained versions
+    whose config.json has the same architecture keys and values, so that `--model
+    meta-llama/Llama-3.1-8B-Instruct` reads as vLLM would read that checkpoint)."""
+    ids = {}
+    for name, path in model_catalogue().items():
+        cfg = yaml.safe_load(path.read_text()) or {}
+        ids.update({str(hf_id).lower(): (name, False) for hf_id in cfg.get("same_config") or ()})
+        if cfg.get("source"):
+            ids[str(cfg["source"]).lower()] = (name, True)
+    return ids
+
+
+def catalogue_name(hf_id: str) -> str | None:
+    """The catalogue model a Hugging Face id names (its `source` or a `same_config` release)."""
+    found = _hugging_face_ids().get(hf_id.lower())
+    return found[0] if found else None
+
+
 def load_model(name_or_path: str) -> ModelConfig:
-    """A catalogue name (file stem in workloads/models/), a path to config.json / YAML, or a
-    checkpoint's folder (its config.json, as vLLM reads it)."""
+    """A catalogue name (file stem in workloads/models/) or a Hugging Face id of one, a path to
+    config.json / YAML, or a checkpoint's folder (its config.json, as vLLM reads it)."""
     path = Path(name_or_path)
     if not path.exists():
-        found = model_catalogue().get(name_or_path)
-        if found is None:
+        name, own = ((name_or_path, True) if name_or_path in model_catalogue()
+                     else _hugging_face_ids().get(name_or_path.lower(), (None, True)))
+        if name is None:
             known = ", ".join(model_catalogue())
-            raise InvalidFile(f"--model {name_or_path}: no such file or catalogue model (known: {known})")
-        path = found
+            offline = (" (a Hugging Face id is not downloaded: give the checkpoint's config.json or folder)"
+                       if "/" in name_or_path else "")
+            raise InvalidFile(f"--model {name_or_path}: no such file or catalogue model{offline} (known: {known})")
+        model = load_model(str(model_catalogue()[name]))
+        # a release under its own name (an Instruct model) keeps that name in the outputs
+        return model if own else dataclasses.replace(model, name=PurePosixPath(name_or_path).name)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InvalidFile(f"--model {name_or_path}: a folder without a config.json (give the checkpoint's "
