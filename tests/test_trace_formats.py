@@ -183,6 +183,42 @@ def test_mooncake_malformed_line_names_file_line_and_field(tmp_path, line, messa
     assert str(caught.value).startswith(f"{path}:3: ") and message in str(caught.value)
 
 
+# --- BurstGPT ------------------------------------------------------------------------------
+
+BURSTGPT_HEADER = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+
+
+def test_burstgpt_rows_become_requests_and_failed_ones_are_counted(tmp_path):
+    """Seconds relative to the first row; a failed request (0 response tokens) is skipped and
+    counted; the later release's extra columns (Session ID, Elapsed time) change nothing."""
+    path = _write(tmp_path, "burst.csv", BURSTGPT_HEADER + "7,ChatGPT,472,18,490,Conversation log\n"
+                  "9.5,GPT-4,1087,0,1087,API log\n" "12,ChatGPT,300,40,340,Conversation log\n")
+    assert detect_format(path) == "burstgpt"
+    skipped = Counter()
+    assert list(iter_records(path, skipped=skipped)) == [
+        (2, {"arrival_s": 0.0, "input_tokens": 472, "output_tokens": 18}),
+        (4, {"arrival_s": 5.0, "input_tokens": 300, "output_tokens": 40})]
+    assert skipped == Counter({"Response tokens is 0": 1})
+    sessions = _write(tmp_path, "burst3.csv", "Timestamp,Session ID,Elapsed time,Model,Request tokens,Response tokens,"
+                      "Total tokens,Log Type\n" "3,a1,0.5,ChatGPT,10,2,12,Conversation log\n")
+    assert list(iter_records(sessions)) == [(2, {"arrival_s": 0.0, "input_tokens": 10, "output_tokens": 2})]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("x,ChatGPT,1,1,2,API log", ':3: Timestamp: "x" is not a number of seconds'),
+        ("nan,ChatGPT,1,1,2,API log", ':3: Timestamp: "nan" is not a number of seconds'),
+        ("1,ChatGPT,1,1,2,API log", ':3: Timestamp: "1" is before the first request'),
+        ("6,ChatGPT,-3,1,2,API log", ":3: Request tokens: -3 is negative"),
+    ],
+)
+def test_burstgpt_malformed_row_names_file_line_and_column(tmp_path, row, message):
+    path = _write(tmp_path, "burst.csv", BURSTGPT_HEADER + "5,ChatGPT,1,1,2,API log\n" + row + "\n")
+    with pytest.raises(InputError, match=message):
+        list(iter_records(path, skipped=Counter()))
+
+
 # --- detection and dispatch ----------------------------------------------------------------
 
 

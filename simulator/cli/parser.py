@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert = trace_sub.add_parser("convert", help="convert an Azure CSV / Mooncake JSONL trace to contract JSONL")
     convert.add_argument("input")
     convert.add_argument("output")
-    convert.add_argument("--format", choices=("azure", "mooncake", "jsonl"), help="input format (default: detect)")
+    convert.add_argument("--format", choices=("azure", "mooncake", "burstgpt", "jsonl"),
+                         help="input format (default: detect)")
     gen = trace_sub.add_parser("gen", help="generate a synthetic trace (seeded)")
     gen.add_argument("output")
     gen.add_argument("-n", "--requests", type=_positive, required=True, help="number of requests")

@@ -13,6 +13,11 @@ Formats:
             header `TIMESTAMP,ContextTokens,GeneratedTokens`.
   mooncake  Mooncake traces (Qin et al., FAST'25): JSONL with `timestamp` (ms),
             `input_length`, `output_length`, `hash_ids` (one id per 512-token block).
+  burstgpt  BurstGPT (Wang et al., "BurstGPT: A Real-world Workload Dataset to Optimize LLM
+            Serving Systems", 2024): ChatGPT and GPT-4 traffic of an Azure OpenAI service, a
+            CSV with `Timestamp` (s), `Model`, `Request tokens`, `Response tokens`, `Total
+            tokens`, `Log Type` (a later release adds `Session ID`, `Elapsed time`); a failed
+            request has 0 response tokens, and is skipped and counted.
   jsonl     our own contract, read by `simulator.workloads.trace.iter_jsonl`.
 
 A request with 0 input or output tokens cannot be simulated (the contract needs >= 1).
@@ -24,6 +29,7 @@ from __future__ import annotations
 import calendar
 import csv
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -35,8 +41,9 @@ from simulator.errors import InputError
 
 from .trace import MAX_TOKENS
 
-FORMATS = ("jsonl", "azure", "mooncake")
+FORMATS = ("jsonl", "azure", "mooncake", "burstgpt")
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
 MOONCAKE_BLOCK_TOKENS = 512
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
@@ -112,6 +119,32 @@ def _azure_timestamp_ns(text: str, where: str) -> int:
     return seconds * _NS_PER_S + nanos
 
 
+def _csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, str, dict[str, str]]]:
+    """The non-blank rows of a CSV trace as (line, "FILE:LINE", {column: cell}) for `columns`,
+    found by name in the first non-blank line (the header), so their order does not matter."""
+    expected = ",".join(columns)
+    with _open(path) as stream:
+        rows = csv.reader(stream)
+        header = next(rows, None)
+        while header is not None and not any(cell.strip() for cell in header):
+            header = next(rows, None)
+        if header is None:
+            raise InputError(f"{path}: the file is empty (expected a header with {expected})")
+        names = [cell.strip() for cell in header]
+        missing = [column for column in columns if column not in names]
+        if missing:
+            raise InputError(f"{path}:{rows.line_num}: header: no column {', '.join(missing)} "
+                             f"(expected a header with {expected})")
+        at = {column: names.index(column) for column in columns}
+        for row in rows:
+            if not any(cell.strip() for cell in row):
+                continue
+            where = f"{path}:{rows.line_num}"
+            if len(row) != len(names):
+                raise InputError(f"{where}: row has {len(row)} fields, the header {len(names)} (expected {expected})")
+            yield rows.line_num, where, {column: row[i] for column, i in at.items()}
+
+
 def iter_azure(path: str | Path, skipped: Counter | None = None) -> Iterator[tuple[int, dict]]:
     """Read an Azure LLM inference trace 2023 CSV (`TIMESTAMP,ContextTokens,GeneratedTokens`).
 
@@ -120,53 +153,57 @@ def iter_azure(path: str | Path, skipped: Counter | None = None) -> Iterator[tup
     not matter. Rows must not go back before the first row's time (arrivals are >= 0).
     """
     path = Path(path)
-    with _open(path) as stream:
-        rows = csv.reader(stream)
-        header = next(rows, None)
-        while header is not None and not any(cell.strip() for cell in header):
-            header = next(rows, None)
-        if header is None:
-            raise InputError(f"{path}: the file is empty (expected the header {','.join(AZURE_COLUMNS)})")
-        names = [cell.strip() for cell in header]
-        missing = [column for column in AZURE_COLUMNS if column not in names]
-        if missing:
+    first_ns: int | None = None
+    for line, where, row in _csv_rows(path, AZURE_COLUMNS):
+        stamp_ns = _azure_timestamp_ns(row["TIMESTAMP"], where)
+        counts = {
+            column: _token_count(row[column], where, column)
+            for column in ("ContextTokens", "GeneratedTokens")
+        }
+        if first_ns is None:
+            first_ns = stamp_ns
+        elif stamp_ns < first_ns:
             raise InputError(
-                f"{path}:{rows.line_num}: header: no column {', '.join(missing)} "
-                f"(expected the header {','.join(AZURE_COLUMNS)})"
+                f'{where}: TIMESTAMP: "{row["TIMESTAMP"].strip()}" is before the first '
+                "request's time (sort the trace by TIMESTAMP)"
             )
-        at = {column: names.index(column) for column in AZURE_COLUMNS}
-        first_ns: int | None = None
-        for row in rows:
-            line = rows.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            where = f"{path}:{line}"
-            if len(row) != len(names):
-                raise InputError(
-                    f"{where}: row has {len(row)} fields, the header {len(names)} "
-                    f"(expected {','.join(AZURE_COLUMNS)})"
-                )
-            stamp_ns = _azure_timestamp_ns(row[at["TIMESTAMP"]], where)
-            counts = {
-                column: _token_count(row[at[column]], where, column)
-                for column in ("ContextTokens", "GeneratedTokens")
-            }
-            if first_ns is None:
-                first_ns = stamp_ns
-            elif stamp_ns < first_ns:
-                raise InputError(
-                    f'{where}: TIMESTAMP: "{row[at["TIMESTAMP"]].strip()}" is before the first '
-                    "request's time (sort the trace by TIMESTAMP)"
-                )
-            # Checked after the first timestamp is fixed: a skipped first row still
-            # defines time zero, so skipping never shifts the other arrivals.
-            if _skip_zero(counts, where, skipped):
-                continue
-            yield line, {
-                "arrival_s": (stamp_ns - first_ns) / _NS_PER_S,
-                "input_tokens": counts["ContextTokens"],
-                "output_tokens": counts["GeneratedTokens"],
-            }
+        # Checked after the first timestamp is fixed: a skipped first row still
+        # defines time zero, so skipping never shifts the other arrivals.
+        if _skip_zero(counts, where, skipped):
+            continue
+        yield line, {
+            "arrival_s": (stamp_ns - first_ns) / _NS_PER_S,
+            "input_tokens": counts["ContextTokens"],
+            "output_tokens": counts["GeneratedTokens"],
+        }
+
+
+def iter_burstgpt(path: str | Path, skipped: Counter | None = None) -> Iterator[tuple[int, dict]]:
+    """Read a BurstGPT CSV (`Timestamp` in seconds, `Request tokens`, `Response tokens`; the
+    other columns, `Model` and `Log Type` among them, are not read: filter the file first to
+    replay one model's traffic). Request tokens become `input_tokens`, Response tokens
+    `output_tokens`, Timestamp `arrival_s` relative to the first row; a failed request (0
+    response tokens) is skipped and counted, as a 0 of the other formats is."""
+    path = Path(path)
+    first_s: float | None = None
+    for line, where, row in _csv_rows(path, BURSTGPT_COLUMNS):
+        text = row["Timestamp"].strip()
+        try:
+            stamp_s = float(text)
+        except ValueError:
+            stamp_s = math.nan
+        if not math.isfinite(stamp_s):
+            raise InputError(f'{where}: Timestamp: "{text}" is not a number of seconds')
+        counts = {column: _token_count(row[column], where, column) for column in ("Request tokens", "Response tokens")}
+        if first_s is None:
+            first_s = stamp_s
+        elif stamp_s < first_s:
+            raise InputError(f'{where}: Timestamp: "{text}" is before the first request\'s time (sort the trace by '
+                             "Timestamp)")
+        if _skip_zero(counts, where, skipped):
+            continue
+        yield line, {"arrival_s": stamp_s - first_s, "input_tokens": counts["Request tokens"],
+                     "output_tokens": counts["Response tokens"]}
 
 
 def _json_object(text: str, where: str) -> dict:
@@ -240,9 +277,9 @@ def _first_line(path: Path) -> str:
 
 
 def detect_format(path: str | Path) -> str:
-    """Tell which trace format a file holds: "jsonl" (ours), "azure" or "mooncake".
+    """Tell which trace format a file holds: "jsonl" (ours), "azure", "mooncake" or "burstgpt".
 
-    The first non-blank line decides: a CSV header naming the Azure columns, or a JSON
+    The first non-blank line decides: a CSV header naming the Azure or BurstGPT columns, or a JSON
     object whose keys are Mooncake's or ours. The extension only decides how to read that
     line (`.csv` as CSV, `.jsonl`/`.json` as JSON, any other by whether it starts with `{`).
     """
@@ -254,9 +291,11 @@ def detect_format(path: str | Path) -> str:
         names = {cell.strip() for cell in next(csv.reader([first]))}
         if set(AZURE_COLUMNS) <= names:
             return "azure"
+        if set(BURSTGPT_COLUMNS) <= names:
+            return "burstgpt"
         raise InputError(
             f"{path}:1: header: unknown CSV trace (expected the Azure 2023 header "
-            f"{','.join(AZURE_COLUMNS)}, or a JSONL trace)"
+            f"{','.join(AZURE_COLUMNS)}, BurstGPT's {','.join(BURSTGPT_COLUMNS)}, or a JSONL trace)"
         )
     try:
         record = json.loads(first)
@@ -289,6 +328,8 @@ def iter_records(
         return iter_azure(path, skipped)
     if fmt == "mooncake":
         return iter_mooncake(path, skipped)
+    if fmt == "burstgpt":
+        return iter_burstgpt(path, skipped)
     if fmt == "jsonl":
         # Imported here: trace.py is the contract's own reader and imports from this package.
         from simulator.workloads.trace import iter_jsonl
