@@ -44,7 +44,7 @@ DEEPSEEK_V2_LITE = {
 
 @pytest.mark.parametrize("name, published", [
     ("deepseek-v3", 671e9), ("deepseek-r1", 671e9), ("qwen3-235b-a22b", 235e9), ("qwen3-30b-a3b", 30.5e9), ("mixtral-8x7b", 46.7e9),
-    ("mixtral-8x22b", 141e9), ("llama-3.3-70b", 70.6e9),
+    ("mixtral-8x22b", 141e9), ("llama-3.3-70b", 70.6e9), ("qwen2.5-32b", 32.5e9), ("llama-3.2-3b", 3.21e9),
 ])
 def test_catalogue_models_have_their_published_parameter_counts(name, published):
     assert load_model(name).total_params() == pytest.approx(published, rel=0.01)
