@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="replay a request trace on a deployment and report latency, throughput, cost",
                          formatter_class=_RunHelp)
     run.add_argument("hardware", help="hardware YAML path or catalogue name (see `simulate specs list`)")
-    run.add_argument("trace", help="trace: contract JSONL, Azure LLM inference CSV or Mooncake JSONL; a path or a "
-                                   "shipped trace's catalogue name (see `simulate traces`)")
+    run.add_argument("trace", help="trace: contract JSONL, Azure LLM inference CSV, Mooncake JSONL or BurstGPT CSV; a "
+                                   "path or a shipped trace's catalogue name (see `simulate traces`)")
     run.add_argument("--model", help="catalogue name (workloads/models/) or its Hugging Face id, path to a "
                      "config.json or a checkpoint folder holding one")
     run.add_argument("--scheduler", help=SCHEDULER_HELP)
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--replicas", type=_positive, help="model replicas behind the router")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="deployment knob, e.g. max_num_seqs=256 (repeatable)")
+    run.add_argument("--vllm", metavar="'vllm serve MODEL FLAGS'",
+                     help="the knobs of a vllm serve command line, e.g. \"vllm serve meta-llama/Llama-3.1-8B-Instruct "
+                          "-tp 2 --max-num-seqs 128\" (flags it does not model are listed back)")
     run.add_argument("--seed", type=int, default=0, help="seed for any randomness (default 0)")
     run.add_argument("--out", help="output directory (default runs/<hardware>-<model>-<time>/)")
     run.add_argument("--calibration", help="calibration profile (YAML); `none` for the uncalibrated roofline "
