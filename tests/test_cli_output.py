@@ -209,6 +209,8 @@ def test_catalogue_lists_in_each_format(capsys):
     assert main(["models", "--format", "json"]) == 0
     models = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     assert models["llama-3.1-8b"]["layers"] == 32 and models["llama-3.1-8b"]["experts"] is None
+    assert (models["deepseek-r1"]["weights"], models["deepseek-r1"]["context"]) == ("fp8", 163840)
+    assert models["llama-3.1-8b"]["source"] == "meta-llama/Llama-3.1-8B"  # what --model also takes
     assert main(["models", "--format", "csv"]) == 0
     assert next(csv.reader(io.StringIO(capsys.readouterr().out)))[:3] == ["name", "params_b", "layers"]
 

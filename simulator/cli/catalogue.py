@@ -13,7 +13,7 @@ from .output import print_csv, print_json, print_table
 
 SPEC_COLUMNS = ("name", "kind", "device", "file")
 MODEL_COLUMNS = ("name", "params_b", "layers", "hidden_size", "heads", "kv_heads", "attention", "experts",
-                 "experts_per_token", "moe_layers", "sliding_window")
+                 "experts_per_token", "moe_layers", "sliding_window", "context", "weights", "source")
 KNOB_COLUMNS = ("knob", "default", "meaning", "mirrors")
 TRACE_COLUMNS = ("name", "format", "requests", "span_s", "mean_input_tokens", "mean_output_tokens", "file")
 
@@ -62,22 +62,26 @@ def check_spec(file: str):
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ..models.config import load_model, model_catalogue
+    from ..models.config import catalogue_sources, load_model, model_catalogue
 
     models = {name: load_model(name) for name in model_catalogue()}
+    sources = catalogue_sources()
     if args.format != "table":
         _print_rows(args.format, MODEL_COLUMNS, [
             {"name": name, "params_b": m.total_params() / 1e9, "layers": m.num_layers, "hidden_size": m.hidden_size,
              "heads": m.num_heads, "kv_heads": m.num_kv_heads, "attention": m.attention_kind,
              "experts": m.num_experts if m.is_moe else None, "experts_per_token": m.experts_per_token if m.is_moe
-             else None, "moe_layers": m.moe_layers if m.is_moe else None, "sliding_window": m.sliding_window or None}
+             else None, "moe_layers": m.moe_layers if m.is_moe else None, "sliding_window": m.sliding_window or None,
+             "context": m.max_context, "weights": m.checkpoint_weight_dtype, "source": sources[name]}
             for name, m in models.items()])
         return 0
     for name, m in models.items():
         moe = f"  MoE {m.num_experts} experts top-{m.experts_per_token} in {m.moe_layers} layers" if m.is_moe else ""
         window = f"  sliding window {m.sliding_window}" if m.sliding_window else ""
+        weights = f"  {m.checkpoint_weight_dtype} weights" if m.checkpoint_weight_dtype != "bf16" else ""
         print(f"{name:16} {m.total_params() / 1e9:6.2f} B params  {m.num_layers} layers  hidden {m.hidden_size}  "
-              f"heads {m.num_heads}/{m.num_kv_heads} kv ({m.attention_kind}){moe}{window}")
+              f"heads {m.num_heads}/{m.num_kv_heads} kv ({m.attention_kind}){moe}{window}  context {m.max_context:,}"
+              f"{weights}  {sources[name]}")
     return 0
 
 

@@ -426,6 +426,12 @@ def _hugging_face_ids() -> dict[str, tuple[str, bool]]:
     return ids
 
 
+def catalogue_sources() -> dict[str, str]:
+    """Each catalogue model's Hugging Face id (`source`), by catalogue name."""
+    return {name: str((yaml.safe_load(path.read_text()) or {}).get("source") or "")
+            for name, path in model_catalogue().items()}
+
+
 def catalogue_name(hf_id: str) -> str | None:
     """The catalogue model a Hugging Face id names (its `source` or a `same_config` release)."""
     found = _hugging_face_ids().get(hf_id.lower())
