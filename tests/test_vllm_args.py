@@ -56,3 +56,21 @@ def test_simulate_run_with_vllm_is_the_run_with_the_same_knobs(tmp_path, capsys)
                  "--set", "max_num_seqs=8", "--out", str(tmp_path / "c")]) == 2
     assert "--vllm: sets max_num_seqs, and so does --set max_num_seqs; give it once" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_a_plan_candidate_takes_a_vllm_command_line(tmp_path):
+    """`vllm:` fills the candidate's model, tp and dtypes and its knobs, as --vllm does a run's."""
+    from simulator.planning.plan_file import load_plan
+
+    def plan(candidate: str):
+        path = tmp_path / "plan.yaml"
+        path.write_text("workload: {generate: {requests: 10, rate: 1, input: 'fixed:10', output: 'fixed:2'}}\n"
+                        "model: llama-3.1-8b\nslo: {ttft_p90: 1}\ntarget_rate: 1\ncandidates:\n  - " + candidate + "\n")
+        return load_plan(path)
+
+    (_, spec), = plan('{name: a, hardware: h100-sxm, vllm: "vllm serve qwen3-8b -tp 2 --max-num-seqs 64 '
+                      '--kv-cache-dtype fp8 --host 0.0.0.0"}').candidates
+    assert (spec.model, spec.tp, spec.kv_cache_dtype, spec.knobs) == ("qwen3-8b", 2, "fp8", {"max_num_seqs": 64})
+    assert spec.not_simulated() == ["--host"]
+    with pytest.raises(InputError, match=r"candidates\[0\]: vllm sets max_num_seqs, and so does knobs.max_num_seqs"):
+        plan('{name: a, hardware: h100-sxm, vllm: "vllm serve m --max-num-seqs 8", knobs: {max_num_seqs: 4}}')

@@ -45,6 +45,7 @@ from ..errors import InputError
 from ..hardware.loader import _read_yaml, format_location
 from ..metrics.slo import SloSpec, parse_slo
 from ..strict_model import StrictModel
+from ..vllm_args import knobs_from_vllm
 
 # knobs a candidate may not set: the planner decides the replica count, and the model and
 # the deployment's own fields have their own candidate fields
@@ -121,6 +122,30 @@ class CandidateSpec(_Strict):
     kv_cache_dtype: str | None = None
     calibration: str | None = None  # a profile path, or "none"; default: the spec's profile
     price_per_hour: PositiveFloat | None = None  # USD per device-hour; default: the spec's price
+    # a `vllm serve` command line (simulator/vllm_args.py): its model, tp, pp and dtypes fill
+    # those fields and its other knobs `knobs`; one given both ways is an error
+    vllm: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_vllm(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("vllm"), str):
+            return data
+        try:
+            knobs, _ = knobs_from_vllm(data["vllm"])
+        except InputError as exc:
+            raise ValueError(str(exc).removeprefix("--vllm: ")) from None
+        data = {**data, "knobs": dict(data.get("knobs") or {})}
+        for key, value in knobs.items():
+            place = data if key in cls.model_fields else data["knobs"]
+            if place.get(key) is not None:
+                raise ValueError(f"vllm sets {key}, and so does {'' if place is data else 'knobs.'}{key}; give it once")
+            place[key] = value
+        return data
+
+    def not_simulated(self) -> list[str]:
+        """The flags of `vllm` that change nothing a run models (`--port`...)."""
+        return knobs_from_vllm(self.vllm)[1] if self.vllm else []
 
     @field_validator("knobs")
     @classmethod
