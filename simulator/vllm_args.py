@@ -62,6 +62,9 @@ def knobs_from_vllm(command: str) -> tuple[dict[str, Any], list[str]]:
             raise InputError(f"--vllm: {word}: not a flag (vllm serve takes one positional argument, the model, first)")
         flag, has_value, value = word.partition("=")
         flag = SHORT.get(flag, flag)
+        if not _known(flag):
+            raise InputError(f"--vllm: {flag} is not a vLLM flag the simulator reads or knows to leave out (it "
+                             f"reads {', '.join(sorted({*FLAG_KNOBS, '--quantization'}))})")
         takes_value = _takes_value(flag)
         if takes_value and not has_value:
             if at + 1 >= len(words) or (words[at + 1].startswith("--")):
@@ -81,14 +84,17 @@ def knobs_from_vllm(command: str) -> tuple[dict[str, Any], list[str]]:
                 raise InputError(f"--vllm: --quantization {value}: a checkpoint's own quantization is read from its "
                                  "config.json; --quantization fp8 (weights quantized at load) is the one read here")
             knobs["weight_dtype"] = "fp8"
-        elif flag in FLAG_KNOBS:
-            knobs[FLAG_KNOBS[flag]] = _value(FLAG_KNOBS[flag], value) if takes_value else True
-        elif flag.startswith("--no-") and "--" + flag[5:] in FLAG_KNOBS:
+        elif flag in FLAG_KNOBS:  # a switch may still be written --flag=false
+            knobs[FLAG_KNOBS[flag]] = _value(FLAG_KNOBS[flag], value) if takes_value or has_value else True
+        else:  # --no-FLAG
             knobs[FLAG_KNOBS["--" + flag[5:]]] = False
-        else:
-            raise InputError(f"--vllm: {flag} is not a vLLM flag the simulator reads or knows to leave out (it "
-                             f"reads {', '.join(sorted({*FLAG_KNOBS, '--quantization'}))})")
     return knobs, ignored
+
+
+def _known(flag: str) -> bool:
+    return (flag in FLAG_KNOBS or flag in NOT_SIMULATED or flag in NOT_SIMULATED_SWITCHES
+            or flag in ("--model", "--dtype", "--kv-cache-dtype", "--quantization")
+            or (flag.startswith("--no-") and "--" + flag[5:] in FLAG_KNOBS))
 
 
 def _takes_value(flag: str) -> bool:

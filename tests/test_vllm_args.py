@@ -24,10 +24,13 @@ def test_a_vllm_command_line_sets_the_knobs_its_flags_mirror():
                      "weight_dtype": "fp8"}
     assert ignored == ["--port", "--trust-remote-code"]
     assert knobs_from_vllm("--model m --max-model-len 32K --dtype auto")[0] == {"model": "m", "max_model_len": 32768}
+    assert knobs_from_vllm("m --enable-prefix-caching=false")[0] == {"model": "m", "enable_prefix_caching": False}
 
 
 @pytest.mark.parametrize("command, message", [
     ("vllm serve m --speculative-config '{}'", "--speculative-config is not a vLLM flag the simulator reads"),
+    # an unknown switch is named as such, not taken for a flag short of its value
+    ("vllm serve m --enable-lora --max-num-seqs 8", "--enable-lora is not a vLLM flag the simulator reads"),
     ("vllm serve m --quantization awq", "--quantization awq: a checkpoint's own quantization is read from its config"),
     ("vllm serve m --dtype float32", "--dtype float32: not a type the simulator models"),
     ("vllm serve m --max-num-seqs", "--max-num-seqs needs a value"),
