@@ -245,6 +245,27 @@ def test_a_plan_puts_a_wafer_beside_a_gpu_with_cost_and_power(tmp_path):
     assert rows["gpu"]["feasible"] == "true"
 
 
+@pytest.mark.parametrize("objective, wafer_rank", [("min_cost", ""), ("min_devices", "2")])
+def test_an_unpriced_wafer_is_sized_and_ranked_only_where_no_price_is_needed(tmp_path, objective, wafer_rank):
+    """Cerebras publishes no hourly price: the wafer's capacity is still searched and reported,
+    without a cost; a cost objective leaves it unranked, saying why, and min_devices ranks it
+    (a tie on devices goes to the priced candidate, the unpriced one costing more than any)."""
+    (tmp_path / "t.jsonl").write_text("".join(
+        json.dumps({"arrival_s": 0.5 * i, "input_tokens": 200, "output_tokens": 20}) + "\n" for i in range(20)))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"workload: {{trace: t.jsonl}}\nmodel: llama-3.1-8b\nslo: {{ttft_p90: 1.0}}\ntarget_rate: 4\n"
+                    f"objective: {objective}\nrates: {{min: 0.5, max: 8}}\ncandidates:\n"
+                    "  - {name: wafer, hardware: wse-2}\n  - {name: gpu, hardware: h100-sxm, calibration: none}\n")
+    run_plan(plan, tmp_path / "out", workers=1, report=False)
+    with open(tmp_path / "out" / "candidates.csv") as stream:
+        rows = {row["candidate"]: row for row in csv.DictReader(stream)}
+    wafer = rows["wafer"]
+    assert wafer["feasible"] == "true" and float(wafer["max_rate_req_s"]) > 0
+    assert wafer["cost_per_hour"] == "" and wafer["rank"] == wafer_rank
+    assert "no price in its spec, so no cost: set its price_per_hour to rank it by cost" in wafer["reason"]
+    assert rows["gpu"]["rank"] == "1" and rows["gpu"]["recommended"] == "true"
+
+
 # --- published figures (validation/README.md, "Wafer-scale meshes") -----------------------
 
 @pytest.mark.parametrize("model, best, worst", [

@@ -36,7 +36,7 @@ class Candidate:
     args: dict[str, Any]
     setup: Setup | None
     reason: str
-    price_per_device_hour: float | None  # USD; None when infeasible
+    price_per_device_hour: float | None  # USD; None when infeasible or unpriced
 
     @property
     def feasible(self) -> bool:
@@ -111,7 +111,7 @@ def _resolve(plan: Plan, where: str, spec: CandidateSpec) -> Candidate:
         raise InvalidFile(f"{at}: {exc}") from None
     except InputError as exc:  # it does not fit, or its knobs do not go together: infeasible
         return Candidate(spec.name, spec, deployment, args, None, str(exc), None)
-    return Candidate(spec.name, spec, deployment, args, setup, "", _price(at, spec, setup))
+    return Candidate(spec.name, spec, deployment, args, setup, "", _price(spec, setup))
 
 
 def _checked(where: str, load: Any, name: str) -> Any:
@@ -122,17 +122,16 @@ def _checked(where: str, load: Any, name: str) -> Any:
         raise InputError(f"{where}: {re.sub(r'^--[a-z-]+ ', '', str(exc))}") from None
 
 
-def _price(at: str, spec: CandidateSpec, setup: Setup) -> float:
+def _price(spec: CandidateSpec, setup: Setup) -> float | None:
     """USD per device-hour: the plan's override, else the device-weighted mean of the
     pools' prices (`System.device_price_per_hour`; pools of a disaggregated deployment may be
-    different hardware)."""
+    different hardware); None where a pool's spec states no price."""
     if spec.price_per_hour is not None:
         return spec.price_per_hour
     total = 0.0
     for pool in setup.pools():
         price = pool.system.device_price_per_hour
-        if price is None:
-            raise InputError(f"{at}.price_per_hour: {pool.system.accelerator.name} has no `price:` in its spec; "
-                             "set price_per_hour (USD per device-hour)")
+        if price is None:  # sized all the same, and ranked where the objective needs no price
+            return None
         total += pool.devices * price
     return total / setup.devices

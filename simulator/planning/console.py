@@ -87,9 +87,9 @@ def print_outcome(outcome: PlanOutcome, fmt: str = "table") -> None:
     for row in rows:
         if row["feasible"]:
             energy = row["energy_per_output_token_j"]
-            table.add_row(str(row["rank"]), row["candidate"], f"{row['max_rate_req_s']:.4g}",
-                          str(row["replicas_needed"]), str(row["devices_needed"]), f"{row['cost_per_hour']:.2f}",
-                          f"{row['cost_per_million_output_tokens']:.3f}", "" if energy is None else f"{energy:.3g}")
+            table.add_row("-" if row["rank"] is None else str(row["rank"]), row["candidate"], f"{row['max_rate_req_s']:.4g}",
+                          str(row["replicas_needed"]), str(row["devices_needed"]), _number(row["cost_per_hour"], ".2f"),
+                          _number(row["cost_per_million_output_tokens"], ".3f"), _number(energy, ".3g"))
         else:
             table.add_row("-", row["candidate"], *[""] * 6)
         if row["reason"]:
@@ -108,3 +108,8 @@ def print_outcome(outcome: PlanOutcome, fmt: str = "table") -> None:
                    f"devices){versus}")
     print_line(f"{len(outcome.points)} points ({outcome.simulated} simulated, {outcome.cached} cached) in "
                f"{outcome.wall_s:.1f} s · outputs in {outcome.out_dir}")
+
+
+def _number(value: float | None, spec: str) -> str:
+    """A table cell: the number, or "—" where there is none (no price, no power)."""
+    return "—" if value is None else format(value, spec)

@@ -53,7 +53,8 @@ def write_outputs(out_dir: Path, plan: Plan, workload: Workload, points: list[Po
     results = []
     for p in points:
         candidate = by_name[p.candidate]
-        cost = p.metrics["makespan_s"] * candidate.cost_per_replica_hour / 3600
+        price = candidate.cost_per_replica_hour
+        cost = p.metrics["makespan_s"] * price / 3600 if price is not None else None
         results.append({"candidate": p.candidate, "rate_req_s": p.rate, **p.metrics, "cost_usd": cost,
                         "devices": candidate.devices_per_replica, "cached": p.cached, "point_key": p.key})
     _write_csv(out_dir / "results.csv", RESULT_COLUMNS, results)

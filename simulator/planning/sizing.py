@@ -74,16 +74,20 @@ def size(candidate: Candidate, search: CapacitySearch | None, points: dict[float
         return Sizing(candidate, reason=_miss_reason(search.low, points[search.low], slo))
     max_rate, best = search.max_rate, points[search.max_rate]
     replica_cost, devices = candidate.cost_per_replica_hour, candidate.devices_per_replica
-    assert replica_cost is not None and devices is not None  # searched candidates are feasible and priced
+    assert devices is not None  # searched candidates are feasible
     replicas = math.ceil(target_rate / max_rate - 1e-9)
-    cost_per_hour = replicas * replica_cost
+    # unpriced hardware (a wafer's spec states no price) is sized but has no cost to rank by
+    cost_per_hour = replicas * replica_cost if replica_cost is not None else None
     tokens_per_hour = target_rate * mean_output_tokens * 3600
     produced = best["output_tokens_per_s"] * best["makespan_s"]
     reasons = [f"capacity is at least {max_rate:g} req/s (rates.max); raise rates.max to measure it"
-               if search.capped else "", _burst_warning(max_rate, best)]
+               if search.capped else "", _burst_warning(max_rate, best),
+               "" if replica_cost is not None else "no price in its spec, so no cost: set its price_per_hour to "
+                                                   "rank it by cost"]
     reason = "; ".join(r for r in reasons if r)
+    energy = best["energy_j"] / produced if produced and best["energy_j"] is not None else None
     return Sizing(candidate, reason, max_rate, replicas, replicas * devices, cost_per_hour,
-                  cost_per_hour / tokens_per_hour * 1e6, best["energy_j"] / produced if produced and best["energy_j"] is not None else None,
+                  cost_per_hour / tokens_per_hour * 1e6 if cost_per_hour is not None else None, energy,
                   max_rate * 3600 / replica_cost if replica_cost else None, best.get("time_by_source"),
                   replicas * max_rate / target_rate - 1.0)
 
@@ -118,8 +122,8 @@ def rank(sizings: list[Sizing], objective: str) -> dict[str, Any]:
     {"runner_up", "metric", "value", "relative"}, value and relative None without a runner-up."""
     metric, sign = OBJECTIVE_METRICS[objective]
     ranked = sorted((s for s in sizings if s.feasible and s.metric(metric) is not None),  # stable: plan order
-                    key=lambda s: (sign * cast(float, s.metric(metric)), s.cost_per_hour,
-                                   -cast(float, s.max_rate)))
+                    key=lambda s: (sign * cast(float, s.metric(metric)),
+                                   math.inf if s.cost_per_hour is None else s.cost_per_hour, -cast(float, s.max_rate)))
     for position, sizing in enumerate(ranked, start=1):
         sizing.rank = position
     margin: dict[str, Any] = {"runner_up": None, "metric": metric, "value": None, "relative": None}
