@@ -4,7 +4,9 @@ command they run (`simulate run HW TRACE --vllm "vllm serve MODEL -tp 2 --max-nu
 Each knob that mirrors a vLLM flag (`knob(..., "vLLM --max-num-seqs")` in deployment.py) is set
 by that flag, as vLLM reads it: `--flag VALUE` or `--flag=VALUE`, a switch alone for true and
 `--no-flag` for false, vLLM's short forms (`-tp`, `-pp`, `-dp`). `--dtype`, `--quantization` and
-`--kv-cache-dtype` take vLLM's names for types (half, bfloat16, fp8_e4m3...). Flags that change
+`--kv-cache-dtype` take vLLM's names for types (half, bfloat16, fp8_e4m3...); environment
+assignments before the command set the knobs that mirror a variable (VLLM_CPU_KVCACHE_SPACE=40),
+and any other variable is listed back as not simulated. Flags that change
 nothing the simulator models (the server's address, logging, the tokenizer) are listed back as
 not simulated, never silently dropped; any other flag is an input error, since the run could not
 be the command's.
@@ -25,6 +27,9 @@ SHORT = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size", "-d
 # knob by the one vLLM flag it mirrors
 FLAG_KNOBS = {str(row["mirrors"]).removeprefix("vLLM "): str(row["knob"]) for row in knob_list()
               if re.fullmatch(r"vLLM --[a-z0-9-]+", str(row["mirrors"]))}
+# knob by the environment variable it mirrors ("vLLM VLLM_CPU_KVCACHE_SPACE (environment)")
+ENV_KNOBS = {str(row["mirrors"]).split()[1]: str(row["knob"]) for row in knob_list()
+             if str(row["mirrors"]).endswith("(environment)")}
 # vLLM's --dtype names: auto keeps the checkpoint's (bf16 here)
 DTYPES = {"auto": None, "half": "fp16", "float16": "fp16", "bfloat16": "bf16"}
 KV_DTYPES = {"auto": None, "fp8": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "bfloat16": "bf16", "half": "fp16",
@@ -47,12 +52,19 @@ def knobs_from_vllm(command: str) -> tuple[dict[str, Any], list[str]]:
         words = shlex.split(command)
     except ValueError as exc:
         raise InputError(f"--vllm: cannot split the command line ({exc})") from None
+    knobs: dict[str, Any] = {}
+    ignored: list[str] = []
+    # environment assignments before the command (VLLM_CPU_KVCACHE_SPACE=40 vllm serve ...)
+    while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+        name, _, value = words.pop(0).partition("=")
+        if name in ENV_KNOBS:
+            knobs[ENV_KNOBS[name]] = yaml.safe_load(value)
+        else:
+            ignored.append(name)
     if words[:1] == ["vllm"]:
         words = words[1:]
     if words[:1] == ["serve"]:
         words = words[1:]
-    knobs: dict[str, Any] = {}
-    ignored: list[str] = []
     if words and not words[0].startswith("-"):
         knobs["model"] = words.pop(0)
     at = 0

@@ -25,6 +25,9 @@ def test_a_vllm_command_line_sets_the_knobs_its_flags_mirror():
     assert ignored == ["--port", "--trust-remote-code"]
     assert knobs_from_vllm("--model m --max-model-len 32K --dtype auto")[0] == {"model": "m", "max_model_len": 32768}
     assert knobs_from_vllm("m --enable-prefix-caching=false")[0] == {"model": "m", "enable_prefix_caching": False}
+    # the CPU backend's KV space is an environment variable; other variables change nothing modelled
+    assert knobs_from_vllm("VLLM_CPU_KVCACHE_SPACE=40 VLLM_LOGGING_LEVEL=DEBUG vllm serve m") == (
+        {"cpu_kvcache_space": 40, "model": "m"}, ["VLLM_LOGGING_LEVEL"])
 
 
 @pytest.mark.parametrize("command, message", [
