@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import InputError
-from .hardware.units import UnitError, parse_quantity
+from .hardware.spec import quantity
 from .models.operators import Precision, Sharding
 from .strict_model import StrictModel
 
@@ -224,12 +224,7 @@ class Deployment(StrictModel):
         """A unit string checked here, where the knob is named, and parsed where it is used."""
         if value is not None:
             bandwidth = info.field_name == "kv_transfer_bandwidth"
-            try:
-                number = parse_quantity(value, "bandwidth" if bandwidth else "time")
-            except UnitError as exc:
-                raise ValueError(str(exc)) from None
-            if number < 0 or (bandwidth and number == 0):
-                raise ValueError(f'"{value}" must be {"positive" if bandwidth else "zero or more"}')
+            quantity(value, "bandwidth" if bandwidth else "time", positive=bandwidth)
         return value
 
     @property

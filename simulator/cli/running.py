@@ -26,7 +26,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..deployment import parse_set
     from ..metrics.slo import parse_slo
 
-    knobs = {**_vllm_knobs(args), **parse_set(args.set)}
+    given = parse_set(args.set)
+    knobs = {**_vllm_knobs(args, given), **given}
     slo = parse_slo(args.slo)
     timeline = Path(args.timeline) if args.timeline else None
     # the run's own --out directory is created by the run, so it is a valid place too
@@ -71,11 +72,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _vllm_knobs(args: argparse.Namespace) -> dict[str, Any]:
-    """The knobs of `--vllm`'s command line; one also given by a flag or by --set is an error
-    (which of the two the user meant cannot be told), and the flags a run does not model are
-    said on stderr, so nothing given is dropped unseen."""
-    from ..deployment import parse_set
+def _vllm_knobs(args: argparse.Namespace, set_knobs: dict[str, Any]) -> dict[str, Any]:
+    """The knobs of `--vllm`'s command line; one also given by a flag or by --set (`set_knobs`)
+    is an error (which of the two the user meant cannot be told), and the flags a run does not
+    model are said on stderr, so nothing given is dropped unseen."""
     from ..vllm_args import knobs_from_vllm
 
     if args.vllm is None:
@@ -83,7 +83,7 @@ def _vllm_knobs(args: argparse.Namespace) -> dict[str, Any]:
     knobs, ignored = knobs_from_vllm(args.vllm)
     given = {**{key: f"--{key}" for key in ("model", "scheduler", "tp", "pp", "replicas")
                 if getattr(args, key) is not None},
-             **{key: f"--set {key}" for key in parse_set(args.set)}}
+             **{key: f"--set {key}" for key in set_knobs}}
     for key in knobs:
         if key in given:
             raise InputError(f"--vllm: sets {key}, and so does {given[key]}; give it once")

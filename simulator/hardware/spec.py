@@ -18,16 +18,19 @@ from .units import parse_quantity
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
 
 
-def _quantity(dimension: str, positive: bool = True):
-    def parse(value: Any) -> float:
-        number = parse_quantity(value, dimension)
-        if positive and number <= 0:
-            raise ValueError(f'"{value}" must be positive')
-        if number < 0:
-            raise ValueError(f'"{value}" must not be negative')
-        return number
+def quantity(value: Any, dimension: str, positive: bool = True) -> float:
+    """`value` ("3.35 TB/s") in SI base units, positive (or, with `positive` False, zero or
+    more); ValueError (UnitError for the unit) otherwise, for a validator to report."""
+    number = parse_quantity(value, dimension)
+    if positive and number <= 0:
+        raise ValueError(f'"{value}" must be positive')
+    if number < 0:
+        raise ValueError(f'"{value}" must be zero or more')
+    return number
 
-    return BeforeValidator(parse)
+
+def _quantity(dimension: str, positive: bool = True):
+    return BeforeValidator(lambda value: quantity(value, dimension, positive))
 
 
 Bytes = Annotated[float, _quantity("bytes")]
@@ -39,10 +42,7 @@ Duration = Annotated[float, _quantity("time", positive=False)]
 MoneyPerHour = Annotated[float, _quantity("money_per_hour", positive=False)]
 
 
-_Strict = StrictModel  # no unknown keys, NaN, infinity, or `true` for a number (strict_model.py)
-
-
-class Link(_Strict):
+class Link(StrictModel):
     """A point-to-point or per-device link; bandwidth is per direction.
 
     efficiency: the fraction of `bandwidth` collectives reach over it; unset, the device's
@@ -55,7 +55,7 @@ class Link(_Strict):
     efficiency: float | None = Field(default=None, gt=0, le=1)
 
 
-class MemoryTier(_Strict):
+class MemoryTier(StrictModel):
     """One level of the memory hierarchy (HBM, DDR, L2, SRAM, a CXL expander, NVMe drives): on
     the device, or reached over one of its links (`link`, e.g. a Grace CPU's LPDDR over
     nvlink_c2c). `bandwidth` is what the tier reads at; `write_bandwidth` what it writes at
@@ -81,7 +81,7 @@ class MainMemory(Protocol):
     def bandwidth(self) -> float: ...
 
 
-class Compute(_Strict):
+class Compute(StrictModel):
     """Compute resources: `units` are SMs (GPU), cores (CPU) or compute units (AMD)."""
 
     units: PositiveInt
@@ -95,7 +95,7 @@ class Compute(_Strict):
         return self
 
 
-class Overheads(_Strict):
+class Overheads(StrictModel):
     """Fixed per-kernel and per-iteration host-side costs.
 
     kernel_launch: host launch cost of one kernel without CUDA graphs (eager mode).
@@ -117,7 +117,7 @@ class Overheads(_Strict):
     scheduler_per_iteration: Duration = 2e-4
 
 
-class PowerSpec(_Strict):
+class PowerSpec(StrictModel):
     tdp: Power
     idle: Power
 
@@ -128,11 +128,11 @@ class PowerSpec(_Strict):
         return self
 
 
-class Price(_Strict):
+class Price(StrictModel):
     per_hour: MoneyPerHour
 
 
-class Efficiency(_Strict):
+class Efficiency(StrictModel):
     """Named efficiency knobs of the roofline cost model (see simulator/perf/roofline.py).
 
     compute_max: best fraction of the dtype's peak that a large, well-shaped GEMM reaches.
@@ -186,7 +186,7 @@ def _capability(value: Any) -> Any:
     return value
 
 
-class DeviceSpec(_Strict):
+class DeviceSpec(StrictModel):
     """A GPU or CPU: anything that runs the model's operators."""
 
     name: str
@@ -266,7 +266,7 @@ _FALLBACK = {
 }
 
 
-class Member(_Strict):
+class Member(StrictModel):
     """A group of identical devices inside a system node."""
 
     spec: str
@@ -277,7 +277,7 @@ class Member(_Strict):
     link: str | None = None  # link name to the accelerators (hosts)
 
 
-class Node(_Strict):
+class Node(StrictModel):
     """One node: its accelerators, their hosts, and `tiers`, memory or storage of the node
     beyond those (a CXL memory expander, local NVMe drives), each reached from an accelerator
     over `link` (one of its links, e.g. pcie) and listed with the node's whole capacity and
@@ -288,7 +288,7 @@ class Node(_Strict):
     tiers: list[MemoryTier] = []
 
 
-class SystemSpec(_Strict):
+class SystemSpec(StrictModel):
     """Nodes of accelerators and host CPUs joined by links and a network."""
 
     name: str

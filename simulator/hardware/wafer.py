@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
+from ..strict_model import StrictModel
 from .spec import (
     DTYPES,
     Bandwidth,
@@ -28,21 +29,20 @@ from .spec import (
     Overheads,
     PowerSpec,
     Price,
-    _Strict,
 )
 
 # the derived device's link to the host and to other wafers (the system's Ethernet I/O)
 SYSTEM_IO = "system_io"
 
 
-class MeshShape(_Strict):
+class MeshShape(StrictModel):
     """The usable cores: `rows` x `cols` (a wafer's spare rows and columns left out)."""
 
     rows: PositiveInt
     cols: PositiveInt
 
 
-class Core(_Strict):
+class Core(StrictModel):
     """One core: its clock, its multiply-accumulates per cycle per dtype (a dtype not listed
     runs at the nearest listed one's rate, as a GPU's peaks do), its SRAM and the SRAM's
     bandwidth (reads and writes, per core)."""
@@ -53,7 +53,7 @@ class Core(_Strict):
     sram_bandwidth: Bandwidth
 
 
-class MeshFabric(_Strict):
+class MeshFabric(StrictModel):
     """The links between neighbouring cores. link_bandwidth is per direction; hop_latency
     what one hop adds; message_overhead the fixed cost of a message a core receives and acts
     on (a task switch and setting up the transfer), paid once per message whatever its
@@ -65,14 +65,14 @@ class MeshFabric(_Strict):
     routes_per_core: int = Field(ge=3)
 
 
-class StepOverheads(_Strict):
+class StepOverheads(StrictModel):
     """The serving engine's host time per step (a wafer launches no kernels: every core runs
     its resident program)."""
 
     scheduler_per_iteration: Duration = 2e-4
 
 
-class WaferSpec(_Strict):
+class WaferSpec(StrictModel):
     """A wafer-scale engine: a 2-D mesh of cores with local SRAM and no shared memory."""
 
     name: str

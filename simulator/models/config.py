@@ -412,24 +412,33 @@ def model_catalogue() -> dict[str, Path]:
 
 
 @lru_cache(maxsize=1)
-def _hugging_face_ids() -> dict[str, tuple[str, bool]]:
-    """By Hugging Face id (lower case): the catalogue model it names, and whether it is that
-    model's own `source` rather than a release its `same_config` lists (post-trained versions
-    whose config.json has the same architecture keys and values, so that `--model
-    meta-llama/Llama-3.1-8B-Instruct` reads as vLLM would read that checkpoint)."""
+def _catalogue_ids() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each catalogue model's Hugging Face ids, read once: its own `source`, and the releases
+    its `same_config` lists (post-trained versions whose config.json has the same architecture
+    keys and values, so that `--model meta-llama/Llama-3.1-8B-Instruct` reads as vLLM would
+    read that checkpoint)."""
     ids = {}
     for name, path in model_catalogue().items():
         cfg = yaml.safe_load(path.read_text()) or {}
-        ids.update({str(hf_id).lower(): (name, False) for hf_id in cfg.get("same_config") or ()})
-        if cfg.get("source"):
-            ids[str(cfg["source"]).lower()] = (name, True)
+        ids[name] = (str(cfg.get("source") or ""), tuple(str(i) for i in cfg.get("same_config") or ()))
+    return ids
+
+
+@lru_cache(maxsize=1)
+def _hugging_face_ids() -> dict[str, tuple[str, bool]]:
+    """By Hugging Face id (lower case): the catalogue model it names, and whether it is that
+    model's own `source` rather than a `same_config` release."""
+    ids = {}
+    for name, (source, releases) in _catalogue_ids().items():
+        ids.update({release.lower(): (name, False) for release in releases})
+        if source:
+            ids[source.lower()] = (name, True)
     return ids
 
 
 def catalogue_sources() -> dict[str, str]:
     """Each catalogue model's Hugging Face id (`source`), by catalogue name."""
-    return {name: str((yaml.safe_load(path.read_text()) or {}).get("source") or "")
-            for name, path in model_catalogue().items()}
+    return {name: source for name, (source, _) in _catalogue_ids().items()}
 
 
 def catalogue_name(hf_id: str) -> str | None:

@@ -52,10 +52,7 @@ from ..vllm_args import knobs_from_vllm
 RESERVED_KNOBS = ("replicas", "model", "scheduler", "tp", "pp", "weight_dtype", "kv_cache_dtype")
 
 
-_Strict = StrictModel
-
-
-class GenerateSpec(_Strict):
+class GenerateSpec(StrictModel):
     """A synthetic workload (simulator/workloads/generate.py). `rate` only shapes the
     arrival process: the search rescales arrivals to every rate it tries."""
 
@@ -68,7 +65,7 @@ class GenerateSpec(_Strict):
     seed: NonNegativeInt = 0
 
 
-class WorkloadSpec(_Strict):
+class WorkloadSpec(StrictModel):
     """A trace file (or a shipped trace's catalogue name), or a generated trace; `max_requests`
     keeps the first N requests."""
 
@@ -83,7 +80,7 @@ class WorkloadSpec(_Strict):
         return self
 
 
-class RateRange(_Strict):
+class RateRange(StrictModel):
     """Where one replica's capacity is searched (req/s); unset bounds derive from target_rate."""
 
     min: PositiveFloat | None = None
@@ -107,7 +104,7 @@ def _known_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
     return knobs
 
 
-class CandidateSpec(_Strict):
+class CandidateSpec(StrictModel):
     """One deployment to size: a replica of it is searched for its capacity. Unset fields
     come from the hardware YAML's `deployment:` block, then the simulator's defaults."""
 
@@ -168,7 +165,7 @@ _NAME_PARTS = {"hardware": "{}", "model": "{}", "tp": "tp{}", "pp": "pp{}", "sch
                "weight_dtype": "w{}", "kv_cache_dtype": "kv{}"}
 
 
-class SweepSpec(_Strict):
+class SweepSpec(StrictModel):
     """Candidate fields as lists (a scalar is a list of one), expanded into their cartesian
     product. `name` is a format template over the fields (e.g. "{hardware}-tp{tp}"); by
     default the hardware plus every field that takes more than one value (`_NAME_PARTS`;
@@ -228,7 +225,7 @@ class SweepSpec(_Strict):
         return "-".join(parts)
 
 
-class PlanSpec(_Strict):
+class PlanSpec(StrictModel):
     """The whole plan file (see the module docstring)."""
 
     workload: WorkloadSpec

@@ -69,10 +69,11 @@ def run_plan(plan_file: str | Path, out: str | Path | None = None, executor: str
     started = time.perf_counter()
     check_executor(executor, ray_address)
     plan = load_plan(plan_file)
-    for where, candidate in plan.candidates:
-        if candidate.not_simulated() and not quiet:  # given, so said, though it changes nothing
+    for where, candidate in plan.candidates if not quiet else ():
+        ignored = candidate.not_simulated()
+        if ignored:  # given, so said, though it changes nothing
             print(f"{plan.path}: {where} ({candidate.name}): vllm flags not simulated (no effect on the timing): "
-                  f"{', '.join(candidate.not_simulated())}", file=sys.stderr)
+                  f"{', '.join(ignored)}", file=sys.stderr)
     out_dir = Path(out) if out is not None else plan.path.parent
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir}: exists and is not a directory")

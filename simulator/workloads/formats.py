@@ -32,7 +32,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO
@@ -149,33 +149,9 @@ def iter_azure(path: str | Path, skipped: Counter | None = None) -> Iterator[tup
     """Read an Azure LLM inference trace 2023 CSV (`TIMESTAMP,ContextTokens,GeneratedTokens`).
 
     ContextTokens becomes `input_tokens`, GeneratedTokens `output_tokens`, and TIMESTAMP
-    `arrival_s` relative to the first row. The columns are found by name, so their order does
-    not matter. Rows must not go back before the first row's time (arrivals are >= 0).
+    `arrival_s` relative to the first row, from integer nanoseconds (`_azure_timestamp_ns`).
     """
-    path = Path(path)
-    first_ns: int | None = None
-    for line, where, row in _csv_rows(path, AZURE_COLUMNS):
-        stamp_ns = _azure_timestamp_ns(row["TIMESTAMP"], where)
-        counts = {
-            column: _token_count(row[column], where, column)
-            for column in ("ContextTokens", "GeneratedTokens")
-        }
-        if first_ns is None:
-            first_ns = stamp_ns
-        elif stamp_ns < first_ns:
-            raise InputError(
-                f'{where}: TIMESTAMP: "{row["TIMESTAMP"].strip()}" is before the first '
-                "request's time (sort the trace by TIMESTAMP)"
-            )
-        # Checked after the first timestamp is fixed: a skipped first row still
-        # defines time zero, so skipping never shifts the other arrivals.
-        if _skip_zero(counts, where, skipped):
-            continue
-        yield line, {
-            "arrival_s": (stamp_ns - first_ns) / _NS_PER_S,
-            "input_tokens": counts["ContextTokens"],
-            "output_tokens": counts["GeneratedTokens"],
-        }
+    return _csv_requests(Path(path), AZURE_COLUMNS, _azure_timestamp_ns, _NS_PER_S, skipped)
 
 
 def iter_burstgpt(path: str | Path, skipped: Counter | None = None) -> Iterator[tuple[int, dict]]:
@@ -184,26 +160,40 @@ def iter_burstgpt(path: str | Path, skipped: Counter | None = None) -> Iterator[
     replay one model's traffic). Request tokens become `input_tokens`, Response tokens
     `output_tokens`, Timestamp `arrival_s` relative to the first row; a failed request (0
     response tokens) is skipped and counted, as a 0 of the other formats is."""
-    path = Path(path)
-    first_s: float | None = None
-    for line, where, row in _csv_rows(path, BURSTGPT_COLUMNS):
-        text = row["Timestamp"].strip()
-        try:
-            stamp_s = float(text)
-        except ValueError:
-            stamp_s = math.nan
-        if not math.isfinite(stamp_s):
-            raise InputError(f'{where}: Timestamp: "{text}" is not a number of seconds')
-        counts = {column: _token_count(row[column], where, column) for column in ("Request tokens", "Response tokens")}
-        if first_s is None:
-            first_s = stamp_s
-        elif stamp_s < first_s:
-            raise InputError(f'{where}: Timestamp: "{text}" is before the first request\'s time (sort the trace by '
-                             "Timestamp)")
+    return _csv_requests(Path(path), BURSTGPT_COLUMNS, _burstgpt_seconds, 1, skipped)
+
+
+def _burstgpt_seconds(text: str, where: str) -> float:
+    try:
+        stamp_s = float(text)
+    except ValueError:
+        stamp_s = math.nan
+    if not math.isfinite(stamp_s):
+        raise InputError(f'{where}: Timestamp: "{text.strip()}" is not a number of seconds')
+    return stamp_s
+
+
+def _csv_requests(path: Path, columns: tuple[str, str, str], stamp: Callable[[str, str], float],
+                  per_second: float, skipped: Counter | None) -> Iterator[tuple[int, dict]]:
+    """The requests of a CSV trace whose `columns` are (time stamp, input tokens, output
+    tokens), found by name: arrivals relative to the first row, in the units `stamp` returns
+    (`per_second` of them a second). Rows must not go back before the first row's time."""
+    stamp_column, input_column, output_column = columns
+    first: float | None = None
+    for line, where, row in _csv_rows(path, columns):
+        at = stamp(row[stamp_column], where)
+        counts = {column: _token_count(row[column], where, column) for column in (input_column, output_column)}
+        if first is None:
+            first = at
+        elif at < first:
+            raise InputError(f'{where}: {stamp_column}: "{row[stamp_column].strip()}" is before the first '
+                             f"request's time (sort the trace by {stamp_column})")
+        # Checked after the first time stamp is fixed: a skipped first row still defines time
+        # zero, so skipping never shifts the other arrivals.
         if _skip_zero(counts, where, skipped):
             continue
-        yield line, {"arrival_s": stamp_s - first_s, "input_tokens": counts["Request tokens"],
-                     "output_tokens": counts["Response tokens"]}
+        yield line, {"arrival_s": (at - first) / per_second, "input_tokens": counts[input_column],
+                     "output_tokens": counts[output_column]}
 
 
 def _json_object(text: str, where: str) -> dict:
