@@ -1,8 +1,9 @@
 """The wafer model against published figures: `python -m validation.wafer_checks`.
 
 Prints each comparison of validation/README.md ("Wafer-scale meshes") with its source, the
-published figure, the model's and the error, then the sensitivity of the WaferLLM decode
-figure to the one fabric number that is an assumption (the per-message overhead). Everything
+published figure, the model's and the error, then how the WaferLLM figures move with the two
+per-core numbers that are not published: the per-message overhead (assumed) and the
+vector-instruction overhead (fitted to the prefill figure). Everything
 comes from the shipped specs and models; no measurement is read.
 
 WaferLLM's figures with their settings are from the OSDI'25 paper (He et al., "WaferLLM: Large
@@ -59,7 +60,7 @@ def best_gemv_s(device: WaferDevice, size: int) -> float:
     op = gemm_op("gemv", 1, size, size, Precision("fp16", "fp16", "fp16"))
     rate = device.peak_flops("fp16") / device.compute.units
     sides = range(16, min(device.wafer.mesh.rows, device.wafer.mesh.cols) + 1, 2)
-    return min(float(mesh.gemv_s(mesh_of(device.wafer, side), 1, size, size, op.flops, op.bytes, rate, 2.0))
+    return min(float(mesh.gemv_s(mesh_of(device.wafer, side), 1, size, size, op.bytes, rate, 2.0))
                for side in sides)
 
 
@@ -135,21 +136,29 @@ def rows() -> list[tuple[str, str, float, float]]:
     return out
 
 
-def overhead_sensitivity(overheads_ns: tuple[float, ...] = (0.0, 20.0, 45.0, 100.0)) -> list[tuple[float, ...]]:
-    """With other per-message overheads on the WSE-2: (ns, Llama3-8B decode tokens/s at 1024 and
-    4096 tokens, Llama2-13B at 4096, MeshGEMV 16k and 32k in us)."""
+SENSITIVITY_COLUMNS = ("Llama3-8B decode, 1024 tokens", "Llama3-8B, 4096", "Llama2-13B, 4096", "GEMV 16k (us)",
+                       "GEMV 32k (us)", "prefill 4096 on 720 x 720", "2048 in / 128 out")
+
+
+def sensitivity(section: str, field: str, values: tuple[float, ...], unit: str = "") -> list[tuple[float, ...]]:
+    """The figures that move with one unpublished per-core number of the WSE-2 (`section.field`
+    set to each of `values`): (value, then SENSITIVITY_COLUMNS: decode tokens/s, GEMV us,
+    prefill tokens/s, a whole request's output tokens/s)."""
     result = []
     with tempfile.TemporaryDirectory() as folder:
-        for ns in overheads_ns:
-            spec = Path(folder) / f"wse-2-{ns:g}ns.yaml"
-            spec.write_text(f"extends: wse-2\nname: WSE-2 {ns:g} ns\nfabric: {{message_overhead: {ns:g} ns}}\n"
+        for value in values:
+            spec = Path(folder) / f"wse-2-{field}-{value:g}.yaml"
+            spec.write_text(f"extends: wse-2\nname: WSE-2 {field} {value:g}\n{section}: {{{field}: {value:g}{unit}}}\n"
                             "sources: [\"sensitivity of validation/wafer_checks.py\"]\n")
             device = load_spec(str(spec))
             assert isinstance(device, WaferDevice)
-            result.append((ns, decode_rate(str(spec), "llama-3.1-8b", 1024.0),
+            result.append((value, decode_rate(str(spec), "llama-3.1-8b", 1024.0),
                            decode_rate(str(spec), "llama-3.1-8b", 4096.0),
                            decode_rate(str(spec), "llama-2-13b", 4096.0),
-                           best_gemv_s(device, 16384) * 1e6, best_gemv_s(device, 32768) * 1e6))
+                           best_gemv_s(device, 16384) * 1e6, best_gemv_s(device, 32768) * 1e6,
+                           prefill_rate(str(spec), "llama-3.1-8b", 4096,
+                                        knobs={"wafer_mesh": 720, "max_num_batched_tokens": 4096}),
+                           end_to_end_rate(str(spec), "llama-3.1-8b", 2048, 128, 660, 360)))
     return result
 
 
@@ -162,11 +171,13 @@ def main() -> None:
     print("| figure | source | published | model | error |\n|---|---|---|---|---|")
     for figure, source, published, model in rows():
         print(f"| {figure} | {source} | {_number(published)} | {_number(model)} | {100 * (model / published - 1):+.0f} % |")
-    print("\n| message_overhead | Llama3-8B decode, 1024 tokens | Llama3-8B, 4096 | Llama2-13B, 4096 "
-          "| GEMV 16k (us) | GEMV 32k (us) |\n|---|---|---|---|---|---|")
-    for ns, *values in overhead_sensitivity():
-        print(f"| {ns:g} ns | " + " | ".join(_number(value) for value in values) + " |")
-
+    published = "| WaferLLM | 2,700 | 2,700 | 2,039 | 1.2 | 2.03 | 27,686 | 764 |"
+    for section, field, values, unit in (("fabric", "message_overhead", (0.0, 20.0, 45.0, 100.0), " ns"),
+                                         ("core", "vector_op_overhead_cycles", (0.0, 9.0, 18.0, 27.0), "")):
+        print(f"\n| {field} | " + " | ".join(SENSITIVITY_COLUMNS) + " |\n|" + "---|" * (len(SENSITIVITY_COLUMNS) + 1))
+        for value, *figures in sensitivity(section, field, values, unit):
+            print(f"| {value:g}{unit} | " + " | ".join(_number(figure) for figure in figures) + " |")
+        print(published)
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from ..strict_model import StrictModel
 from .spec import (
@@ -44,13 +44,16 @@ class MeshShape(StrictModel):
 
 class Core(StrictModel):
     """One core: its clock, its multiply-accumulates per cycle per dtype (a dtype not listed
-    runs at the nearest listed one's rate, as a GPU's peaks do), its SRAM and the SRAM's
-    bandwidth (reads and writes, per core)."""
+    runs at the nearest listed one's rate, as a GPU's peaks do: the lanes of one vector
+    instruction), its SRAM and the SRAM's bandwidth (reads and writes, per core), and the
+    fixed cycles a vector instruction costs besides its lanes' work (issue, operand set-up,
+    the loop that issues it), which short vectors pay often."""
 
     clock: Frequency
     macs_per_cycle: dict[Literal[DTYPES], PositiveFloat] = Field(min_length=1)  # type: ignore[valid-type]
     sram: Bytes
     sram_bandwidth: Bandwidth
+    vector_op_overhead_cycles: NonNegativeFloat = 0.0
 
 
 class MeshFabric(StrictModel):

@@ -34,6 +34,8 @@ class Mesh:
     hop_s: float  # one hop of the fabric (router to router)
     message_s: float  # fixed cost of a message a core receives and acts on (task switch, set-up)
     routes: int  # routes (virtual channels) one core's router holds
+    clock_hz: float = 1e9  # a core's clock: instructions are counted in its cycles
+    vector_op_overhead_cycles: float = 0.0  # fixed cycles of each vector instruction of a tile product
 
     @property
     def cores(self) -> int:
@@ -45,6 +47,18 @@ def local_s(mesh: Mesh, flops, nbytes, core_flops: float):
     core's peak `core_flops` (FLOP/s) or its bytes at the core's SRAM bandwidth, whichever
     is longer (a per-core roofline; the SRAM is the core's only memory)."""
     return np.maximum(flops / (mesh.cores * core_flops), nbytes / (mesh.cores * mesh.sram_bandwidth))
+
+
+def mac_s(mesh: Mesh, instructions, length, core_flops: float):
+    """One core's `instructions` vector multiply-accumulates of `length` elements each, as
+    WaferLLM's kernels issue a tile product (one instruction per scalar of one operand, over
+    a row of the other): each takes ceil(length / lanes) cycles, the lanes being
+    `core_flops` / (2 x clock), so short vectors leave lanes idle, plus the mesh's fixed
+    `vector_op_overhead_cycles` (issue, operand set-up, the loop that issues it), which short
+    vectors pay often."""
+    lanes = core_flops / (2.0 * mesh.clock_hz)
+    cycles = mesh.vector_op_overhead_cycles + np.ceil(np.asarray(length, dtype=float) / lanes)
+    return instructions * cycles / mesh.clock_hz
 
 
 def tree_fan_in(n: int, levels: int) -> int:
@@ -112,15 +126,20 @@ def transpose_s(mesh: Mesh, nbytes):
     return mesh.message_s + 2 * (p - 1) * mesh.hop_s + (p - 1) * nbytes / mesh.link_bandwidth
 
 
-def gemv_s(mesh: Mesh, m, n: int, k: int, flops, nbytes, core_flops: float, out_bytes: float):
+def gemv_s(mesh: Mesh, m, n: int, k: int, nbytes, core_flops: float, out_bytes: float):
     """MeshGEMV: y[m x n] = x[m x k] W[k x n] with W tiled over the P x P cores (a k/P x n/P
     tile each, stationary) and x's k/P slice on every core of its row: each core multiplies
     its tile, the partial sums of each column reduce (K-tree) to the column's core on the
     diagonal, which broadcasts its slice of y along its row, where the next GEMV reads it
-    (the diagonal root spares a transpose). `out_bytes`: bytes per output value."""
+    (the diagonal root spares a transpose). The tile product is one instruction per value of
+    x over a row of the tile (WaferLLM's kernel), and takes at least the bytes the core reads
+    at its SRAM's bandwidth. `out_bytes`: bytes per output value."""
     p = mesh.side
-    slice_bytes = m * math.ceil(n / p) * out_bytes
-    return local_s(mesh, flops, nbytes, core_flops) + reduce_s(mesh, p, slice_bytes) + broadcast_s(mesh, p, slice_bytes)
+    inner, cols = math.ceil(k / p), math.ceil(n / p)
+    product = mac_s(mesh, np.asarray(m, dtype=float) * inner, cols, core_flops)
+    local = np.maximum(product, nbytes / (mesh.cores * mesh.sram_bandwidth))
+    slice_bytes = m * cols * out_bytes
+    return local + reduce_s(mesh, p, slice_bytes) + broadcast_s(mesh, p, slice_bytes)
 
 
 def gemm_s(mesh: Mesh, m, n: int, k: int, core_flops: float, in_bytes: float, weight_bytes: float):
@@ -128,10 +147,11 @@ def gemm_s(mesh: Mesh, m, n: int, k: int, core_flops: float, in_bytes: float, we
     cyclic shift moves each tile two hops (never across the mesh). After an initial skew
     (P - 1 hops), P steps each multiply one tile pair while the next pair shifts in:
     a step takes the longer of the two. Tiles are ceil(m/P) x ceil(k/P) inputs and
-    ceil(k/P) x ceil(n/P) weights (the weights return home after the P shifts)."""
+    ceil(k/P) x ceil(n/P) weights (the weights return home after the P shifts); a step's
+    product is one instruction per weight over the tile's ceil(m/P) rows (WaferLLM's kernel)."""
     p = mesh.side
     rows, inner, cols = np.ceil(np.asarray(m, dtype=float) / p), math.ceil(k / p), math.ceil(n / p)
-    compute = 2.0 * rows * inner * cols / core_flops
+    compute = mac_s(mesh, inner * cols, rows, core_flops)
     shift = mesh.message_s + 2 * mesh.hop_s + (rows * inner * in_bytes + inner * cols * weight_bytes) / mesh.link_bandwidth
     return p * np.maximum(compute, shift) + mesh.message_s + (p - 1) * mesh.hop_s
 
@@ -157,10 +177,14 @@ def prefill_attention_s(mesh: Mesh, chunk_tokens: float, context_tokens: float, 
     """Prefill attention of a chunk over its context on the P x P cores: the keys' tiles are
     transposed once (K^T), then, as in MeshGEMM, the key and value tiles rotate through the
     P steps (two hops each) while the cores compute, a step taking the longer of the two;
-    the softmax's maximum and sum reduce along a line (one value per head and query row)."""
+    the products are issued as MeshGEMM's, one instruction per key or value element over a
+    core's ceil(chunk / P) query rows; the softmax's maximum and sum reduce along a line (one
+    value per head and query row)."""
     p = mesh.side
     tile = math.ceil(context_tokens / p) * math.ceil(kv_width / p) * kv_bytes
     rotation = p * (mesh.message_s + 2 * mesh.hop_s + 2 * tile / mesh.link_bandwidth)
-    softmax = 4.0 * heads * math.ceil(chunk_tokens / p)
-    return (np.maximum(local_s(mesh, flops, nbytes, core_flops), rotation) + transpose_s(mesh, tile)
-            + 2 * allreduce_s(mesh, p, softmax))
+    rows = math.ceil(chunk_tokens / p)
+    product = mac_s(mesh, flops / (2.0 * mesh.cores * rows), rows, core_flops)
+    local = np.maximum(product, nbytes / (mesh.cores * mesh.sram_bandwidth))
+    softmax = 4.0 * heads * rows
+    return np.maximum(local, rotation) + transpose_s(mesh, tile) + 2 * allreduce_s(mesh, p, softmax)

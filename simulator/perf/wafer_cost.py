@@ -69,7 +69,7 @@ def placement(wafer: WaferSpec, side: int, layers: int) -> Placement:
 def mesh_of(wafer: WaferSpec, side: int) -> Mesh:
     fabric = wafer.fabric
     return Mesh(side, wafer.core.sram_bandwidth, fabric.link_bandwidth, fabric.hop_latency, fabric.message_overhead,
-                fabric.routes_per_core)
+                fabric.routes_per_core, wafer.core.clock, wafer.core.vector_op_overhead_cycles)
 
 
 class MeshKernelTimes(KernelTimes):
@@ -91,7 +91,7 @@ class MeshKernelTimes(KernelTimes):
             if not isinstance(op.shape, GemmShape):
                 raise ValueError(f"{op.kind} ({op.name}): the mesh model times dense GEMMs only")
             m, n, k = op.shape
-            vector = gemv_s(mesh, m, n, k, op.flops, op.bytes, rate, self.act_bytes)
+            vector = gemv_s(mesh, m, n, k, op.bytes, rate, self.act_bytes)
             return np.minimum(vector, gemm_s(mesh, m, n, k, rate, self.in_bytes, self.weight_bytes)), ROOFLINE
         if family == ATTENTION:
             heads, dim = model.num_heads, model.head_dim
