@@ -156,19 +156,31 @@ def gemm_s(mesh: Mesh, m, n: int, k: int, core_flops: float, in_bytes: float, we
     return p * np.maximum(compute, shift) + mesh.message_s + (p - 1) * mesh.hop_s
 
 
-def decode_attention_s(mesh: Mesh, sequences, context, heads: int, head_dim: int, flops, nbytes,
+def decode_attention_s(mesh: Mesh, sequences, context, heads: int, kv_heads: int, head_dim: int, nbytes,
                        core_flops: float, act_bytes: float):
-    """Decode attention over a KV cache spread over the P x P cores (tokens along one axis,
-    head dimensions along the other, as WaferLLM stores it): each core scores the query
-    against its keys and weighs its values (the local part), then three reductions along a
-    line of P cores: the partial dot products of the scores of its ceil(context / P) tokens,
-    the softmax's maximum and sum (one value per head and sequence each), and the partial
-    outputs (the heads' values, split P ways)."""
+    """Decode attention over a KV cache spread over the P x P cores as WaferLLM stores it:
+    tokens along one axis (ceil(context / P) of them a core, `context` summed over the
+    sequences), the kv_heads x head_dim dimensions along the other (ceil(kv_width / P) a core),
+    so one head's dimensions span a group of ceil(head_dim / that) cores of a line (WaferLLM's
+    pes_p_head). Each core scores the queries of the heads it serves against its keys (one
+    instruction per query value over its tokens) and weighs its values (one per score over its
+    dimensions), at least its KV bytes at the SRAM's bandwidth; then the partial scores
+    all-reduce across the head's group, the softmax's maximum and sum (one value per query
+    head and sequence) along the P cores of the token axis, and the partial outputs (the
+    core's dimensions of each query head) along the same line."""
     p = mesh.side
-    scores = 4.0 * heads * np.ceil(np.asarray(context, dtype=float) / p)
-    softmax = 4.0 * heads * np.asarray(sequences, dtype=float)
-    outputs = act_bytes * heads * math.ceil(head_dim / p) * np.asarray(sequences, dtype=float)
-    return (local_s(mesh, flops, nbytes, core_flops) + allreduce_s(mesh, p, scores) + 2 * allreduce_s(mesh, p, softmax)
+    seqs = np.asarray(sequences, dtype=float)
+    tokens = np.ceil(np.asarray(context, dtype=float) / p)  # the tokens of KV a core holds
+    dims = math.ceil(kv_heads * head_dim / p)  # the K and V dimensions a core holds
+    served = (heads // kv_heads) * math.ceil(dims / head_dim)  # query heads whose dimensions it holds
+    group = min(p, math.ceil(head_dim / dims))
+    products = (mac_s(mesh, served * dims * seqs, np.ceil(tokens / np.maximum(seqs, 1.0)), core_flops)
+                + mac_s(mesh, served * tokens, min(dims, head_dim), core_flops))
+    local = np.maximum(products, nbytes / (mesh.cores * mesh.sram_bandwidth))
+    scores = act_bytes * served * tokens
+    softmax = act_bytes * served * seqs
+    outputs = act_bytes * served * min(dims, head_dim) * seqs
+    return (local + allreduce_s(mesh, group, scores) + 2 * allreduce_s(mesh, p, softmax)
             + allreduce_s(mesh, p, outputs))
 
 

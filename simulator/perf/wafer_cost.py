@@ -81,6 +81,10 @@ class MeshKernelTimes(KernelTimes):
         prec = dep.precision
         self.act_bytes, self.kv_bytes = DTYPE_BYTES[prec.activations], DTYPE_BYTES[prec.kv]
         self.in_bytes, self.weight_bytes = DTYPE_BYTES[prec.gemm_compute], DTYPE_BYTES[prec.weights]
+        # MeshGEMV keeps every token's slice of x on each core of a row: WaferLLM compiles it for a
+        # decode batch, and runs prompts through MeshGEMM. More tokens than a step's sequences
+        # (max_num_seqs) hold a prefill chunk, so they take MeshGEMM.
+        self.gemv_tokens = dep.max_num_seqs
 
     def core_flops(self, dtype: str) -> float:
         return self.device.peak_flops(dtype) / self.device.compute.units
@@ -91,13 +95,14 @@ class MeshKernelTimes(KernelTimes):
             if not isinstance(op.shape, GemmShape):
                 raise ValueError(f"{op.kind} ({op.name}): the mesh model times dense GEMMs only")
             m, n, k = op.shape
-            vector = gemv_s(mesh, m, n, k, op.bytes, rate, self.act_bytes)
-            return np.minimum(vector, gemm_s(mesh, m, n, k, rate, self.in_bytes, self.weight_bytes)), ROOFLINE
+            steps = gemm_s(mesh, m, n, k, rate, self.in_bytes, self.weight_bytes)
+            vector = np.minimum(gemv_s(mesh, m, n, k, op.bytes, rate, self.act_bytes), steps)
+            return np.where(np.asarray(m) > self.gemv_tokens, steps, vector), ROOFLINE
         if family == ATTENTION:
             heads, dim = model.num_heads, model.head_dim
             if isinstance(op.shape, DecodeShape):
                 sequences, context = op.shape
-                return decode_attention_s(mesh, sequences, context, heads, dim, op.flops, op.bytes, rate,
+                return decode_attention_s(mesh, sequences, context, heads, model.num_kv_heads, dim, op.bytes, rate,
                                           self.act_bytes), ROOFLINE
             chunk, context, _ = cast(PrefillShape, op.shape)
             return prefill_attention_s(mesh, chunk, context, heads, model.num_kv_heads * dim, op.flops, op.bytes, rate,
