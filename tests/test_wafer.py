@@ -131,6 +131,21 @@ def test_short_vectors_leave_lanes_idle_and_pay_the_fixed_cost_per_instruction()
     assert M.mac_s(issue, 9, 24, CORE_FLOPS) == pytest.approx(216e-9)
 
 
+def test_decode_attention_reduces_scores_within_a_heads_group_by_hand():
+    # 8 query heads over 2 KV heads of 4 dimensions (8 wide) on 4 x 4 cores, one sequence of
+    # 8 tokens: a core holds 2 tokens and 2 dimensions, so a head spans a group of 2 cores and
+    # a core serves the 4 query heads of its KV head. Products: 4 x 2 instructions over its 2
+    # tokens and 4 x 2 over its 2 dimensions, a cycle each: 16 ns. The 4 x 2 partial scores
+    # (16 bytes) all-reduce over the group of 2: (10 + 4 + 1) + (10 + 1 + 4) = 30 ns. Along the
+    # 4 cores of the token axis: the maximum and the sum (8 bytes each): (10 + 3 x 2 + 3) + (10
+    # + 3 + 2) = 34 ns each; the outputs, 4 heads x 2 dimensions (16 bytes): (10 + 3 x 4 + 3) +
+    # (10 + 3 + 4) = 42 ns. Total 16 + 30 + 68 + 42 = 156 ns.
+    assert M.decode_attention_s(SMALL, 1, 8, 8, 2, 4, 0.0, CORE_FLOPS, 2.0) == pytest.approx(156e-9)
+    # one KV head of 8 dimensions: a head spans all 4 cores of the line, the scores reduce over it
+    wide = M.decode_attention_s(SMALL, 1, 8, 4, 1, 8, 0.0, CORE_FLOPS, 2.0)
+    assert wide > M.decode_attention_s(SMALL, 1, 8, 8, 2, 4, 0.0, CORE_FLOPS, 2.0)
+
+
 def test_the_routing_limit_forces_a_deeper_tree():
     # 16 cores, 4 bytes (1 ns): with 24 routes one level of fan-in 16: 10 + 15 x 1 = 25 ns;
     # with 4 routes a root takes at most 2 members: 3 levels of fan-in 3 cost 3 x (10 + 2) = 36 ns,
