@@ -30,9 +30,13 @@ def uncertainty_bands(setup: Setup, index: TraceIndex, summary: dict[str, Any]) 
     or when no kernel of the run (`summary`'s shares) came from it, there is no band."""
     errors = _route_errors(setup, summary)
     if not errors:
-        note = ("uncalibrated roofline: no measured error band; calibrate the device"
-                if all(pool.calibration is None for pool in setup.pools())
-                else "no kernel of this run came from the profile: no measured error band")
+        if all(pool.system.accelerator.kind == "wafer" for pool in setup.pools()):
+            note = ("wafer mesh model: no measured error band (no profile calibrates a wafer; its errors against "
+                    "published figures are in validation/README.md)")
+        elif all(pool.calibration is None for pool in setup.pools()):
+            note = "uncalibrated roofline: no measured error band; calibrate the device"
+        else:
+            note = "no kernel of this run came from the profile: no measured error band"
         return {"calibrated": False, "note": note}
     by_source: dict[str, dict[str, float]] = {}
     for (source, op), error in sorted(errors.items()):

@@ -227,6 +227,9 @@ def test_simulate_run_on_a_wafer_gives_the_summary_contract(tmp_path, capsys):
             "kv_bytes", "kv_blocks", "kv_tokens", "block_size"} <= set(memory)
     assert memory["engine"].startswith("wafer:") and memory["device_capacity_bytes"] == WSE2_CORES * KIB48
     assert (out / "requests.csv").is_file() and (out / "iterations.csv").is_file()
+    # the time's provenance says what the wafer model is, fitted constant included, not "roofline" alone
+    assert "PLMR mesh model" in summary["provenance"]["note"]
+    assert "fitted to a published prefill figure" in summary["provenance"]["note"]
 
 
 def test_spans_give_what_single_steps_give_on_a_wafer(tmp_path):

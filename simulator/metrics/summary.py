@@ -20,7 +20,8 @@ from .slo import slo_block
 SCHEMA = "simulator.summary/1"
 
 
-def provenance(seconds_by_source: np.ndarray, calibration: str | None, use: str | None = None) -> dict[str, Any]:
+def provenance(seconds_by_source: np.ndarray, calibration: str | None, use: str | None = None,
+               model_note: str | None = None) -> dict[str, Any]:
     """Where the simulated busy time came from, and whether the run left the calibrated range.
 
     Kernel time is "calibrated-interpolation" (inside the measured grid), "calibrated-fit"
@@ -28,14 +29,16 @@ def provenance(seconds_by_source: np.ndarray, calibration: str | None, use: str 
     dtype, scaled by the peak ratio), "transferred" (the profile was measured on another
     device: its efficiencies on this device's peaks) or "roofline" (no profile covers the
     kernel); "host-overhead" is launch gaps and the engine's per-iteration CPU time. `use`
-    says how the run used the profile (perf/profile_use.py, `AppliedProfile.use`).
+    says how the run used the profile (perf/profile_use.py, `AppliedProfile.use`);
+    `model_note` what the uncalibrated model is where it is not a roofline (a wafer's mesh model).
     """
     from ..perf.kernel_times import HOST, INTERP, KERNEL_SOURCES, SOURCES
 
     total = float(seconds_by_source.sum()) or 1.0
     kernels = float(seconds_by_source[list(KERNEL_SOURCES)].sum()) or 1.0
     outside = 1.0 - float(seconds_by_source[INTERP]) / kernels
-    note = ("no calibration profile: every kernel is the uncalibrated roofline" if calibration is None else
+    uncalibrated = model_note or "every kernel is the uncalibrated roofline"
+    note = (f"no calibration profile: {uncalibrated}" if calibration is None else
             f"{use or calibration}; {outside:.0%} of kernel time is outside the profile's measured grid"
             if outside > 0.005 else f"{use or calibration}; every kernel inside the profile's measured grid")
     return {
@@ -55,7 +58,8 @@ def _arr(a) -> np.ndarray:
 def build_summary(*, rec: Recorder, total: int, hardware: str, model: str, scheduler: str,
                   parallelism: dict[str, int], kv_peak: float, kv_mean: float, preemptions: int,
                   skipped: dict[str, int], wall_s: float, events: int, calibration: str | None = None,
-                  calibration_use: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  calibration_use: str | None = None, model_note: str | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """`extra` blocks (prefix_cache, swaps, kv_transfer, pools) go after the standard ones."""
     makespan = rec.last_finish_s
     span = makespan if makespan > 0 else 1.0
@@ -92,7 +96,7 @@ def build_summary(*, rec: Recorder, total: int, hardware: str, model: str, sched
         "cost_usd": (rec.capacity("price_per_hour") * makespan / 3600.0
                      if all(r.price_per_hour is not None for r in rec.replicas) else None),
         "sim": {"wall_s": wall_s, "iterations": rec.iteration_count, "events": events},
-        "provenance": provenance(rec.provenance_s, calibration, calibration_use),
+        "provenance": provenance(rec.provenance_s, calibration, calibration_use, model_note),
     }
     if rec.slo_judged or rec.slo is not None:
         targets = {key: rec.slo_target(key) for key in ("ttft_s", "tpot_s") if rec.slo_targets[key]}

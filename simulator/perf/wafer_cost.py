@@ -48,6 +48,10 @@ from .mesh import (
     reduce_s,
 )
 
+# what a wafer run's time is, in its summary's provenance (no profile calibrates a wafer)
+MESH_MODEL_NOTE = ("every operator from the wafer's PLMR mesh model: first principles, with one per-core number "
+                   "(vector_op_overhead_cycles) fitted to a published prefill figure (docs/wafer.md)")
+
 
 @dataclass(frozen=True)
 class Placement:
