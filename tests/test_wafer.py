@@ -260,6 +260,22 @@ def test_prefill_gets_a_larger_mesh_than_decode():
         prepare("wse-2", "llama-3.1-8b", knobs={"wafer_mesh": 500})  # one sub-mesh of 250,000 cores: 11.1 GB
 
 
+def test_a_step_holding_a_prompt_runs_meshgemm_as_waferllm_prefills():
+    """MeshGEMV serves a step of up to max_num_seqs tokens (a decode batch); more tokens hold a
+    prompt and run MeshGEMM, WaferLLM's prefill, whose P steps cost about the same whatever
+    the tokens (each step's instructions run over a tile's few token rows). On Llama-3.1-8B's
+    decode layout (P = 256) that is 24 ms for 256 tokens and 348 ms for 257 (docs/wafer.md)."""
+    def step_s(setup, tokens):
+        return setup.cost.iteration(BatchShape(prefill_tokens=tokens, prefill_context=float(tokens),
+                                               prefill_pairs=tokens * (tokens + 1) / 2, sampled=1)).time_s
+    setup = prepare("wse-2", "llama-3.1-8b")
+    assert setup.deployment.max_num_seqs == 256
+    assert step_s(setup, 257) > 10 * step_s(setup, 256)
+    assert step_s(setup, 2048) < 1.2 * step_s(setup, 257)
+    larger_batch = prepare("wse-2", "llama-3.1-8b", knobs={"max_num_seqs": 512, "wafer_mesh": 256})
+    assert step_s(larger_batch, 300) < step_s(setup, 300) / 5
+
+
 @pytest.mark.parametrize("hardware, kwargs, message", [
     ("h100-sxm", {"knobs": {"wafer_mesh": 200}}, r"wafer_mesh: a wafer knob, and H100-SXM5-80GB is a gpu"),
     ("wse-2", {"tp": 2}, r"--tp 2: a layer runs on one wafer's mesh .* with --pp instead"),
