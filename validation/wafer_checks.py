@@ -122,6 +122,11 @@ def rows() -> list[tuple[str, str, float, float]]:
         out.append(("the same GEMV on one A100 (cuBLAS there; roofline here), us", f"{osdi} Table 6", gpu_us, model_gpu))
         out.append((f"GEMV {size} speed-up of the WSE-2 over one A100", f"{osdi} Table 6 (280x, 606x)",
                     gpu_us / wafer_us, model_gpu / model_wafer))
+    # energy: a memory-bound GEMV runs the A100 near its TDP; the wafer draws its one power figure
+    assert wse2.power is not None and a100.power is not None
+    out.append(("GEMV 32768 energy, the WSE-2 over one A100 (each device's power x the model's time)",
+                f"{osdi} abstract: 16x more energy-efficient (the 606x GEMV)", 16.0,
+                a100.power.tdp * model_gpu / (wse2.power.tdp * model_wafer)))
     fp32 = mesh.gemm_s(mesh_of(wse2.wafer, 750), 33000, 33000, 33000, wse2.peak_flops("fp32") / wse2.compute.units,
                        4.0, 4.0)
     out.append(("fp32 GEMM 33000^3 on 750 x 750 cores of a CS-2, TFLOPS",
