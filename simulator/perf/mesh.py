@@ -10,6 +10,9 @@ messages its algorithm needs, each costed as
 
     message_overhead + hops x hop_latency + bytes / link_bandwidth.
 
+A core's share of a matrix product is counted in the vector instructions its kernel issues
+(`mac_s`): their lanes' work plus a fixed cost each, which short vectors pay often.
+
 The algorithms are WaferLLM's (named where they are used): MeshGEMV with a K-tree
 reduction, MeshGEMM (Cannon's algorithm with the tiles interleaved so that every shift is
 two hops), weights stationary in the cores that hold them. Every function accepts numpy
