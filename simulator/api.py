@@ -262,7 +262,7 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
         events=recorder.iteration_count + trace.count,
         calibration=profile_file,
         calibration_use=setup.calibration.use if setup.calibration is not None else None,
-        model_note=MESH_MODEL_NOTE if any(p.system.accelerator.kind == "wafer" for p in pools) else None,
+        model_note=MESH_MODEL_NOTE if all(p.system.accelerator.kind == "wafer" for p in pools) else None,
         extra={"batch_limits": schedulers[0].batch_limits(), "memory": pools[0].plan.summary(),
                "precision": {"weights": first.weight_dtype, "kv_cache": first.kv_cache_dtype,
                              "activations": first.activation_dtype,
