@@ -73,12 +73,23 @@ def test_a_wafer_spec_is_read_per_core_and_stands_for_one_device():
     ("fabric: {link_bandwidth: 4 GB}\n", r'fabric\.link_bandwidth: "4 GB" is a bytes but a bandwidth is needed'),
     ("compute: {units: 4}\n", r"compute: unknown field .*known here: name, kind, vendor, architecture, mesh, core"),
     ("fabric: {routes_per_core: 2}\n", r"fabric\.routes_per_core: Input should be greater than or equal to 3"),
+    ("core: {vector_op_overhead_cycles: 13 ns}\n",
+     r'core\.vector_op_overhead_cycles: "13 ns" is not a number of cycles \(expected e\.g\. 13 or "13 cycles"\)'),
+    ("core: {vector_op_overhead_cycles: -1}\n", r"core\.vector_op_overhead_cycles: Input should be greater than or equal to 0"),
 ])
 def test_a_bad_wafer_field_is_one_line_naming_it(tmp_path, text, message):
     spec = tmp_path / "wafer.yaml"
     spec.write_text(f"extends: wse-2\nname: W\n{text}sources: [test]\n")
     with pytest.raises(InvalidFile, match=message):
         load_spec(str(spec))
+
+
+def test_the_instruction_overhead_takes_a_count_or_cycles(tmp_path):
+    for text in ("13", '"13 cycles"'):
+        spec = tmp_path / "wafer.yaml"
+        spec.write_text(f"extends: wse-2\nname: W\ncore: {{vector_op_overhead_cycles: {text}}}\nsources: [test]\n")
+        device = load_spec(str(spec))
+        assert isinstance(device, WaferDevice) and device.wafer.core.vector_op_overhead_cycles == 13.0
 
 
 def test_a_hypothetical_wafer_extends_a_shipped_one(tmp_path):

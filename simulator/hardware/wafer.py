@@ -10,9 +10,9 @@ carrying the wafer itself for the mesh cost model (perf/mesh.py, perf/wafer_cost
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import BeforeValidator, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from ..strict_model import StrictModel
 from .spec import (
@@ -42,6 +42,16 @@ class MeshShape(StrictModel):
     cols: PositiveInt
 
 
+def _cycles(value: object) -> object:
+    """A count of cycles as a number, or written with its unit ("13 cycles")."""
+    if isinstance(value, str):
+        number, _, unit = value.strip().partition(" ")
+        if unit.strip() in ("cycle", "cycles"):
+            return number
+        raise ValueError(f'"{value}" is not a number of cycles (expected e.g. 13 or "13 cycles")')
+    return value
+
+
 class Core(StrictModel):
     """One core: its clock, its multiply-accumulates per cycle per dtype (a dtype not listed
     runs at the nearest listed one's rate, as a GPU's peaks do: the lanes of one vector
@@ -53,7 +63,7 @@ class Core(StrictModel):
     macs_per_cycle: dict[Literal[DTYPES], PositiveFloat] = Field(min_length=1)  # type: ignore[valid-type]
     sram: Bytes
     sram_bandwidth: Bandwidth
-    vector_op_overhead_cycles: NonNegativeFloat = 0.0
+    vector_op_overhead_cycles: Annotated[NonNegativeFloat, BeforeValidator(_cycles)] = 0.0
 
 
 class MeshFabric(StrictModel):
