@@ -57,10 +57,9 @@ def end_to_end_rate(hardware: str, model: str, prompt: int, output: int, prefill
 
 def best_gemv_s(device: WaferDevice, size: int) -> float:
     """The fastest MeshGEMV of a [1 x size] x [size x size] fp16 matrix over square sub-meshes."""
-    op = gemm_op("gemv", 1, size, size, Precision("fp16", "fp16", "fp16"))
     rate = device.peak_flops("fp16") / device.compute.units
     sides = range(16, min(device.wafer.mesh.rows, device.wafer.mesh.cols) + 1, 2)
-    return min(float(mesh.gemv_s(mesh_of(device.wafer, side), 1, size, size, op.bytes, rate, 2.0))
+    return min(float(mesh.gemv_s(mesh_of(device.wafer, side), 1, size, size, rate, 2.0, 2.0))
                for side in sides)
 
 

@@ -129,20 +129,28 @@ def transpose_s(mesh: Mesh, nbytes):
     return mesh.message_s + 2 * (p - 1) * mesh.hop_s + (p - 1) * nbytes / mesh.link_bandwidth
 
 
-def gemv_s(mesh: Mesh, m, n: int, k: int, nbytes, core_flops: float, out_bytes: float):
+def gemv_s(mesh: Mesh, m, n: int, k: int, core_flops: float, act_bytes: float, weight_bytes: float,
+           buffer_bytes: float = math.inf):
     """MeshGEMV: y[m x n] = x[m x k] W[k x n] with W tiled over the P x P cores (a k/P x n/P
     tile each, stationary) and x's k/P slice on every core of its row: each core multiplies
     its tile, the partial sums of each column reduce (K-tree) to the column's core on the
     diagonal, which broadcasts its slice of y along its row, where the next GEMV reads it
     (the diagonal root spares a transpose). The tile product is one instruction per value of
     x over a row of the tile (WaferLLM's kernel), and takes at least the bytes the core reads
-    at its SRAM's bandwidth. `out_bytes`: bytes per output value."""
+    at its SRAM's bandwidth. A core holds each token's slice of x and its partial sums,
+    ceil(k/P) + ceil(n/P) values; when the m tokens' do not fit the `buffer_bytes` a core
+    sets aside for them, the GEMV runs in passes over the tokens, each pass reading the tile
+    again and paying the reduction and broadcast again."""
     p = mesh.side
     inner, cols = math.ceil(k / p), math.ceil(n / p)
-    product = mac_s(mesh, np.asarray(m, dtype=float) * inner, cols, core_flops)
+    tokens = np.asarray(m, dtype=float)
+    passes = np.maximum(1.0, np.ceil(tokens * (inner + cols) * act_bytes / buffer_bytes))
+    tokens = tokens / passes  # per pass
+    product = mac_s(mesh, tokens * inner, cols, core_flops)
+    nbytes = k * n * weight_bytes + tokens * (k + n) * act_bytes
     local = np.maximum(product, nbytes / (mesh.cores * mesh.sram_bandwidth))
-    slice_bytes = m * cols * out_bytes
-    return local + reduce_s(mesh, p, slice_bytes) + broadcast_s(mesh, p, slice_bytes)
+    slice_bytes = tokens * cols * act_bytes
+    return passes * (local + reduce_s(mesh, p, slice_bytes) + broadcast_s(mesh, p, slice_bytes))
 
 
 def gemm_s(mesh: Mesh, m, n: int, k: int, core_flops: float, in_bytes: float, weight_bytes: float):

@@ -37,6 +37,7 @@ from ..models.operators import Operator
 from .cost_model import CostModel, _Part
 from .cuda_graphs import GraphPlan
 from .kernel_times import ROOFLINE, KernelTimes
+from .memory_plan import forward_peak_bytes
 from .mesh import (
     Mesh,
     allreduce_s,
@@ -80,8 +81,9 @@ class MeshKernelTimes(KernelTimes):
     """Each operator's time on a side x side sub-mesh (perf/mesh.py), all from first principles
     (the "roofline" source: no wafer measurement is calibrated)."""
 
-    def __init__(self, device: WaferDevice, model: ModelConfig, dep: Deployment, mesh: Mesh):
+    def __init__(self, device: WaferDevice, model: ModelConfig, dep: Deployment, mesh: Mesh, buffer_bytes: float):
         self.device, self.model, self.mesh = device, model, mesh
+        self.buffer_bytes = buffer_bytes  # the SRAM a core sets aside for a step's activations
         prec = dep.precision
         self.act_bytes, self.kv_bytes = DTYPE_BYTES[prec.activations], DTYPE_BYTES[prec.kv]
         self.in_bytes, self.weight_bytes = DTYPE_BYTES[prec.gemm_compute], DTYPE_BYTES[prec.weights]
@@ -100,7 +102,8 @@ class MeshKernelTimes(KernelTimes):
                 raise ValueError(f"{op.kind} ({op.name}): the mesh model times dense GEMMs only")
             m, n, k = op.shape
             steps = gemm_s(mesh, m, n, k, rate, self.in_bytes, self.weight_bytes)
-            vector = np.minimum(gemv_s(mesh, m, n, k, op.bytes, rate, self.act_bytes), steps)
+            vector = np.minimum(gemv_s(mesh, m, n, k, rate, self.act_bytes, self.weight_bytes, self.buffer_bytes),
+                                steps)
             return np.where(np.asarray(m) > self.gemv_tokens, steps, vector), ROOFLINE
         if family == ATTENTION:
             heads, dim = model.num_heads, model.head_dim
@@ -136,7 +139,9 @@ class WaferCostModel(CostModel):
         self.layers = layers_per_stage(model, dep.pp)
         self.placement = placement(device.wafer, dep.wafer_mesh, self.layers)
         self.mesh = mesh_of(device.wafer, dep.wafer_mesh)
-        self.kernels = MeshKernelTimes(device, model, dep, self.mesh)
+        # the activations the memory plan sets aside (perf/wafer_plan.py), spread over the placement's cores
+        buffer = forward_peak_bytes(model, dep, budget_tokens or dep.max_num_seqs) / self.placement.cores
+        self.kernels = MeshKernelTimes(device, model, dep, self.mesh, buffer)
 
     def _fixed_part(self, tokens: int, sampled: int, decode_only: bool) -> _Part:
         part = super()._fixed_part(tokens, sampled, decode_only)
