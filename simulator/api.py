@@ -72,6 +72,11 @@ class Setup:
     def devices(self) -> int:
         return sum(pool.devices for pool in self.pools())
 
+    @property
+    def on_wafers(self) -> bool:
+        """Every pool runs on wafers, so its time is the mesh model's, never a profile's."""
+        return all(pool.system.accelerator.kind == "wafer" for pool in self.pools())
+
 
 def prepare(hardware: str | Path, model: str | None = None, scheduler: str | None = None, tp: int | None = None,
             pp: int | None = None, replicas: int | None = None, knobs: dict[str, Any] | None = None,
@@ -262,7 +267,7 @@ def run_setup(setup: Setup, trace: TraceIndex, out_dir: Path | None = None, keep
         events=recorder.iteration_count + trace.count,
         calibration=profile_file,
         calibration_use=setup.calibration.use if setup.calibration is not None else None,
-        model_note=MESH_MODEL_NOTE if all(p.system.accelerator.kind == "wafer" for p in pools) else None,
+        model_note=MESH_MODEL_NOTE if setup.on_wafers else None,
         extra={"batch_limits": schedulers[0].batch_limits(), "memory": pools[0].plan.summary(),
                "precision": {"weights": first.weight_dtype, "kv_cache": first.kv_cache_dtype,
                              "activations": first.activation_dtype,

@@ -13,6 +13,7 @@ from typing import Any
 from .api import Setup, run_setup
 from .perf.cost_model import CostModel
 from .perf.kernel_times import SOURCES
+from .perf.wafer_cost import MESH_MODEL_NOTE
 from .topology.pools import Pool
 from .workloads.trace import TraceIndex
 
@@ -30,9 +31,9 @@ def uncertainty_bands(setup: Setup, index: TraceIndex, summary: dict[str, Any]) 
     or when no kernel of the run (`summary`'s shares) came from it, there is no band."""
     errors = _route_errors(setup, summary)
     if not errors:
-        if all(pool.system.accelerator.kind == "wafer" for pool in setup.pools()):
-            note = ("wafer mesh model: no measured error band (no profile calibrates a wafer; its errors against "
-                    "published figures are in validation/README.md)")
+        if setup.on_wafers:
+            note = (f"no measured error band: {MESH_MODEL_NOTE}; its errors against published figures are in "
+                    "validation/README.md")
         elif all(pool.calibration is None for pool in setup.pools()):
             note = "uncalibrated roofline: no measured error band; calibrate the device"
         else:
